@@ -1,0 +1,23 @@
+"""timm-stim: Stimulative Training (ST) and ST++ of residual networks for timm.
+
+>>> import timm_stim
+>>> model = timm_stim.create_model('resnet50', stim_space='stpp', num_classes=10)
+>>> stim = timm_stim.get_stimulator(model)
+>>> with stim.activate(stim.sample()):
+...     logits = model(x)
+"""
+from .adapters import StageAdapter, get_adapter, list_adapters, register_adapter
+from .errors import UnsupportedModelError
+from .factory import create_model
+from .losses import logit_norm, stim_kl
+from .spaces import resolve_space
+from .stimulator import Stimulator, attach, get_stimulator
+from .subnet import Subnet
+from .task import StimulativeTask
+from .version import __version__
+
+__all__ = [
+    'attach', 'create_model', 'get_stimulator', 'register_adapter', 'get_adapter', 'list_adapters',
+    'StageAdapter', 'Stimulator', 'Subnet', 'StimulativeTask', 'UnsupportedModelError',
+    'stim_kl', 'logit_norm', 'resolve_space', '__version__',
+]

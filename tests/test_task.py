@@ -1,0 +1,195 @@
+"""StimulativeTask: gradients, sizes, RNG state, AMP, DDP."""
+import copy
+import os
+
+import pytest
+import timm
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from timm.loss import SoftTargetCrossEntropy
+from timm.task import TrainingTask
+
+import timm_stim
+from timm_stim import StimulativeTask, stim_kl
+from timm_stim.losses import logit_norm
+from timm_stim.task import resize_batch
+from conftest import make_input
+
+
+def _model(name='resnet18', **kw):
+    return timm.create_model(name, num_classes=5, **kw).train()
+
+
+def _grads(model):
+    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+
+
+def _reference_grads(model, x, y, task, criterion):
+    """Gradient of L_main + w * sum_k L_k for the subnets and sizes the task used."""
+    stim = timm_stim.get_stimulator(model) or timm_stim.attach(model, bn=task.stimulator.bn)
+    z = model(x)
+    main_logits = logit_norm(z, task.amplitude) if task.normalize == 'all' else z
+    total = criterion(main_logits, y)
+    for subnet, size in task.last_subnets:
+        with stim.activate(subnet):
+            u = model(resize_batch(x, size))
+        total = total + task.kl_weight * stim_kl(u, z.detach(), task.temperature, task.normalize != 'none',
+                                                 task.amplitude)
+    total.backward()
+    return _grads(model)
+
+
+@pytest.mark.parametrize('normalize', ['none', 'kl', 'all'])
+def test_task_gradient_equals_summed_loss_gradient(normalize):
+    model = _model()
+    ref_model = copy.deepcopy(model)
+    x, y = make_input(batch=4, size=32), torch.tensor([0, 1, 2, 3])
+    task = StimulativeTask(model, num_subnets=3, space='uniform', min_scale=0.5, max_scale=1.0, kl_weight=0.7,
+                           normalize=normalize, amplitude=1.5, temperature=2.0, seed=3, verbose=False)
+    assert isinstance(task, TrainingTask)
+    result = task(x, y)
+    result['loss'].backward()
+    assert len(task.last_subnets) == 3 and 'stim_kl' in result
+    got = _grads(model)
+    expected = _reference_grads(ref_model, x, y, task, task.criterion)
+    for name in got:
+        assert (got[name] is None) == (expected[name] is None), name
+        if got[name] is not None:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+    # The logged KL is the mean of the K unweighted terms, and the task loss is the main loss only.
+    assert result['stim_kl'].item() > 0
+
+
+def test_backward_scaling_follows_grad_scaler_and_accumulation():
+    class FakeScaler:
+        def scale(self, loss):
+            return loss * 8.0
+
+    model = _model()
+    ref_model = copy.deepcopy(model)
+    x, y = make_input(batch=4, size=32), torch.tensor([0, 1, 2, 3])
+    task = StimulativeTask(model, num_subnets=2, seed=1, verbose=False)
+    task.set_backward_scaling(FakeScaler(), grad_accum_steps=2)
+    result = task(x, y)
+    (result['loss'] / 2 * 8.0).backward()  # what a training loop does with the task loss
+    expected = _reference_grads(ref_model, x, y, task, task.criterion)
+    for name, g in _grads(model).items():
+        torch.testing.assert_close(g, expected[name] * 4.0, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_soft_targets_from_mixup():
+    model = _model()
+    task = StimulativeTask(model, SoftTargetCrossEntropy(), num_subnets=1, verbose=False)
+    y = torch.softmax(torch.randn(4, 5), -1)
+    result = task(make_input(batch=4, size=32), y)
+    result['loss'].backward()
+    assert torch.isfinite(result['loss'])
+
+
+def test_sizes_in_range_and_aspect_ratio_kept():
+    model = _model()
+    task = StimulativeTask(model, num_subnets=6, min_scale=0.43, max_scale=1.0, seed=0, verbose=False)
+    seen = set()
+    x = torch.randn(2, 3, 40, 60)
+    for _ in range(5):
+        task(x, torch.tensor([0, 1]))['loss'].backward()
+        for _, (h, w) in task.last_subnets:
+            assert 17 <= h <= 40  # floor(40 * 0.43) = 17
+            assert abs(w / h - 1.5) < 0.05
+            seen.add(h)
+    assert len(seen) > 5
+
+
+def test_min_scale_one_keeps_input_untouched():
+    model = _model()
+    task = StimulativeTask(model, num_subnets=2, verbose=False)
+    task(make_input(size=32), torch.tensor([0, 1]))
+    assert all(size == (32, 32) for _, size in task.last_subnets)
+
+
+def test_generator_state_restores_the_same_draws():
+    model = _model()
+    task = StimulativeTask(model, num_subnets=4, min_scale=0.5, seed=11, verbose=False)
+    x, y = make_input(size=32), torch.tensor([0, 1])
+    task(x, y)
+    state = copy.deepcopy(task.get_task_state())
+    task(x, y)
+    first = list(task.last_subnets)
+    task.load_task_state(state)
+    task(x, y)
+    assert task.last_subnets == first
+    assert task.get_task_state(ema=True) == {}
+    other = StimulativeTask(_model(), num_subnets=4, min_scale=0.5, seed=11, verbose=False)
+    other(x, y)
+    other(x, y)
+    assert other.last_subnets == first  # same seed, same sequence
+
+
+def test_start_epoch_and_eval_and_off():
+    model = _model()
+    task = StimulativeTask(model, num_subnets=2, start_epoch=2, verbose=False)
+    x, y = make_input(size=32), torch.tensor([0, 1])
+    task.set_epoch(1)
+    assert 'stim_kl' not in task(x, y)
+    task.set_epoch(2)
+    assert 'stim_kl' in task(x, y)
+    task.eval()
+    assert 'stim_kl' not in task(x, y)
+    task.train()
+    with torch.no_grad():
+        assert 'stim_kl' not in task(x, y)
+    off = StimulativeTask(_model(), num_subnets=0, verbose=False)
+    assert set(off(x, y)) == {'loss', 'output'}
+
+
+def test_bf16_autocast_and_channels_last():
+    model = _model().to(memory_format=torch.channels_last)
+    task = StimulativeTask(model, num_subnets=2, min_scale=0.5, normalize='all', verbose=False)
+    x = make_input(batch=4, size=32).to(memory_format=torch.channels_last)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        result = task(x, torch.tensor([0, 1, 2, 3]))
+    result['loss'].backward()
+    assert torch.isfinite(result['loss']) and torch.isfinite(result['stim_kl'])
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_uses_attached_stimulator():
+    model = timm_stim.create_model('resnet18', num_classes=5, stim_space='stpp')
+    task = StimulativeTask(model, num_subnets=1, verbose=False)
+    assert task.stimulator is timm_stim.get_stimulator(model) and task.stimulator.space == 'stpp'
+    with pytest.raises(ValueError, match='not both'):
+        StimulativeTask(model, num_subnets=1, space='uniform', verbose=False)
+
+
+def _ddp_worker(rank, world_size, init_file, out_dir, x, y):
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = _model()
+    task = StimulativeTask(model, num_subnets=3, min_scale=0.5, seed=5, verbose=False)
+    task.prepare_distributed()
+    half = x.shape[0] // world_size
+    xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+    result = task(xs, ys)
+    result['loss'].backward()
+    torch.save({'grads': _grads(model), 'subnets': task.last_subnets}, os.path.join(out_dir, f'rank{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_ddp_gradients_are_the_average_of_per_rank_gradients(tmp_path):
+    x, y = make_input(batch=8, size=32), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), x, y), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(2)]
+    assert ranks[0]['subnets'] == ranks[1]['subnets']  # every rank runs the same subnets and sizes
+    # Single-process reference: the same task on each half, gradients averaged (DDP's mean).
+    expected = {}
+    for r in range(2):
+        torch.manual_seed(0)
+        model = _model()
+        task = StimulativeTask(model, num_subnets=3, min_scale=0.5, seed=5, verbose=False)
+        task(x[r * 4:(r + 1) * 4], y[r * 4:(r + 1) * 4])['loss'].backward()
+        for n, g in _grads(model).items():
+            expected[n] = expected.get(n, 0) + g / 2
+    for rank in ranks:
+        for n, g in rank['grads'].items():
+            torch.testing.assert_close(g, expected[n], rtol=1e-4, atol=1e-5, msg=n)

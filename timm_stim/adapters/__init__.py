@@ -1,0 +1,4 @@
+"""Model-family adapters: which blocks form the residual stages, and what a dropped block computes."""
+from ._registry import find_adapter, get_adapter, list_adapters, register_adapter, supported_families
+from .base import SkipFunction, StageAdapter, identity, skip_through_activation
+from .resnet import ResNetAdapter, ResNetV2Adapter
