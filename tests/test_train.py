@@ -1,0 +1,119 @@
+"""train_stim.py end to end on the embedded digits (CPU, tiny runs)."""
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import timm_stim.train as train_mod
+from timm_stim.train import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def _base(out, *extra):
+    return ['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
+            '--input-size', '3', '16', '16', '--mean', '0.5', '0.5', '0.5', '--std', '0.5', '0.5', '0.5',
+            '-b', '32', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '1',
+            '--train-batches-per-epoch', '3', '--output', str(out), '--experiment', 'run', '--log-interval', '1',
+            '--seed', '3', *extra]
+
+
+def test_stim_run_writes_plain_timm_checkpoints(tmp_path):
+    result = main(_base(tmp_path, '--stim-subnets', '2', '--stim-space', 'uniform', '--stim-min-scale', '0.5',
+                        '--epochs', '2'))
+    out = result['output_dir']
+    rows = list(csv.DictReader(open(os.path.join(out, 'summary.csv'))))
+    assert len(rows) == 2 and 'train_stim_kl' in rows[0] and float(rows[0]['train_stim_kl']) > 0
+    saved = yaml.safe_load(open(os.path.join(out, 'args.yaml')))
+    assert saved['stim_subnets'] == 2
+    assert saved['stim_resolved']['stage_depths'] == [2, 2, 2, 2]
+    assert saved['stim_resolved']['depth_choices'] == [[1, 2]] * 4
+    assert saved['stim_resolved']['subnet_input_short_side'] == [8, 16]
+    # Plain timm: strict load through timm's own factory.
+    model = timm.create_model('resnet18', num_classes=10, checkpoint_path=os.path.join(out, 'model_best.pth.tar'))
+    ckpt = torch.load(os.path.join(out, 'model_best.pth.tar'), map_location='cpu', weights_only=False)
+    assert 'stim_generator_state' in ckpt['task_state']
+    tensors = load_file(os.path.join(out, 'model_best.safetensors'))
+    state = model.state_dict()
+    assert set(tensors) == set(state)
+    assert all(torch.equal(tensors[k], state[k]) for k in state)
+
+
+def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
+    import timm_stim.task as task_mod
+    monkeypatch.setattr(task_mod.StimulativeTask, 'forward', lambda *a, **k: pytest.fail('stim task used'))
+    monkeypatch.setattr(train_mod, 'attach', lambda *a, **k: pytest.fail('attach called'))
+    result = main(_base(tmp_path))
+    rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
+    assert 'train_stim_kl' not in rows[0]
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--model', 'resnet5000'], "--model 'resnet5000' is not a timm model"),
+    (['--model', 'vit_tiny_patch16_224', '--stim-subnets', '1'], 'No timm_stim adapter for'),
+    (['--stim-subnets', '1', '--stim-space', '0,1,2'], '3 per-stage drops but the model has 4 stages'),
+    (['--stim-subnets', '1', '--stim-min-scale', '0'], 'min_scale=0.0'),
+    (['--stim-subnets', '1', '--stim-min-scale', '0.9', '--stim-max-scale', '0.5'], 'is above max_scale'),
+    (['--dataset', '', '--data-dir', '/nonexistent/imagenet'], "'/nonexistent/imagenet' does not exist"),
+    (['--dataset', 'embedded/cifar'], "Unknown embedded dataset 'embedded/cifar'"),
+])
+def test_bad_input_stops_before_writing(tmp_path, caplog, extra, message):
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as info:
+        main(_base(out, *extra))
+    assert info.value.code == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    args = ['--stim-subnets', '2', '--stim-min-scale', '0.5', '--epochs', '3', '--model-ema',
+            '--model-ema-decay', '0.9']
+    full = main(_base(tmp_path / 'full', *args))
+
+    def kill_after_first(epoch, output_dir):
+        if epoch == 0:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, '_after_epoch', kill_after_first)
+    main(_base(tmp_path / 'killed', *args))
+    monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
+    last = tmp_path / 'killed' / 'run' / 'last.pth.tar'
+    resumed = main(_base(tmp_path / 'killed', *args, '--resume', str(last)))
+    assert [e['epoch'] for e in resumed['epochs']] == [1, 2]
+    for a, b in zip(full['epochs'][1:], resumed['epochs']):
+        assert a['train'] == pytest.approx(b['train'], rel=1e-5)
+        assert a['validation'] == pytest.approx(b['validation'], rel=1e-5)
+
+
+RECIPES = sorted(glob.glob(os.path.join(ROOT, 'hparams', '*.yaml')))
+
+
+@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.basename(r) for r in RECIPES])
+def test_every_recipe_runs(tmp_path, recipe):
+    # The recipe's own settings, with data, size, length and hardware overridden.
+    overrides = ['-c', recipe, '--dataset', 'embedded/digits', '--data-dir', '', '--num-classes', '10',
+                 '--input-size', '3', '16', '16', '--train-img-sizes', '16', '-b', '16', '--epochs', '1',
+                 '--train-batches-per-epoch', '2', '--workers', '0', '--device', 'cpu', '--no-prefetcher',
+                 '--output', str(tmp_path), '--experiment', 'r', '--stim-bn-recal', '32']
+    result = main(overrides)
+    assert os.path.exists(os.path.join(result['output_dir'], 'model_best.pth.tar'))
+
+
+def test_command_line_entry_point(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_base(tmp_path, '--stim-subnets', '1')],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'Stimulative training:' in proc.stderr and 'stage_depths' in proc.stderr

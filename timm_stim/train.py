@@ -1,0 +1,811 @@
+"""The training program behind ``train_stim.py``: timm's ``train.py`` flow plus Stimulative Training.
+
+Everything timm provides is used as is (datasets, loaders, mixup, losses, optimizers,
+schedulers, EMA, checkpoint saver, distributed helpers); this module adds the
+``StimulativeTask``, the ``--stim-*`` options and the checks that stop bad input before any
+data is loaded or anything is written.
+"""
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from datetime import datetime
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from timm import utils
+from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
+from timm.models import load_checkpoint, model_parameters, safe_model_name
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
+from timm.utils import NativeScaler
+
+from .args import parse_args
+from .data import resolve_dataset
+from .errors import UnsupportedModelError
+from .spaces import resolve_space
+from .stimulator import Stimulator, attach, get_stimulator
+from .task import StimulativeTask, check_scales
+
+_logger = logging.getLogger('train_stim')
+
+WEIGHT_SCHEDULES = ('const', 'cos-up', 'cos-down')
+
+
+class ConfigError(ValueError):
+    """Bad command-line input, found before any data is loaded or file written."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and resolved configuration
+# ---------------------------------------------------------------------------------------------
+
+def check_args(args) -> None:
+    """Cheap checks of the options timm_stim adds or depends on; raise ``ConfigError``."""
+    if not timm.is_model(args.model) and not args.model.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
+        import difflib
+        close = difflib.get_close_matches(args.model, timm.list_models(), n=3)
+        hint = f' Did you mean {", ".join(close)}?' if close else ' See timm.list_models().'
+        raise ConfigError(f'--model {args.model!r} is not a timm model.{hint}')
+    if args.stim_subnets < 0:
+        raise ConfigError(f'--stim-subnets {args.stim_subnets}: expected an int >= 0 (0 turns ST off).')
+    try:
+        check_scales(args.stim_min_scale, args.stim_max_scale)
+    except ValueError as e:
+        raise ConfigError(f'--stim-min-scale/--stim-max-scale: {e}') from None
+    if args.stim_weight < 0 or args.stim_temperature <= 0 or args.stim_amplitude <= 0:
+        raise ConfigError(f'--stim-weight must be >= 0, --stim-temperature and --stim-amplitude > 0; got '
+                          f'{args.stim_weight}, {args.stim_temperature}, {args.stim_amplitude}.')
+    if args.stim_bn_recal < 0:
+        raise ConfigError(f'--stim-bn-recal {args.stim_bn_recal}: expected a number of images >= 0.')
+    if args.stim_subnets > 0 and args.kd_model_name:
+        raise ConfigError('--kd-model-name with --stim-subnets > 0: knowledge distillation from a teacher and '
+                          'stimulative training cannot be combined yet; use one of them.')
+    if args.stim_subnets > 0 and args.naflex_loader:
+        raise ConfigError('--naflex-loader is for NaFlex vision transformers; timm_stim samples subnetworks of '
+                          'residual CNNs. Drop --naflex-loader or set --stim-subnets 0.')
+    if args.data and not args.data_dir:
+        args.data_dir = args.data  # positional data dir is timm's deprecated spelling
+    try:
+        resolve_dataset(args.dataset, args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def kl_weight_at(base: float, schedule: str, progress: float) -> float:
+    """KL weight at training progress in [0, 1]: constant, cosine up from 0 or cosine down to 0.
+
+    ``cos-up`` / ``cos-down`` correspond to the official code's ``kl_cos`` / ``kl_rcos``.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == 'const':
+        return base
+    if schedule == 'cos-up':
+        return base * 0.5 * (1.0 - math.cos(math.pi * progress))
+    if schedule == 'cos-down':
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ConfigError(f'--stim-weight-sched {schedule!r}: expected one of {WEIGHT_SCHEDULES}.')
+
+
+def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Sequence[int]) -> Dict[str, Any]:
+    """What the ``--stim-*`` options resolve to for this model (printed and saved in args.yaml)."""
+    if stimulator is None or args.stim_subnets == 0:
+        return {'enabled': False}
+    short = min(input_size[-2:])
+    return {
+        'enabled': True,
+        'family': stimulator.adapter.family,
+        'stage_depths': list(stimulator.stage_depths),
+        'max_drops': list(stimulator.max_drops),
+        'depth_choices': [list(c) for c in stimulator.depth_choices],
+        'input_size': list(input_size),
+        'subnet_input_short_side': [max(1, math.floor(short * args.stim_min_scale)),
+                                    max(1, math.floor(short * args.stim_max_scale))],
+        'subnets_per_step': args.stim_subnets,
+        'total_kl_weight': args.stim_subnets * args.stim_weight,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, task, data
+# ---------------------------------------------------------------------------------------------
+
+def create_train_model(args) -> nn.Module:
+    """``timm.create_model`` with the keyword arguments timm's train.py passes."""
+    factory_kwargs = {}
+    if args.pretrained_path:
+        factory_kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
+    model = timm.create_model(
+        args.model,
+        pretrained=args.pretrained,
+        in_chans=args.in_chans,
+        num_classes=args.num_classes,
+        drop_rate=args.drop,
+        drop_path_rate=args.drop_path if args.drop_path is not None else args.drop_connect,
+        drop_block_rate=args.drop_block,
+        global_pool=args.gp,
+        bn_momentum=args.bn_momentum,
+        bn_eps=args.bn_eps,
+        scriptable=args.torchscript,
+        checkpoint_path=args.initial_checkpoint or None,
+        **factory_kwargs,
+        **args.model_kwargs,
+    )
+    if args.head_init_scale is not None:
+        with torch.no_grad():
+            model.get_classifier().weight.mul_(args.head_init_scale)
+            model.get_classifier().bias.mul_(args.head_init_scale)
+    if args.head_init_bias is not None:
+        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
+    return model
+
+
+def create_train_criterion(args, mixup_active: bool) -> nn.Module:
+    """The task loss timm's train.py would use for these options."""
+    from timm.loss import (BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy,
+                           SoftTargetCrossEntropy)
+    if args.jsd_loss:
+        assert args.aug_splits > 1, '--jsd-loss needs --aug-splits > 1'
+        return JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
+    if mixup_active:
+        if args.bce_loss:
+            return BinaryCrossEntropy(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum,
+                                      pos_weight=args.bce_pos_weight)
+        return SoftTargetCrossEntropy()
+    if args.smoothing:
+        if args.bce_loss:
+            return BinaryCrossEntropy(smoothing=args.smoothing, target_threshold=args.bce_target_thresh,
+                                      sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    if args.bce_loss:
+        return BinaryCrossEntropy(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum,
+                                  pos_weight=args.bce_pos_weight)
+    return nn.CrossEntropyLoss()
+
+
+def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torch.device):
+    """A ``StimulativeTask`` when ``--stim-subnets > 0``, else timm's own task for the options."""
+    if args.stim_subnets > 0:
+        return StimulativeTask(
+            model, criterion,
+            num_subnets=args.stim_subnets,
+            min_scale=args.stim_min_scale, max_scale=args.stim_max_scale,
+            kl_weight=args.stim_weight, normalize=args.stim_norm, amplitude=args.stim_amplitude,
+            temperature=args.stim_temperature, start_epoch=args.stim_start_epoch,
+            seed=args.seed,  # not rank dependent: every rank draws the same subnets and sizes
+            device=device, verbose=utils.is_primary(args),
+        )
+    if args.kd_model_name:
+        from timm.task import DistillationTeacher, LogitDistillationTask
+        if args.kd_distill_type != 'logit':
+            raise ConfigError(f'--kd-distill-type {args.kd_distill_type!r}: train_stim.py supports logit '
+                              f'distillation; use timm train.py for feature/token distillation.')
+        teacher = DistillationTeacher(model_name=args.kd_model_name, num_classes=args.num_classes,
+                                      in_chans=args.in_chans, device=device)
+        kwargs = dict(loss_type=args.kd_loss_type, temperature=args.kd_temperature)
+        if args.distill_loss_weight is not None:
+            kwargs['distill_loss_weight'] = args.distill_loss_weight
+        if args.task_loss_weight is not None:
+            kwargs['task_loss_weight'] = args.task_loss_weight
+        return LogitDistillationTask(model, teacher, criterion, device=device, **kwargs)
+    return ClassificationTask(model, criterion, device=device, verbose=utils.is_primary(args))
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm re-estimation (official: 2000 images before each validation)
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, num_images: int, device: torch.device, amp_autocast=nullcontext,
+                   channels_last: bool = False) -> int:
+    """Re-estimate every BatchNorm's running statistics of the full network on ``num_images``.
+
+    Running statistics are reset and replaced by the exact average of the batch statistics
+    (cumulative moving average, ``momentum=None``), as the official code does.
+
+    Returns:
+        Number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or num_images <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    seen = 0
+    try:
+        for input, _ in loader:
+            input = input.to(device)
+            if channels_last:
+                input = input.contiguous(memory_format=torch.channels_last)
+            with amp_autocast():
+                model(input)
+            seen += input.shape[0]
+            if seen >= num_images:
+                break
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch of training, one validation pass
+# ---------------------------------------------------------------------------------------------
+
+def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=None, output_dir=None,
+                    amp_autocast=nullcontext, loss_scaler=None, saver=None, mixup_fn=None,
+                    num_updates_total=None):
+    """One epoch, as timm's ``train_one_epoch`` with a task. Returns ordered metrics."""
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        if args.prefetcher and loader.mixup_enabled:
+            loader.mixup_enabled = False
+        elif mixup_fn is not None:
+            mixup_fn.mixup_enabled = False
+
+    second_order = hasattr(optimizer, 'is_second_order') and optimizer.is_second_order
+    has_no_sync = hasattr(task, 'no_sync')
+    update_time_m = utils.AverageMeter()
+    data_time_m = utils.AverageMeter()
+    losses_m = utils.AverageMeter()
+    kl_m = utils.AverageMeter()
+    stim = isinstance(task, StimulativeTask)
+    model = task.get_trainable_module()
+
+    task.train()
+    accum_steps = args.grad_accum_steps
+    last_accum_steps = len(loader) % accum_steps
+    updates_per_epoch = (len(loader) + accum_steps - 1) // accum_steps
+    num_updates = epoch * updates_per_epoch
+    last_batch_idx = len(loader) - 1
+    last_batch_idx_to_accum = len(loader) - last_accum_steps
+    if stim:
+        task.set_epoch(epoch)
+        task.set_backward_scaling(loss_scaler, accum_steps)
+
+    data_start_time = update_start_time = time.time()
+    optimizer.zero_grad()
+    update_sample_count = 0
+    for batch_idx, (input, target) in enumerate(loader):
+        last_batch = batch_idx == last_batch_idx
+        need_update = last_batch or (batch_idx + 1) % accum_steps == 0
+        update_idx = batch_idx // accum_steps
+        if batch_idx >= last_batch_idx_to_accum:
+            accum_steps = last_accum_steps
+            if stim:
+                task.set_backward_scaling(loss_scaler, accum_steps)
+
+        if not args.prefetcher:
+            input, target = input.to(device), target.to(device)
+            if mixup_fn is not None:
+                input, target = mixup_fn(input, target)
+        if args.channels_last:
+            input = input.contiguous(memory_format=torch.channels_last)
+        if stim:
+            progress = (epoch + batch_idx / len(loader)) / max(args.epochs, 1)
+            task.kl_weight = kl_weight_at(args.stim_weight, args.stim_weight_sched, progress)
+
+        data_time_m.update(accum_steps * (time.time() - data_start_time))
+
+        def _forward():
+            with amp_autocast():
+                result = task(input, target)
+                _loss = result['loss']
+            if accum_steps > 1:
+                _loss = _loss / accum_steps
+            return result, _loss
+
+        def _backward(_loss):
+            if loss_scaler is not None:
+                loss_scaler(
+                    _loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                    parameters=model_parameters(model, exclude_head='agc' in args.clip_mode),
+                    create_graph=second_order, need_update=need_update)
+            else:
+                _loss.backward(create_graph=second_order)
+                if need_update:
+                    if args.clip_grad is not None:
+                        utils.dispatch_clip_grad(
+                            model_parameters(model, exclude_head='agc' in args.clip_mode),
+                            value=args.clip_grad, mode=args.clip_mode)
+                    optimizer.step()
+
+        if has_no_sync and not need_update:
+            with task.no_sync():
+                result, loss = _forward()
+                _backward(loss)
+        else:
+            result, loss = _forward()
+            _backward(loss)
+
+        losses_m.update(loss.item() * accum_steps, input.size(0))
+        if 'stim_kl' in result:
+            kl_m.update(result['stim_kl'].item(), input.size(0))
+        update_sample_count += input.size(0)
+
+        if not need_update:
+            data_start_time = time.time()
+            continue
+
+        num_updates += 1
+        optimizer.zero_grad()
+        task.update_ema(step=num_updates)
+
+        if args.synchronize_step and device.type == 'cuda':
+            torch.cuda.synchronize()
+        time_now = time.time()
+        update_time_m.update(time.time() - update_start_time)
+        update_start_time = time_now
+
+        if update_idx % args.log_interval == 0 or last_batch:
+            lrl = [param_group['lr'] for param_group in optimizer.param_groups]
+            lr = sum(lrl) / len(lrl)
+            loss_avg, loss_now = losses_m.avg, losses_m.val
+            if args.distributed:
+                loss_avg = utils.reduce_tensor(loss.new([loss_avg]), args.world_size).item()
+                loss_now = utils.reduce_tensor(loss.new([loss_now]), args.world_size).item()
+                update_sample_count *= args.world_size
+            if utils.is_primary(args):
+                kl_text = f'  KL: {kl_m.val:.4f} ({kl_m.avg:.4f})  KL weight: {task.kl_weight:.3f}' if stim else ''
+                _logger.info(
+                    f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch} '
+                    f'({100. * (update_idx + 1) / updates_per_epoch:>3.0f}%)]  '
+                    f'Loss: {loss_now:#.3g} ({loss_avg:#.3g}){kl_text}  '
+                    f'Time: {update_time_m.val:.3f}s, {update_sample_count / update_time_m.val:>7.2f}/s  '
+                    f'LR: {lr:.3e}  Data: {data_time_m.val:.3f} ({data_time_m.avg:.3f})')
+
+        if saver is not None and args.recovery_interval and ((update_idx + 1) % args.recovery_interval == 0):
+            saver.save_recovery(epoch, batch_idx=update_idx)
+        if lr_scheduler is not None:
+            lr_scheduler.step_update(num_updates=num_updates, metric=losses_m.avg)
+        update_sample_count = 0
+        data_start_time = time.time()
+
+    if hasattr(optimizer, 'sync_lookahead'):
+        optimizer.sync_lookahead()
+    loss_avg = losses_m.avg
+    if args.distributed:
+        loss_avg = utils.reduce_tensor(torch.tensor([loss_avg], device=device), args.world_size).item()
+    metrics = OrderedDict([('loss', loss_avg)])
+    if stim:
+        kl_avg = kl_m.avg
+        if args.distributed:
+            kl_avg = utils.reduce_tensor(torch.tensor([kl_avg], device=device), args.world_size).item()
+        metrics['stim_kl'] = kl_avg
+    return metrics
+
+
+def validate(model, loader, loss_fn, args, device, amp_autocast=nullcontext, log_suffix=''):
+    """Top-1 / top-5 / loss over the validation loader, as timm's ``validate``."""
+    batch_time_m = utils.AverageMeter()
+    losses_m = utils.AverageMeter()
+    top1_m = utils.AverageMeter()
+    top5_m = utils.AverageMeter()
+    model.eval()
+    end = time.time()
+    last_idx = len(loader) - 1
+    with torch.inference_mode():
+        for batch_idx, (input, target) in enumerate(loader):
+            last_batch = batch_idx == last_idx
+            if not args.prefetcher:
+                input, target = input.to(device), target.to(device)
+            if args.channels_last:
+                input = input.contiguous(memory_format=torch.channels_last)
+            with amp_autocast():
+                output = model(input)
+                if isinstance(output, (tuple, list)):
+                    output = output[0]
+                reduce_factor = args.tta
+                if reduce_factor > 1:
+                    output = output.unfold(0, reduce_factor, reduce_factor).mean(dim=2)
+                    target = target[0:target.size(0):reduce_factor]
+                loss = loss_fn(output, target)
+            acc1, acc5 = utils.accuracy(output, target, topk=(1, min(5, output.shape[-1])))
+            if args.distributed:
+                loss = utils.reduce_tensor(loss.data, args.world_size)
+                acc1 = utils.reduce_tensor(acc1, args.world_size)
+                acc5 = utils.reduce_tensor(acc5, args.world_size)
+            losses_m.update(loss.item(), input.size(0))
+            top1_m.update(acc1.item(), output.size(0))
+            top5_m.update(acc5.item(), output.size(0))
+            batch_time_m.update(time.time() - end)
+            end = time.time()
+            if utils.is_primary(args) and (last_batch or batch_idx % args.log_interval == 0):
+                log_name = 'Test' + log_suffix
+                _logger.info(
+                    f'{log_name}: [{batch_idx:>4d}/{last_idx}]  Time: {batch_time_m.val:.3f} ({batch_time_m.avg:.3f})  '
+                    f'Loss: {losses_m.val:>7.3f} ({losses_m.avg:>6.3f})  '
+                    f'Acc@1: {top1_m.val:>7.3f} ({top1_m.avg:>7.3f})  Acc@5: {top5_m.val:>7.3f} ({top5_m.avg:>7.3f})')
+    return OrderedDict([('loss', losses_m.avg), ('top1', top1_m.avg), ('top5', top5_m.avg)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def _after_epoch(epoch: int, output_dir: Optional[str]) -> None:
+    """Called after each epoch's checkpoint is written (a seam for tests that simulate a kill)."""
+
+
+def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
+    """Write ``model_best.safetensors`` (the weights of ``model_best.pth.tar``) beside it."""
+    from safetensors.torch import save_file
+    from timm.models import load_state_dict
+    best = os.path.join(output_dir, 'model_best.pth.tar')
+    if not os.path.exists(best):
+        return None
+    state_dict = load_state_dict(best, use_ema=use_ema)
+    path = os.path.join(output_dir, 'model_best.safetensors')
+    tmp = path + '.tmp'
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run training. Returns a dict with the best metric/epoch and the output dir."""
+    utils.setup_default_logging()
+    args, args_text = parse_args(argv)
+    try:
+        return _main(args)
+    except ConfigError as e:
+        _logger.error(str(e))
+        raise SystemExit(2)
+
+
+def _main(args) -> Dict[str, Any]:
+    check_args(args)  # cheap checks: nothing built, loaded or written yet
+    args.prefetcher = not args.no_prefetcher
+
+    if args.device_modules:
+        for module in args.device_modules:
+            __import__(module)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(f'--device {args.device!r} but CUDA is not available here; pass --device cpu.')
+    device = utils.init_distributed_device(args)
+    if args.distributed:
+        _logger.info(f'Training in distributed mode with {args.world_size} processes, rank {args.rank}, '
+                     f'device {args.device}.')
+    else:
+        _logger.info(f'Training with a single process on device {args.device}.')
+    assert args.rank >= 0
+
+    model_dtype = None
+    if args.model_dtype:
+        assert args.model_dtype in ('float32', 'float16', 'bfloat16')
+        model_dtype = getattr(torch, args.model_dtype)
+    use_amp = None
+    amp_dtype = torch.float16
+    if args.amp:
+        assert args.amp_dtype in ('float16', 'bfloat16')
+        use_amp = 'native'
+        amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' or device.type == 'cpu' else torch.float16
+        if device.type == 'cpu' and args.amp_dtype == 'float16':
+            _logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
+
+    utils.random_seed(args.seed, args.rank)
+    if args.fuser:
+        utils.set_jit_fuser(args.fuser)
+    if args.fast_norm:
+        set_fast_norm()
+
+    in_chans = 3
+    if args.in_chans is not None:
+        in_chans = args.in_chans
+    elif args.input_size is not None:
+        in_chans = args.input_size[0]
+
+    model = create_train_model(args)
+    if args.num_classes is None:
+        assert hasattr(model, 'num_classes'), 'Model must have `num_classes` attr if not set on cmd line/config.'
+        args.num_classes = model.num_classes
+
+    stimulator = None
+    if args.stim_subnets > 0:
+        try:
+            stimulator = attach(model, space=args.stim_space, mode=args.stim_mode, bn=args.stim_bn)
+        except UnsupportedModelError as e:
+            raise ConfigError(f'--model {args.model} with --stim-subnets {args.stim_subnets}: {e}') from None
+        except ValueError as e:
+            raise ConfigError(f'--stim-space {args.stim_space!r} for {args.model}: {e}') from None
+
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
+    stim_resolved = resolved_stim_config(args, stimulator, data_config['input_size'])
+    if utils.is_primary(args):
+        _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
+                     f'{sum(m.numel() for m in model.parameters())}')
+        _logger.info('Stimulative training: ' + yaml.safe_dump(stim_resolved, default_flow_style=True).strip())
+
+    # Data sources are checked before anything is loaded or written.
+    dataset_name, data_root = resolve_dataset(args.dataset, args.data_dir)
+
+    num_aug_splits = 0
+    if args.aug_splits > 0:
+        assert args.aug_splits > 1, 'A split of 1 makes no sense'
+        num_aug_splits = args.aug_splits
+    if args.split_bn:
+        assert num_aug_splits > 1 or args.resplit
+        model = convert_splitbn_model(model, max(num_aug_splits, 2))
+
+    model.to(device=device, dtype=model_dtype)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        args.dist_bn = ''
+        model = convert_sync_batchnorm(model)
+        if stimulator is not None:
+            # SyncBatchNorm conversion builds new norm modules; the stimulator keeps block references.
+            stimulator = get_stimulator(model) or stimulator
+    if args.torchscript:
+        assert not args.torchcompile, 'Cannot use torchscript with torch.compile'
+        if args.stim_subnets > 0:
+            raise ConfigError('--torchscript with --stim-subnets > 0: a scripted model cannot skip blocks; '
+                              'use --torchcompile (full network only) or no compilation.')
+        model = torch.jit.script(model)
+
+    if not args.lr:
+        global_batch_size = args.batch_size * args.world_size * args.grad_accum_steps
+        batch_ratio = global_batch_size / args.lr_base_size
+        if not args.lr_base_scale:
+            on = args.opt.lower()
+            args.lr_base_scale = 'sqrt' if any([o in on for o in ('ada', 'lamb')]) else 'linear'
+        if args.lr_base_scale == 'sqrt':
+            batch_ratio = batch_ratio ** 0.5
+        args.lr = args.lr_base * batch_ratio
+        if utils.is_primary(args):
+            _logger.info(f'Learning rate ({args.lr}) calculated from base learning rate ({args.lr_base}) '
+                         f'and effective global batch size ({global_batch_size}) with {args.lr_base_scale} scaling.')
+
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+
+    amp_autocast = nullcontext
+    loss_scaler = None
+    if use_amp == 'native':
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        if device.type == 'cuda' and amp_dtype == torch.float16:
+            loss_scaler = NativeScaler(device=device.type)
+        if utils.is_primary(args):
+            _logger.info(f'Using native Torch AMP ({amp_dtype}). Training in mixed precision.')
+    elif utils.is_primary(args):
+        _logger.info('AMP not enabled. Training in float32.')
+
+    # Mixup / loss.
+    collate_fn = None
+    mixup_fn = None
+    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+    if mixup_active:
+        mixup_args = dict(
+            mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+            prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+            label_smoothing=args.smoothing, num_classes=args.num_classes)
+        if args.prefetcher:
+            assert not num_aug_splits
+            collate_fn = FastCollateMixup(**mixup_args)
+        else:
+            mixup_fn = Mixup(**mixup_args)
+    train_loss_fn = create_train_criterion(args, mixup_active).to(device=device)
+    validate_loss_fn = nn.CrossEntropyLoss().to(device=device)
+
+    task = create_train_task(args, model, train_loss_fn, device)
+
+    resume_epoch = None
+    if args.resume:
+        resume_epoch = resume_task_checkpoint(
+            task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=utils.is_primary(args))
+
+    model_ema = None
+    if args.model_ema:
+        model_ema = task.setup_ema(
+            decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+            device='cpu' if args.model_ema_force_cpu else None)
+        if args.resume:
+            load_task_ema_checkpoint(task, args.resume)
+
+    eval_model = model
+    if args.torchcompile:
+        assert hasattr(torch, 'compile'), 'A version of torch w/ torch.compile() is required for --compile'
+        # Only the full network is compiled; subnetwork passes run the eager model.
+        eval_model = task.compile(backend=args.torchcompile, mode=args.torchcompile_mode) or model
+        if model_ema is not None:
+            task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
+                                 broadcast_buffers=not args.no_ddp_bb)
+
+    # Datasets and loaders.
+    if args.input_img_mode is None:
+        input_img_mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+    else:
+        input_img_mode = args.input_img_mode
+    dataset_train = create_dataset(
+        dataset_name, root=data_root, split=args.train_split, is_training=True, class_map=args.class_map,
+        download=args.dataset_download, batch_size=args.batch_size, seed=args.seed, repeats=args.epoch_repeats,
+        input_img_mode=input_img_mode, input_key=args.input_key, target_key=args.target_key,
+        num_samples=args.train_num_samples, trust_remote_code=args.dataset_trust_remote_code)
+    dataset_eval = None
+    if args.val_split:
+        dataset_eval = create_dataset(
+            dataset_name, root=data_root, split=args.val_split, is_training=False, class_map=args.class_map,
+            download=args.dataset_download, batch_size=args.batch_size, input_img_mode=input_img_mode,
+            input_key=args.input_key, target_key=args.target_key, num_samples=args.val_num_samples,
+            trust_remote_code=args.dataset_trust_remote_code)
+    if num_aug_splits > 1:
+        from timm.data import AugMixDataset
+        dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)
+
+    train_interpolation = args.train_interpolation
+    if args.no_aug or not train_interpolation:
+        train_interpolation = data_config['interpolation']
+    loader_train = create_loader(
+        dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
+        re_split=args.resplit, train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio,
+        hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+        color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob or 0.,
+        gaussian_blur_prob=args.gaussian_blur_prob or 0., auto_augment=args.aa,
+        num_aug_repeats=args.aug_repeats, num_aug_splits=num_aug_splits, interpolation=train_interpolation,
+        mean=data_config['mean'], std=data_config['std'], num_workers=args.workers,
+        distributed=args.distributed, collate_fn=collate_fn, pin_memory=args.pin_mem, device=device,
+        use_prefetcher=args.prefetcher, use_multi_epochs_loader=args.use_multi_epochs_loader,
+        worker_seeding=args.worker_seeding, img_dtype=model_dtype or torch.float32,
+        input_size_choices=args.train_img_sizes, batch_size_choices=args.train_batch_sizes,
+        batch_choice_weights=args.train_size_probs, batch_choice_seed=args.seed,
+        batch_choice_schedule=args.train_size_schedule, batch_schedule_epochs=args.epochs,
+        batch_schedule_spread=args.train_size_schedule_spread,
+        batch_schedule_random_mix=args.train_size_random_mix, num_batches=args.train_batches_per_epoch)
+    apply_stim_transforms(loader_train, args, data_config)
+
+    loader_eval = None
+    if dataset_eval is not None:
+        eval_workers = args.workers
+        if args.distributed and ('tfds' in args.dataset or 'wds' in args.dataset):
+            eval_workers = min(2, args.workers)
+        loader_eval = create_loader(
+            dataset_eval, input_size=data_config['input_size'],
+            batch_size=args.validation_batch_size or args.batch_size, is_training=False,
+            interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
+            num_workers=eval_workers, distributed=args.distributed, crop_pct=data_config['crop_pct'],
+            pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher,
+            img_dtype=model_dtype or torch.float32)
+
+    # Output directory: created only now, after every check passed.
+    eval_metric = args.eval_metric if loader_eval is not None else 'loss'
+    decreasing_metric = eval_metric == 'loss'
+    saver = None
+    output_dir = None
+    if utils.is_primary(args):
+        if args.experiment:
+            exp_name = args.experiment
+        else:
+            exp_name = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
+                                 str(data_config['input_size'][-1])])
+        output_dir = utils.get_outdir(args.output if args.output else './output/train', exp_name)
+        saver = utils.CheckpointSaver(
+            model=model, optimizer=optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing_metric,
+            max_history=args.checkpoint_hist, task=task)
+        if args.resume:
+            saver.load_state_dict_from_checkpoint(args.resume)
+        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+            f.write(yaml.safe_dump({**vars(args), 'stim_resolved': stim_resolved}, default_flow_style=False))
+
+    if utils.is_primary(args) and args.log_wandb:
+        try:
+            import wandb
+            wandb.init(project=args.wandb_project, name=exp_name, config=args, tags=args.wandb_tags,
+                       resume='must' if args.wandb_resume_id else None, id=args.wandb_resume_id or None)
+        except ImportError:
+            _logger.warning('You requested to log results to wandb but it is not installed: pip install wandb')
+            args.log_wandb = False
+
+    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing_metric),
+        updates_per_epoch=updates_per_epoch)
+    start_epoch = 0
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    elif resume_epoch is not None:
+        start_epoch = resume_epoch
+    if lr_scheduler is not None and start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+    if utils.is_primary(args):
+        _logger.info(f'Scheduled epochs: {num_epochs}. LR stepped per {"update" if args.sched_on_updates else "epoch"}.')
+
+    results = []
+    best_metric = best_epoch = None
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            # Per-epoch seeding makes an epoch's data order and augmentation depend only on the
+            # seed and the epoch, so a resumed run repeats the uninterrupted run exactly.
+            utils.random_seed(args.seed + epoch, args.rank)
+            if hasattr(dataset_train, 'set_epoch'):
+                dataset_train.set_epoch(epoch)
+            elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
+                loader_train.sampler.set_epoch(epoch)
+
+            train_metrics = train_one_epoch(
+                epoch, task, loader_train, optimizer, args, device, lr_scheduler=lr_scheduler,
+                output_dir=output_dir, amp_autocast=amp_autocast, loss_scaler=loss_scaler, saver=saver,
+                mixup_fn=mixup_fn)
+
+            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                if utils.is_primary(args):
+                    _logger.info('Distributing BatchNorm running means and vars')
+                utils.distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+
+            eval_metrics = None
+            if loader_eval is not None and ((epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs):
+                if args.stim_bn_recal > 0:
+                    n = recalibrate_bn(model, loader_train, args.stim_bn_recal, device, amp_autocast,
+                                       args.channels_last)
+                    if args.distributed:
+                        utils.distribute_bn(model, args.world_size, True)
+                    if utils.is_primary(args):
+                        _logger.info(f'Re-estimated BatchNorm statistics on {n} training images per process.')
+                if loader_eval is not None:
+                    eval_metrics = validate(task.get_eval_model() or eval_model, loader_eval, validate_loss_fn,
+                                            args, device=device, amp_autocast=amp_autocast)
+                    if model_ema is not None and not args.model_ema_force_cpu:
+                        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                            utils.distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
+                        ema_eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, validate_loss_fn,
+                                                    args, device=device, amp_autocast=amp_autocast,
+                                                    log_suffix=' (EMA)')
+                        eval_metrics = ema_eval_metrics
+                if utils.is_primary(args) and eval_metrics is not None:
+                    _logger.info(f'Epoch {epoch}: validation top-1 {eval_metrics["top1"]:.2f}  '
+                                 f'top-5 {eval_metrics["top5"]:.2f}  loss {eval_metrics["loss"]:.4f}')
+
+            if output_dir is not None:
+                lrs = [param_group['lr'] for param_group in optimizer.param_groups]
+                utils.update_summary(
+                    epoch, train_metrics, eval_metrics or {}, filename=os.path.join(output_dir, 'summary.csv'),
+                    lr=sum(lrs) / len(lrs), write_header=best_metric is None and epoch == start_epoch,
+                    log_wandb=args.log_wandb)
+            latest_metric = eval_metrics[eval_metric] if eval_metrics else train_metrics[eval_metric]
+            if saver is not None:
+                best_metric, best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
+                if best_epoch == epoch:
+                    save_best_safetensors(output_dir, use_ema=model_ema is not None and not args.model_ema_force_cpu)
+            if lr_scheduler is not None:
+                lr_scheduler.step(epoch + 1, latest_metric)
+            results.append({'epoch': epoch, 'train': dict(train_metrics), 'validation': eval_metrics,
+                            'lr': sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)})
+            _after_epoch(epoch, output_dir)
+    except KeyboardInterrupt:
+        pass
+
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    if best_metric is not None and utils.is_primary(args):
+        _logger.info(f'*** Best metric: {best_metric} (epoch {best_epoch})')
+    return {'best_metric': best_metric, 'best_epoch': best_epoch, 'output_dir': output_dir, 'epochs': results}
+
+
+def apply_stim_transforms(loader, args, data_config) -> None:
+    """Add the recipe's PCA lighting / UniformAugment options to the train loader's transform."""
+    if not args.lighting_std and not args.uniform_augment:
+        return
+    from .transforms import add_stim_transforms
+    add_stim_transforms(loader, lighting_std=args.lighting_std, uniform_augment=args.uniform_augment,
+                        uniform_augment_ops=args.uniform_augment_ops, mean=data_config['mean'],
+                        std=data_config['std'])
