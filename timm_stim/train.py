@@ -265,12 +265,13 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
     model = task.get_trainable_module()
 
     task.train()
+    num_batches = batches_per_epoch(loader, args)
     accum_steps = args.grad_accum_steps
-    last_accum_steps = len(loader) % accum_steps
-    updates_per_epoch = (len(loader) + accum_steps - 1) // accum_steps
+    last_accum_steps = num_batches % accum_steps
+    updates_per_epoch = (num_batches + accum_steps - 1) // accum_steps
     num_updates = epoch * updates_per_epoch
-    last_batch_idx = len(loader) - 1
-    last_batch_idx_to_accum = len(loader) - last_accum_steps
+    last_batch_idx = num_batches - 1
+    last_batch_idx_to_accum = num_batches - last_accum_steps
     if stim:
         task.set_epoch(epoch)
         task.set_backward_scaling(loss_scaler, accum_steps)
@@ -279,6 +280,8 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
     optimizer.zero_grad()
     update_sample_count = 0
     for batch_idx, (input, target) in enumerate(loader):
+        if batch_idx >= num_batches:
+            break
         last_batch = batch_idx == last_batch_idx
         need_update = last_batch or (batch_idx + 1) % accum_steps == 0
         update_idx = batch_idx // accum_steps
@@ -294,7 +297,7 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         if stim:
-            progress = (epoch + batch_idx / len(loader)) / max(args.epochs, 1)
+            progress = (epoch + batch_idx / num_batches) / max(args.epochs, 1)
             task.kl_weight = kl_weight_at(args.stim_weight, args.stim_weight_sched, progress)
 
         data_time_m.update(accum_steps * (time.time() - data_start_time))
@@ -385,6 +388,13 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
             kl_avg = utils.reduce_tensor(torch.tensor([kl_avg], device=device), args.world_size).item()
         metrics['stim_kl'] = kl_avg
     return metrics
+
+
+def batches_per_epoch(loader, args) -> int:
+    """Training batches per epoch: the loader's length, capped by ``--train-batches-per-epoch``."""
+    if args.train_batches_per_epoch:
+        return min(len(loader), args.train_batches_per_epoch)
+    return len(loader)
 
 
 def validate(model, loader, loss_fn, args, device, amp_autocast=nullcontext, log_suffix=''):
@@ -713,7 +723,7 @@ def _main(args) -> Dict[str, Any]:
             _logger.warning('You requested to log results to wandb but it is not installed: pip install wandb')
             args.log_wandb = False
 
-    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    updates_per_epoch = (batches_per_epoch(loader_train, args) + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing_metric),
         updates_per_epoch=updates_per_epoch)
