@@ -21,6 +21,7 @@ import torch.nn as nn
 import yaml
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.loss import create_classification_loss
 from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.models import load_checkpoint, model_parameters, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -149,26 +150,12 @@ def create_train_model(args) -> nn.Module:
 
 
 def create_train_criterion(args, mixup_active: bool) -> nn.Module:
-    """The task loss timm's train.py would use for these options."""
-    from timm.loss import (BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy,
-                           SoftTargetCrossEntropy)
-    if args.jsd_loss:
-        assert args.aug_splits > 1, '--jsd-loss needs --aug-splits > 1'
-        return JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
-    if mixup_active:
-        if args.bce_loss:
-            return BinaryCrossEntropy(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum,
-                                      pos_weight=args.bce_pos_weight)
-        return SoftTargetCrossEntropy()
-    if args.smoothing:
-        if args.bce_loss:
-            return BinaryCrossEntropy(smoothing=args.smoothing, target_threshold=args.bce_target_thresh,
-                                      sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    if args.bce_loss:
-        return BinaryCrossEntropy(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum,
-                                  pos_weight=args.bce_pos_weight)
-    return nn.CrossEntropyLoss()
+    """The task loss for these options, from timm's own factory (as timm's train.py selects it)."""
+    loss_type = 'jsd' if args.jsd_loss else ('bce' if args.bce_loss else None)
+    return create_classification_loss(
+        loss_type=loss_type, smoothing=args.smoothing, soft_targets=mixup_active,
+        pos_weight=args.bce_pos_weight, bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
+        jsd_splits=args.aug_splits if args.jsd_loss else 0)
 
 
 def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torch.device):
