@@ -436,6 +436,11 @@ def _after_epoch(epoch: int, output_dir: Optional[str]) -> None:
     """Called after each epoch's checkpoint is written (a seam for tests that simulate a kill)."""
 
 
+def _first_not_none(*values):
+    # Compiled modules refuse bool() (it calls len()), so `a or b` cannot pick between modules.
+    return next(v for v in values if v is not None)
+
+
 def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
     """Write ``model_best.safetensors`` (the weights of ``model_best.pth.tar``) beside it."""
     from safetensors.torch import save_file
@@ -617,7 +622,8 @@ def _main(args) -> Dict[str, Any]:
     if args.torchcompile:
         assert hasattr(torch, 'compile'), 'A version of torch w/ torch.compile() is required for --compile'
         # Only the full network is compiled; subnetwork passes run the eager model.
-        eval_model = task.compile(backend=args.torchcompile, mode=args.torchcompile_mode) or model
+        compiled = task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+        eval_model = compiled if compiled is not None else model
         if model_ema is not None:
             task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
@@ -759,7 +765,7 @@ def _main(args) -> Dict[str, Any]:
                     if utils.is_primary(args):
                         _logger.info(f'Re-estimated BatchNorm statistics on {n} training images per process.')
                 if loader_eval is not None:
-                    eval_metrics = validate(task.get_eval_model() or eval_model, loader_eval, validate_loss_fn,
+                    eval_metrics = validate(_first_not_none(task.get_eval_model(), eval_model), loader_eval, validate_loss_fn,
                                             args, device=device, amp_autocast=amp_autocast)
                     if model_ema is not None and not args.model_ema_force_cpu:
                         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
