@@ -1,5 +1,6 @@
 """train_stim.py end to end on the embedded digits (CPU, tiny runs)."""
 import csv
+import math
 import glob
 import os
 import subprocess
@@ -131,3 +132,21 @@ def test_torchcompile_trains_like_eager(tmp_path):
     for key, value in runs['eager'].items():
         if value.is_floating_point():
             torch.testing.assert_close(runs['compiled'][key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize('extra', [
+    ['--amp'],  # bfloat16 autocast on CPU
+    ['--channels-last'],
+    ['--grad-accum-steps', '2'],
+    ['--clip-grad', '0.5'],
+    ['--mixup', '0.2', '--cutmix', '1.0'],
+    ['--drop-path', '0.1'],
+    ['--stim-weight-sched', 'cos-up', '--stim-norm', 'all', '--stim-mode', 'drop', '--stim-bn', 'update',
+     '--stim-bn-recal', '64'],
+], ids=lambda e: ' '.join(e))
+def test_stim_combines_with_timm_options(tmp_path, extra):
+    result = main(_base(tmp_path, '--stim-subnets', '2', '--stim-min-scale', '0.5', '--train-batches-per-epoch', '2',
+                        *extra))
+    train = result['epochs'][0]['train']
+    assert math.isfinite(train['loss']) and math.isfinite(train['stim_kl']) and train['stim_kl'] >= 0
+    timm.create_model('resnet18', num_classes=10, checkpoint_path=os.path.join(result['output_dir'], 'last.pth.tar'))
