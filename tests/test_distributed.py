@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -35,22 +36,46 @@ def _args(data, out, batch_size):
             '--output', str(out), '--experiment', 'run', '--checkpoint-hist', '1']
 
 
-def test_two_process_run_equals_single_process_on_concatenated_batch(tmp_path):
-    data = tmp_path / 'data'
-    _image_folder(data)
-    main(_args(data, tmp_path / 'single', 8))
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-         os.path.join(ROOT, 'train_stim.py'), *_args(data, tmp_path / 'ddp', 4)],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'distributed mode with 2 processes' in proc.stderr
-    single = torch.load(tmp_path / 'single' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
-    ddp = torch.load(tmp_path / 'ddp' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def single_run(tmp_path_factory):
+    """Data, and the single-process run on batches of 8 that the distributed runs must equal."""
+    root = tmp_path_factory.mktemp('dist')
+    _image_folder(root / 'data')
+    main(_args(root / 'data', root / 'single', 8))
+    return root, torch.load(root / 'single' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+
+
+def _torchrun(*args):
+    return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def _wait(proc):
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, err
+
+
+def _assert_same_training(single, path):
+    ddp = torch.load(path, map_location='cpu', weights_only=False)
     assert single['epoch'] == ddp['epoch'] == 2
     for key, value in single['state_dict'].items():
         torch.testing.assert_close(ddp['state_dict'][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_process_run_equals_single_process_on_concatenated_batch(single_run):
+    root, single = single_run
+    code, err = _wait(_torchrun('--standalone', '--nproc_per_node', '2', os.path.join(ROOT, 'train_stim.py'),
+                                *_args(root / 'data', root / 'ddp', 4)))
+    assert code == 0, err[-3000:]
+    assert 'distributed mode with 2 processes' in err
+    _assert_same_training(single, root / 'ddp' / 'run' / 'last.pth.tar')
     # And training moved the weights: the comparison is not between two untouched models.
     import timm
     from timm import utils
@@ -58,3 +83,29 @@ def test_two_process_run_equals_single_process_on_concatenated_batch(tmp_path):
     fresh = timm.create_model('resnet18', num_classes=2, norm_layer='groupnorm').state_dict()
     assert not torch.allclose(fresh['fc.weight'], single['state_dict']['fc.weight'])
     assert not torch.allclose(fresh['layer1.1.conv1.weight'], single['state_dict']['layer1.1.conv1.weight'])
+
+
+def test_two_node_torchrun_equals_single_process(single_run):
+    # Multi-node torchrun: two "nodes" (separate torchrun agents) of one process each, meeting
+    # at a rendezvous on 127.0.0.1, as two machines would at their master address.
+    root, single = single_run
+    port = str(_free_port())
+    procs = [_torchrun('--nnodes', '2', '--nproc_per_node', '1', '--node_rank', str(node), '--master_addr',
+                       '127.0.0.1', '--master_port', port, os.path.join(ROOT, 'train_stim.py'),
+                       *_args(root / 'data', root / f'node{node}', 4))
+             for node in (0, 1)]
+    results = [_wait(p) for p in procs]
+    for code, err in results:
+        assert code == 0, err[-3000:]
+    assert 'distributed mode with 2 processes, rank 0' in results[0][1]
+    assert 'distributed mode with 2 processes, rank 1' in results[1][1]
+    _assert_same_training(single, root / 'node0' / 'run' / 'last.pth.tar')
+    assert not (root / 'node1').exists()  # only the primary process writes
+
+
+def test_sync_bn_on_cpu_is_refused_before_writing(single_run):
+    root, _ = single_run
+    code, err = _wait(_torchrun('--standalone', '--nproc_per_node', '2', os.path.join(ROOT, 'train_stim.py'),
+                                *_args(root / 'data', root / 'syncbn', 4), '--sync-bn'))
+    assert code != 0 and '--sync-bn' in err and 'CPU' in err
+    assert not (root / 'syncbn').exists()

@@ -150,3 +150,63 @@ def test_stim_combines_with_timm_options(tmp_path, extra):
     train = result['epochs'][0]['train']
     assert math.isfinite(train['loss']) and math.isfinite(train['stim_kl']) and train['stim_kl'] >= 0
     timm.create_model('resnet18', num_classes=10, checkpoint_path=os.path.join(result['output_dir'], 'last.pth.tar'))
+
+
+def test_loss_scaling_gives_the_unscaled_update(tmp_path, monkeypatch):
+    # fp16 AMP on CUDA trains with timm's NativeScaler. Here, on CPU in float32, a scaler at
+    # 2**16 must give the same weights as no scaler: the subnetwork KL backward passes are
+    # scaled like the task loss (and per accumulation step) before the scaler unscales them.
+    extra = ('--stim-subnets', '2', '--stim-min-scale', '0.5', '--grad-accum-steps', '2', '--clip-grad', '1')
+    main(_base(tmp_path / 'plain', *extra))
+    from timm.utils import NativeScaler
+    calls = []
+
+    class CountingScaler(NativeScaler):
+        def __call__(self, *args, **kwargs):
+            calls.append(self._scaler.get_scale())
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, 'create_loss_scaler', lambda *a, **k: CountingScaler(device='cpu'))
+    main(_base(tmp_path / 'scaled', *extra))
+    assert calls and all(scale == 2.0 ** 16 for scale in calls)  # used, and no step skipped for overflow
+    plain = torch.load(tmp_path / 'plain' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    scaled = torch.load(tmp_path / 'scaled' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    for key, value in plain['state_dict'].items():
+        torch.testing.assert_close(scaled['state_dict'][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+FAKE_WANDB = '''
+import json, os
+def _record(call, **kwargs):
+    with open(os.environ["FAKE_WANDB_LOG"], "a") as f:
+        f.write(json.dumps({"call": call, **kwargs}, default=str) + "\\n")
+def init(**kwargs):
+    _record("init", **kwargs)
+def log(data, **kwargs):
+    _record("log", data=data)
+'''
+
+
+def test_log_wandb_gets_config_and_metrics(tmp_path):
+    # A stand-in wandb package (no account, no network) that records what train_stim.py sends.
+    (tmp_path / 'fake' / 'wandb').mkdir(parents=True)
+    (tmp_path / 'fake' / 'wandb' / '__init__.py').write_text(FAKE_WANDB)
+    log = tmp_path / 'wandb.jsonl'
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / 'fake'), FAKE_WANDB_LOG=str(log), OMP_NUM_THREADS='1',
+               TIMM_STIM_CACHE=os.environ['TIMM_STIM_CACHE'])
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'train_stim.py'),
+         *_base(tmp_path / 'out', '--stim-subnets', '2', '--epochs', '2', '--train-batches-per-epoch', '2',
+                '--log-wandb', '--wandb-project', 'proj', '--wandb-tags', 'a', 'b')],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    inits = [c for c in calls if c['call'] == 'init']
+    logs = [c['data'] for c in calls if c['call'] == 'log']
+    assert len(inits) == 1
+    assert inits[0]['project'] == 'proj' and inits[0]['name'] == 'run' and inits[0]['tags'] == ['a', 'b']
+    assert inits[0]['config']['stim_subnets'] == 2
+    assert inits[0]['config']['stim_resolved']['stage_depths'] == [2, 2, 2, 2]
+    assert [row['epoch'] for row in logs] == [0, 1]
+    assert all(row['train_stim_kl'] > 0 and 'eval_top1' in row for row in logs)

@@ -70,6 +70,8 @@ def check_args(args) -> None:
     if args.stim_subnets > 0 and args.kd_model_name:
         raise ConfigError('--kd-model-name with --stim-subnets > 0: knowledge distillation from a teacher and '
                           'stimulative training cannot be combined yet; use one of them.')
+    if args.model_dtype not in (None, '', 'float32', 'float16', 'bfloat16'):
+        raise ConfigError(f'--model-dtype {args.model_dtype!r}: expected float32, float16 or bfloat16.')
     if args.stim_subnets > 0 and args.naflex_loader:
         raise ConfigError('--naflex-loader is for NaFlex vision transformers; timm_stim samples subnetworks of '
                           'residual CNNs. Drop --naflex-loader or set --stim-subnets 0.')
@@ -171,19 +173,46 @@ def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torc
             device=device, verbose=utils.is_primary(args),
         )
     if args.kd_model_name:
-        from timm.task import DistillationTeacher, LogitDistillationTask
-        if args.kd_distill_type != 'logit':
-            raise ConfigError(f'--kd-distill-type {args.kd_distill_type!r}: train_stim.py supports logit '
-                              f'distillation; use timm train.py for feature/token distillation.')
-        teacher = DistillationTeacher(model_name=args.kd_model_name, num_classes=args.num_classes,
-                                      in_chans=args.in_chans, device=device)
-        kwargs = dict(loss_type=args.kd_loss_type, temperature=args.kd_temperature)
-        if args.distill_loss_weight is not None:
-            kwargs['distill_loss_weight'] = args.distill_loss_weight
-        if args.task_loss_weight is not None:
-            kwargs['task_loss_weight'] = args.task_loss_weight
-        return LogitDistillationTask(model, teacher, criterion, device=device, **kwargs)
+        try:
+            return create_distillation_task(args, model, criterion, device)
+        except (OSError, RuntimeError, ValueError) as e:  # hub/cache/file errors while loading the teacher
+            raise ConfigError(
+                f'--kd-model-name {args.kd_model_name!r}: could not create the teacher with pretrained weights '
+                f'({type(e).__name__}: {e}). Pass a model timm can load with pretrained=True here: a Hub model '
+                f'in the local cache, or local-dir:DIR with config.json and model.safetensors.') from e
     return ClassificationTask(model, criterion, device=device, verbose=utils.is_primary(args))
+
+
+def create_distillation_task(args, model: nn.Module, criterion: nn.Module, device: torch.device):
+    """timm's distillation task for ``--kd-distill-type``, built exactly as timm's train.py builds it.
+
+    The teacher is ``--kd-model-name`` created by timm with ``pretrained=True``: a Hub name
+    (``hf-hub:...``, cached or downloaded) or a ``local-dir:DIR`` folder in timm's Hub format.
+    """
+    from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDistillationTask
+    common = dict(student_model=model, teacher_model=args.kd_model_name, criterion=criterion,
+                  distill_loss_weight=args.distill_loss_weight, task_loss_weight=args.task_loss_weight,
+                  device=device, dtype=_model_dtype(args), verbose=utils.is_primary(args))
+    if args.kd_distill_type == 'logit':
+        return LogitDistillationTask(loss_type=args.kd_loss_type, temperature=args.kd_temperature, **common)
+    if args.kd_distill_type == 'feature':
+        return FeatureDistillationTask(student_feature_dim=args.kd_student_feature_dim,
+                                       teacher_feature_dim=args.kd_teacher_feature_dim, **common)
+    if args.kd_distill_type == 'token':
+        return TokenDistillationTask(distill_type=args.kd_token_distill_type, temperature=args.kd_temperature,
+                                     **common)
+    raise ConfigError(f'--kd-distill-type {args.kd_distill_type!r}: expected logit, feature or token.')
+
+
+def _model_dtype(args) -> Optional[torch.dtype]:
+    return getattr(torch, args.model_dtype) if args.model_dtype else None
+
+
+def create_loss_scaler(device: torch.device, amp_dtype: torch.dtype, use_amp: bool) -> Optional[NativeScaler]:
+    """timm's ``NativeScaler`` where AMP needs loss scaling: float16 autocast on CUDA (as timm's train.py)."""
+    if use_amp and device.type == 'cuda' and amp_dtype == torch.float16:
+        return NativeScaler(device=device.type)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,10 +513,10 @@ def _main(args) -> Dict[str, Any]:
         _logger.info(f'Training with a single process on device {args.device}.')
     assert args.rank >= 0
 
-    model_dtype = None
-    if args.model_dtype:
-        assert args.model_dtype in ('float32', 'float16', 'bfloat16')
-        model_dtype = getattr(torch, args.model_dtype)
+    model_dtype = _model_dtype(args)
+    if args.sync_bn and args.distributed and device.type == 'cpu':
+        raise ConfigError('--sync-bn synchronizes BatchNorm across GPUs; torch\'s SyncBatchNorm does not run on '
+                          'CPU tensors. Drop --sync-bn (or use --dist-bn reduce) for CPU training.')
     use_amp = None
     amp_dtype = torch.float16
     if args.amp:
@@ -575,11 +604,9 @@ def _main(args) -> Dict[str, Any]:
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
 
     amp_autocast = nullcontext
-    loss_scaler = None
+    loss_scaler = create_loss_scaler(device, amp_dtype, use_amp=use_amp == 'native')
     if use_amp == 'native':
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
-        if device.type == 'cuda' and amp_dtype == torch.float16:
-            loss_scaler = NativeScaler(device=device.type)
         if utils.is_primary(args):
             _logger.info(f'Using native Torch AMP ({amp_dtype}). Training in mixed precision.')
     elif utils.is_primary(args):
@@ -710,11 +737,14 @@ def _main(args) -> Dict[str, Any]:
     if utils.is_primary(args) and args.log_wandb:
         try:
             import wandb
-            wandb.init(project=args.wandb_project, name=exp_name, config=args, tags=args.wandb_tags,
-                       resume='must' if args.wandb_resume_id else None, id=args.wandb_resume_id or None)
         except ImportError:
             _logger.warning('You requested to log results to wandb but it is not installed: pip install wandb')
             args.log_wandb = False
+        else:
+            # The run's config is args.yaml's: every option plus the resolved stimulative configuration.
+            wandb.init(project=args.wandb_project, name=exp_name, config={**vars(args), 'stim_resolved': stim_resolved},
+                       tags=args.wandb_tags, resume='must' if args.wandb_resume_id else None,
+                       id=args.wandb_resume_id or None)
 
     updates_per_epoch = (batches_per_epoch(loader_train, args) + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, num_epochs = create_scheduler_v2(
