@@ -210,3 +210,21 @@ def test_log_wandb_gets_config_and_metrics(tmp_path):
     assert inits[0]['config']['stim_resolved']['stage_depths'] == [2, 2, 2, 2]
     assert [row['epoch'] for row in logs] == [0, 1]
     assert all(row['train_stim_kl'] > 0 and 'eval_top1' in row for row in logs)
+
+
+def test_validate_weights_metrics_by_samples():
+    # Batches of 4, 4 and 2: metrics must be those of the 10 samples, not a mean of batch means.
+    import argparse
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7))
+    x, y = torch.randn(10, 3, 2, 2), torch.randint(0, 7, (10,))
+    batches = [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])]
+    args = argparse.Namespace(prefetcher=False, channels_last=False, tta=0, distributed=False, log_interval=1,
+                              rank=0)
+    metrics = train_mod.validate(model, batches, torch.nn.CrossEntropyLoss(), args, torch.device('cpu'))
+    with torch.no_grad():
+        logits = model(x)
+    top5 = logits.topk(5, dim=1).indices
+    assert metrics['top1'] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
+    assert metrics['top5'] == pytest.approx(100 * (top5 == y[:, None]).any(1).float().mean().item())
+    assert metrics['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)

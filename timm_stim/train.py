@@ -414,47 +414,40 @@ def batches_per_epoch(loader, args) -> int:
 
 
 def validate(model, loader, loss_fn, args, device, amp_autocast=nullcontext, log_suffix=''):
-    """Top-1 / top-5 / loss over the validation loader, as timm's ``validate``."""
+    """Loss / top-1 / top-5 over the validation loader, accumulated by timm's ``ClassificationEvaluator``.
+
+    Metrics are weighted by samples (not batches) and, in distributed runs, exclude the
+    padding the distributed sampler adds, then are summed over ranks.
+    """
+    from timm.task import ClassificationEvaluator, evaluation_sample_limit
+    evaluator = ClassificationEvaluator(device, max_samples=evaluation_sample_limit(loader), criterion=loss_fn)
     batch_time_m = utils.AverageMeter()
-    losses_m = utils.AverageMeter()
-    top1_m = utils.AverageMeter()
-    top5_m = utils.AverageMeter()
     model.eval()
     end = time.time()
     last_idx = len(loader) - 1
     with torch.inference_mode():
         for batch_idx, (input, target) in enumerate(loader):
-            last_batch = batch_idx == last_idx
             if not args.prefetcher:
                 input, target = input.to(device), target.to(device)
             if args.channels_last:
                 input = input.contiguous(memory_format=torch.channels_last)
             with amp_autocast():
                 output = model(input)
-                if isinstance(output, (tuple, list)):
-                    output = output[0]
-                reduce_factor = args.tta
-                if reduce_factor > 1:
-                    output = output.unfold(0, reduce_factor, reduce_factor).mean(dim=2)
-                    target = target[0:target.size(0):reduce_factor]
-                loss = loss_fn(output, target)
-            acc1, acc5 = utils.accuracy(output, target, topk=(1, min(5, output.shape[-1])))
-            if args.distributed:
-                loss = utils.reduce_tensor(loss.data, args.world_size)
-                acc1 = utils.reduce_tensor(acc1, args.world_size)
-                acc5 = utils.reduce_tensor(acc5, args.world_size)
-            losses_m.update(loss.item(), input.size(0))
-            top1_m.update(acc1.item(), output.size(0))
-            top5_m.update(acc5.item(), output.size(0))
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            if args.tta > 1:
+                output = output.unfold(0, args.tta, args.tta).mean(dim=2)
+                target = target[0:target.size(0):args.tta]
+            evaluator.update(output, target)
             batch_time_m.update(time.time() - end)
             end = time.time()
-            if utils.is_primary(args) and (last_batch or batch_idx % args.log_interval == 0):
-                log_name = 'Test' + log_suffix
+            if utils.is_primary(args) and (batch_idx == last_idx or batch_idx % args.log_interval == 0):
+                running = evaluator.summary()
                 _logger.info(
-                    f'{log_name}: [{batch_idx:>4d}/{last_idx}]  Time: {batch_time_m.val:.3f} ({batch_time_m.avg:.3f})  '
-                    f'Loss: {losses_m.val:>7.3f} ({losses_m.avg:>6.3f})  '
-                    f'Acc@1: {top1_m.val:>7.3f} ({top1_m.avg:>7.3f})  Acc@5: {top5_m.val:>7.3f} ({top5_m.avg:>7.3f})')
-    return OrderedDict([('loss', losses_m.avg), ('top1', top1_m.avg), ('top5', top5_m.avg)])
+                    f'Test{log_suffix}: [{batch_idx:>4d}/{last_idx}]  Time: {batch_time_m.val:.3f} '
+                    f'({batch_time_m.avg:.3f})  Loss: {running["loss"]:>6.3f}  Acc@1: {running["top1"]:>7.3f}  '
+                    f'Acc@5: {running["top5"]:>7.3f}')
+    return evaluator.compute(distributed=args.distributed)
 
 
 # ---------------------------------------------------------------------------------------------
