@@ -15,7 +15,7 @@ import tempfile
 from typing import List, Optional, Sequence, Tuple
 
 __all__ = ['EMBEDDED_DATASETS', 'is_embedded', 'cache_root', 'materialize_embedded', 'resolve_dataset',
-           'layout_fashion_mnist', 'FASHION_MNIST_SOURCES']
+           'layout_fashion_mnist', 'FASHION_MNIST_SOURCES', 'ImageModeDataset', 'with_image_mode']
 
 EMBEDDED_DATASETS = ('digits',)
 _PREFIX = 'embedded/'
@@ -137,6 +137,50 @@ def resolve_dataset(dataset: str, data_dir: Optional[str]) -> Tuple[str, Optiona
     if prefix == 'torch' and not data_dir:
         raise ValueError(f'--dataset {dataset} needs --data-dir DIR (torchvision datasets are read from a root folder).')
     return dataset, data_dir
+
+
+class ImageModeDataset:
+    """A torchvision dataset whose PIL images are converted to ``mode`` before the transform.
+
+    timm converts images to ``--input-img-mode`` (RGB for 3-channel models) in its own readers
+    (folders, TFDS, WDS, HF) but hands ``torch/`` datasets' images to the transform as they
+    are, so Fashion-MNIST's grey images reach a 3-channel model's normalization as 1 channel.
+    This wrapper applies the same conversion: ``timm.data.create_loader`` sets ``transform``
+    on it as on any dataset, and every other attribute is the wrapped dataset's.
+
+    Args:
+        dataset: a dataset that applies its ``transform`` attribute to a PIL image.
+        mode: PIL mode, e.g. ``'RGB'`` (grey replicated to 3 channels) or ``'L'``.
+    """
+
+    def __init__(self, dataset, mode: str):
+        self.dataset = dataset
+        self.mode = mode
+        self.transform = getattr(dataset, 'transform', None)
+        dataset.transform = self._convert_then_transform
+
+    def _convert_then_transform(self, img):
+        if getattr(img, 'mode', self.mode) != self.mode:
+            img = img.convert(self.mode)
+        return self.transform(img) if self.transform is not None else img
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def __getattr__(self, name):
+        if name == 'dataset':  # not set yet (e.g. during unpickling): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def with_image_mode(dataset, dataset_name: str, mode: Optional[str]):
+    """``dataset`` wrapped in ``ImageModeDataset`` where timm leaves image modes alone (``torch/`` datasets)."""
+    if mode and dataset is not None and dataset_name.lower().startswith('torch/'):
+        return ImageModeDataset(dataset, mode)
+    return dataset
 
 
 def _find_fashion_source(source_dirs: Sequence[str]) -> Tuple[str, List[str]]:

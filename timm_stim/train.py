@@ -30,7 +30,7 @@ from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_
 from timm.utils import NativeScaler
 
 from .args import parse_args
-from .data import resolve_dataset
+from .data import resolve_dataset, with_image_mode
 from .errors import UnsupportedModelError
 from .spaces import resolve_space
 from .stimulator import Stimulator, attach, get_stimulator
@@ -667,6 +667,8 @@ def _main(args) -> Dict[str, Any]:
             download=args.dataset_download, batch_size=args.batch_size, input_img_mode=input_img_mode,
             input_key=args.input_key, target_key=args.target_key, num_samples=args.val_num_samples,
             trust_remote_code=args.dataset_trust_remote_code)
+    dataset_train = with_image_mode(dataset_train, dataset_name, input_img_mode)
+    dataset_eval = with_image_mode(dataset_eval, dataset_name, input_img_mode)
     if num_aug_splits > 1:
         from timm.data import AugMixDataset
         dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)
