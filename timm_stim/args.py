@@ -522,7 +522,8 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument('--hub-revision', type=str, default=None, metavar='BRANCH',
                        help='branch to push to (default: the main branch)')
     group.add_argument('--hub-which', type=str, default='best', choices=('best', 'last', 'ema'),
-                       help='which weights to publish (default: best)')
+                       help='which weights to publish: best (model_best.pth.tar), last (last.pth.tar) or ema '
+                            '(the EMA weights of last.pth.tar, needs --model-ema) (default: best)')
     return parser
 
 

@@ -32,6 +32,7 @@ from timm.utils import NativeScaler
 from .args import parse_args
 from .data import resolve_dataset, with_image_mode
 from .errors import UnsupportedModelError
+from .hub import HubPushError
 from .spaces import resolve_space
 from .stimulator import Stimulator, attach, get_stimulator
 from .task import StimulativeTask, check_scales
@@ -81,6 +82,15 @@ def check_args(args) -> None:
         resolve_dataset(args.dataset, args.data_dir)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
+    if args.push_to_hub is not None:
+        from .hub import check_repo_id
+        try:
+            check_repo_id(args.push_to_hub)
+        except ValueError as e:
+            raise ConfigError(f'--push-to-hub: {e}') from None
+        if args.hub_which == 'ema' and not args.model_ema:
+            raise ConfigError('--hub-which ema publishes the EMA weights, but --model-ema is off: add --model-ema '
+                              'or use --hub-which best / last.')
 
 
 def kl_weight_at(base: float, schedule: str, progress: float) -> float:
@@ -487,6 +497,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     except ConfigError as e:
         _logger.error(str(e))
         raise SystemExit(2)
+    except HubPushError as e:  # training finished and its results are saved; only publishing failed
+        _logger.error(e.report())
+        raise SystemExit(1)
 
 
 def _main(args) -> Dict[str, Any]:
@@ -505,6 +518,9 @@ def _main(args) -> Dict[str, Any]:
     else:
         _logger.info(f'Training with a single process on device {args.device}.')
     assert args.rank >= 0
+    if args.push_to_hub and utils.is_primary(args):
+        from .hub import warn_if_no_token
+        warn_if_no_token(args.push_to_hub)
 
     model_dtype = _model_dtype(args)
     if args.sync_bn and args.distributed and device.type == 'cpu':
@@ -760,6 +776,7 @@ def _main(args) -> Dict[str, Any]:
 
     results = []
     best_metric = best_epoch = None
+    interrupted = False
     try:
         for epoch in range(start_epoch, num_epochs):
             # Per-epoch seeding makes an epoch's data order and augmentation depend only on the
@@ -820,13 +837,18 @@ def _main(args) -> Dict[str, Any]:
                             'lr': sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)})
             _after_epoch(epoch, output_dir)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
 
     if args.distributed:
         torch.distributed.destroy_process_group()
     if best_metric is not None and utils.is_primary(args):
         _logger.info(f'*** Best metric: {best_metric} (epoch {best_epoch})')
-    return {'best_metric': best_metric, 'best_epoch': best_epoch, 'output_dir': output_dir, 'epochs': results}
+    hub_url = None
+    if args.push_to_hub and output_dir is not None:  # rank 0; a HubPushError exits with 1 in main()
+        from .hub import push_after_training
+        hub_url = push_after_training(args, output_dir, dataset_train, interrupted=interrupted)
+    return {'best_metric': best_metric, 'best_epoch': best_epoch, 'output_dir': output_dir, 'epochs': results,
+            'hub_url': hub_url}
 
 
 def apply_stim_transforms(loader, args, data_config) -> None:

@@ -1,0 +1,347 @@
+"""Publishing to the Hugging Face Hub (timm_stim.hub), end to end against a local Hub server.
+
+The Hub is ``tests/hub_server.py`` (fixture ``hub_server`` in conftest.py). In this process,
+``hub_env`` points huggingface_hub's constants at it (huggingface_hub reads HF_ENDPOINT when it is
+imported) and returns the environment that subprocesses use instead. Nothing touches the real
+Hub, the real token or the real cache.
+"""
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from timm.models import save_for_hf
+
+import timm_stim.hub as hub
+from timm_stim.train import main as train_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture
+def hub_env(hub_server, tmp_path, monkeypatch):
+    """Point huggingface_hub (in this process and in subprocesses) at the local server."""
+    from huggingface_hub import constants
+    home = tmp_path / 'hf_home'
+    env = {
+        'HF_ENDPOINT': hub_server.url, 'HF_TOKEN': hub_server.token, 'HF_HOME': str(home),
+        'HF_HUB_CACHE': str(home / 'hub'), 'HF_HUB_DISABLE_TELEMETRY': '1', 'HF_HUB_DISABLE_PROGRESS_BARS': '1',
+        hub.RETRY_DELAY_ENV: '0.01', 'TIMM_STIM_CACHE': str(tmp_path.parent / 'timm_stim_cache'),
+        'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_TOKEN_PATH'):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(constants, 'ENDPOINT', hub_server.url)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                        hub_server.url + '/{repo_id}/resolve/{revision}/{filename}')
+    monkeypatch.setattr(constants, 'HF_HOME', str(home))
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(home / 'hub'))
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(home / 'token'))
+    monkeypatch.setattr(constants, 'HF_STORED_TOKENS_PATH', str(home / 'stored_tokens'))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_TELEMETRY', True)
+    return dict(os.environ)
+
+
+def _train_argv(out, *extra):
+    # tests/test_train.py's small fast settings.
+    return ['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
+            '--input-size', '3', '16', '16', '--mean', '0.5', '0.5', '0.5', '--std', '0.5', '0.5', '0.5',
+            '-b', '32', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '1',
+            '--train-batches-per-epoch', '3', '--output', str(out), '--experiment', 'run', '--log-interval', '1',
+            '--seed', '3', *extra]
+
+
+def _hash_tree(folder):
+    digests = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                digests[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def _tree_contains(folder, needle: bytes):
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), 'rb') as f:
+                if needle in f.read():
+                    return os.path.join(root, name)
+    return None
+
+
+def _logits(model, seed=0, size=16):
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _retry_command(text):
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.strip() == 'Retry with:')
+    return lines[i + 1].strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# train_stim.py --push-to-hub
+# ---------------------------------------------------------------------------------------------
+
+def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, capfd):
+    repo = 'tester/digits-stim'
+    result = train_main(_train_argv(tmp_path / 'out', '--stim-subnets', '2', '--push-to-hub', repo))
+    out = result['output_dir']
+    assert result['hub_url'] == f'{hub_server.url}/{repo}'
+    files = hub_server.files(repo)
+    assert {'model.safetensors', 'config.json', 'README.md', 'training_curves.png'} <= set(files)
+    assert files['training_curves.png'].startswith(PNG_MAGIC)
+
+    # Loads anywhere through timm's own hf-hub path, with the local best checkpoint's logits.
+    published = timm.create_model(f'hf-hub:{repo}', pretrained=True)
+    local = timm.create_model('resnet18', num_classes=10, checkpoint_path=os.path.join(out, 'model_best.pth.tar'))
+    assert torch.equal(_logits(published), _logits(local))
+    cfg = published.pretrained_cfg
+    assert tuple(cfg['input_size']) == (3, 16, 16) and list(cfg['mean']) == [0.5] * 3 and list(cfg['std']) == [0.5] * 3
+    assert cfg['crop_pct'] == 0.95 and cfg['interpolation'] == 'bicubic' and cfg['num_classes'] == 10
+    assert cfg['label_names'] == [str(i) for i in range(10)]  # the digits' class folders
+    assert 'tag' not in cfg and 'paper_ids' not in cfg  # resnet18's default weights are not these
+
+    # The model card parses (huggingface_hub) and holds the stimulative configuration and results.
+    card = ModelCard(files['README.md'].decode())
+    assert card.data.library_name == 'timm' and card.data.license == 'apache-2.0'
+    assert {'image-classification', 'stimulative-training', 'timm'} <= set(card.data.tags)
+    summary = hub.read_summary(os.path.join(out, 'summary.csv'))
+    metrics = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert metrics['Top-1 accuracy (%)'] == pytest.approx(summary[0]['eval_top1'], abs=1e-3)
+    assert metrics['Top-5 accuracy (%)'] == pytest.approx(summary[0]['eval_top5'], abs=1e-3)
+    assert card.data.eval_results[0].dataset_split == 'validation'
+    assert f'timm.create_model("hf-hub:{repo}", pretrained=True)' in card.text
+    assert '| `--stim-subnets` | 2 |' in card.text and 'stim_resolved:' in card.text
+    assert 'stage_depths: [2, 2, 2, 2]' in card.text and 'depth_choices:' in card.text
+    assert '![Training curves](training_curves.png)' in card.text and 'train_stim_kl' in card.text
+    assert 'batch_size: 32' in card.text and str(tmp_path) not in card.text  # no local paths
+
+    # The token is nowhere: uploaded files, output dir, logs.
+    token = hub_server.token.encode()
+    assert not [name for name, content in files.items() if token in content]
+    assert _tree_contains(out, token) is None
+    captured = capfd.readouterr()
+    assert hub_server.token not in captured.out + captured.err
+    assert all(authorized for _, _, authorized in hub_server.requests)
+
+
+def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server, tmp_path, capfd, monkeypatch):
+    before = {}
+    real_push = hub.push_training_output
+
+    def hash_then_push(output_dir, *args, **kwargs):
+        before.update(_hash_tree(output_dir))
+        return real_push(output_dir, *args, **kwargs)
+    monkeypatch.setattr(hub, 'push_training_output', hash_then_push)
+    scratch = tmp_path / 'tmp'
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))  # the upload folder must be a temporary one
+    hub_server.refuse_all = True
+    repo = 'tester/refused'
+
+    with pytest.raises(SystemExit) as info:
+        train_main(_train_argv(tmp_path / 'out', '--stim-subnets', '1', '--push-to-hub', repo))
+    assert info.value.code == 1
+    out = tmp_path / 'out' / 'run'
+    assert 'model_best.pth.tar' in before and 'summary.csv' in before and 'args.yaml' in before
+    assert _hash_tree(out) == before  # byte-identical: nothing written, moved or removed
+    assert os.listdir(scratch) == []  # and the temporary upload folder is gone
+    assert hub_server.requests  # the push was attempted (and refused)
+    captured = capfd.readouterr()
+    text = captured.out + captured.err
+    assert '401 Unauthorized' in text and f'saved, unchanged, in {out}' in text
+    assert hub_server.token not in text
+    command = _retry_command(text)
+    assert command.startswith(f'python -m timm_stim push {out / "model_best.pth.tar"} {repo} --model resnet18')
+
+    # The printed command publishes the same weights once the Hub accepts the token.
+    hub_server.refuse_all = False
+    argv = shlex.split(command)
+    assert argv[:4] == ['python', '-m', 'timm_stim', 'push']
+    assert hub.main(argv[4:]) == 0
+    published = load_file_from_bytes(hub_server.files(repo)['model.safetensors'], tmp_path)
+    best = load_file(str(out / 'model_best.safetensors'))
+    assert published.keys() == best.keys() and all(torch.equal(published[k], best[k]) for k in best)
+    assert _hash_tree(out) == before
+
+
+def load_file_from_bytes(content, tmp_path):
+    path = tmp_path / 'downloaded.safetensors'
+    path.write_bytes(content)
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--push-to-hub', 'not-a-repo-id'], "--push-to-hub: 'not-a-repo-id' is not a Hub repository id"),
+    (['--push-to-hub', 'tester/bad--name'], 'cannot contain "--"'),
+    (['--push-to-hub', 'tester/ok', '--hub-which', 'ema'], '--hub-which ema publishes the EMA weights, but '
+                                                             '--model-ema is off'),
+])
+def test_train_refuses_bad_hub_options_before_writing(hub_env, hub_server, tmp_path, caplog, extra, message):
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as info:
+        train_main(_train_argv(out, *extra))
+    assert info.value.code == 2
+    assert message in caplog.text
+    assert not out.exists() and hub_server.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m timm_stim push
+# ---------------------------------------------------------------------------------------------
+
+def test_push_command_publishes_a_plain_timm_checkpoint(hub_env, hub_server, tmp_path):
+    model = timm.create_model('test_resnet', num_classes=5)
+    checkpoint = tmp_path / 'plain.pth'
+    torch.save(model.state_dict(), checkpoint)
+    repo = 'tester/plain-test-resnet'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'timm_stim', 'push', str(checkpoint), repo, '--model', 'test_resnet',
+         '--num-classes', '5', '--input-size', '3', '32', '32', '--label-names', 'ant,bee,cat,dog,eel'],
+        env=hub_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'Published to {hub_server.url}/{repo}' in proc.stdout
+    assert hub_server.token not in proc.stdout + proc.stderr
+
+    published = timm.create_model(f'hf-hub:{repo}', pretrained=True)
+    assert torch.equal(_logits(published, size=32), _logits(model, size=32))
+    assert published.pretrained_cfg['label_names'] == ['ant', 'bee', 'cat', 'dog', 'eel']
+    assert tuple(published.pretrained_cfg['input_size']) == (3, 32, 32)
+    files = hub_server.files(repo)
+    card = ModelCard(files['README.md'].decode())
+    assert card.data.library_name == 'timm' and 'image-classification' in card.data.tags
+    assert 'stimulative-training' not in card.data.tags and not card.data.eval_results  # no ST, no metrics known
+    assert 'training_curves.png' not in files
+    assert not [name for name, content in files.items() if hub_server.token.encode() in content]
+
+
+def test_push_command_takes_ema_weights_and_hub_format_folders(hub_env, hub_server, tmp_path, capsys):
+    model = timm.create_model('test_resnet', num_classes=3)
+    ema = timm.create_model('test_resnet', num_classes=3)
+    checkpoint = tmp_path / 'timm.pth.tar'
+    torch.save({'epoch': 4, 'state_dict': model.state_dict(), 'state_dict_ema': ema.state_dict()}, checkpoint)
+    assert hub.main([str(checkpoint), 'tester/ema', '--model', 'test_resnet', '--num-classes', '3', '--use-ema']) == 0
+    published = timm.create_model('hf-hub:tester/ema', pretrained=True)
+    assert torch.equal(_logits(published), _logits(ema))
+    assert 'EMA weights of `timm.pth.tar` (epoch 4)' in hub_server.files('tester/ema')['README.md'].decode()
+
+    # A folder in timm's Hub format (what `python -m timm_stim export` writes): --model is optional.
+    folder = tmp_path / 'exported'
+    save_for_hf(model, str(folder), model_config={'label_names': ['x', 'y', 'z']}, safe_serialization=True)
+    before = _hash_tree(folder)
+    assert hub.main([str(folder), 'tester/exported']) == 0
+    assert _hash_tree(folder) == before
+    published = timm.create_model('hf-hub:tester/exported', pretrained=True)
+    assert torch.equal(_logits(published), _logits(model))
+    assert published.pretrained_cfg['label_names'] == ['x', 'y', 'z']
+    assert ModelCard(hub_server.files('tester/exported')['README.md'].decode()).data.library_name == 'timm'
+    assert capsys.readouterr().out.count('Published to') == 2
+
+
+@pytest.mark.parametrize('case,message', [
+    ('missing', 'does not exist'),
+    ('bad_repo', "'tester' is not a Hub repository id"),
+    ('bad_repo_chars', 'may only contain letters'),
+    ('unknown_model', "--model 'resnet5000' is not a timm model. Did you mean"),
+    ('no_model', '--model is required'),
+    ('wrong_classes', 'does not fit --model test_resnet with 10 classes'),
+    ('no_ema', 'holds no EMA weights'),
+    ('not_hub_folder', 'a folder without config.json'),
+])
+def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_server, tmp_path, capsys, case,
+                                                                message):
+    checkpoint = tmp_path / 'plain.pth'
+    torch.save(timm.create_model('test_resnet', num_classes=4).state_dict(), checkpoint)
+    argv = {
+        'missing': [str(tmp_path / 'nope.pth.tar'), 'tester/x', '--model', 'test_resnet'],
+        'bad_repo': [str(checkpoint), 'tester', '--model', 'test_resnet'],
+        'bad_repo_chars': [str(checkpoint), 'tester/a b', '--model', 'test_resnet'],
+        'unknown_model': [str(checkpoint), 'tester/x', '--model', 'resnet5000'],
+        'no_model': [str(checkpoint), 'tester/x'],
+        'wrong_classes': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--num-classes', '10'],
+        'no_ema': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--num-classes', '4', '--use-ema'],
+        'not_hub_folder': [str(tmp_path), 'tester/x'],
+    }[case]
+    assert hub.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Nothing was sent to the Hub' in err
+    assert hub_server.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# push_folder: retries, failures, branches
+# ---------------------------------------------------------------------------------------------
+
+def _small_folder(tmp_path):
+    folder = tmp_path / 'upload'
+    folder.mkdir()
+    (folder / 'config.json').write_text('{"architecture": "resnet18"}')
+    (folder / 'README.md').write_text('---\nlibrary_name: timm\n---\n# hi\n')
+    return folder
+
+
+def test_transient_server_error_is_retried(hub_env, hub_server, tmp_path, caplog):
+    folder = _small_folder(tmp_path)
+    hub_server.fail_next('/api/repos/create', 500)  # retried by timm_stim.hub
+    hub_server.fail_next('/commit/main', 503)  # retried by huggingface_hub's own backoff (or ours without hf_xet)
+    url = hub.push_folder(str(folder), 'tester/flaky')
+    assert url == f'{hub_server.url}/tester/flaky'
+    paths = [p for _, p, _ in hub_server.requests]
+    assert paths.count('/api/repos/create') == 2 and paths.count('/api/models/tester/flaky/commit/main') == 2
+    assert set(hub_server.files('tester/flaky')) >= {'config.json', 'README.md'}
+    assert 'answered 500' in caplog.text and 'Retrying' in caplog.text
+
+
+def test_push_folder_failures_are_clear_and_token_free(hub_env, hub_server, tmp_path, monkeypatch):
+    folder = _small_folder(tmp_path)
+    hub_server.fail_next('/api/repos/create', 503, times=hub.RETRY_ATTEMPTS)
+    with pytest.raises(hub.HubPushError) as info:
+        hub.push_folder(str(folder), 'tester/down')
+    assert info.value.transient and info.value.status_code == 503
+    assert f'Gave up after {hub.RETRY_ATTEMPTS} attempts' in str(info.value)
+    assert [p for _, p, _ in hub_server.requests].count('/api/repos/create') == hub.RETRY_ATTEMPTS
+
+    hub_server.reset()
+    hub_server.refuse_all = True
+    with pytest.raises(hub.HubPushError) as info:
+        hub.push_folder(str(folder), 'tester/refused')
+    assert info.value.status_code == 401 and '401 Unauthorized' in str(info.value)
+    assert not info.value.transient and hub_server.token not in str(info.value)
+
+    hub_server.reset()
+    monkeypatch.delenv('HF_TOKEN')
+    with pytest.raises(hub.HubPushError, match='no Hugging Face token found'):
+        hub.push_folder(str(folder), 'tester/x')
+    assert hub_server.requests == []
+
+    from huggingface_hub import constants
+    monkeypatch.setenv('HF_TOKEN', hub_server.token)
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there
+    with pytest.raises(hub.HubPushError, match='could not reach the Hub at http://127.0.0.1:9') as info:
+        hub.push_folder(str(folder), 'tester/x')
+    assert info.value.transient and hub_server.token not in str(info.value)
+
+
+def test_push_folder_private_repo_on_a_branch(hub_env, hub_server, tmp_path):
+    folder = _small_folder(tmp_path)
+    url = hub.push_folder(str(folder), 'tester/branched', private=True, revision='v1', commit_message='first')
+    assert url == f'{hub_server.url}/tester/branched/tree/v1'
+    repo = hub_server.repos['tester/branched']
+    assert repo.private
+    assert 'config.json' in repo.files('v1') and 'config.json' not in repo.files('main')
+    assert repo.messages[repo.branches['v1']] == 'first'
