@@ -228,3 +228,12 @@ def test_validate_weights_metrics_by_samples():
     assert metrics['top1'] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
     assert metrics['top5'] == pytest.approx(100 * (top5 == y[:, None]).any(1).float().mean().item())
     assert metrics['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+
+
+def test_val_interval_skips_validation_and_checkpoints_between(tmp_path):
+    result = main(_base(tmp_path, '--stim-subnets', '1', '--epochs', '3', '--train-batches-per-epoch', '1',
+                        '--val-interval', '2'))
+    assert [e['validation'] is None for e in result['epochs']] == [True, False, False]  # the last epoch validates
+    rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
+    assert [int(r['epoch']) for r in rows] == [1, 2] and all(r['eval_top1'] for r in rows)
+    assert not os.path.exists(os.path.join(result['output_dir'], 'checkpoint-0.pth.tar'))

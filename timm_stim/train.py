@@ -777,6 +777,7 @@ def _main(args) -> Dict[str, Any]:
     results = []
     best_metric = best_epoch = None
     interrupted = False
+    summary_started = False  # the first row this process writes carries the header
     try:
         for epoch in range(start_epoch, num_epochs):
             # Per-epoch seeding makes an epoch's data order and augmentation depend only on the
@@ -797,8 +798,21 @@ def _main(args) -> Dict[str, Any]:
                     _logger.info('Distributing BatchNorm running means and vars')
                 utils.distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
 
+            if (epoch + 1) % args.val_interval != 0 and epoch + 1 != num_epochs:
+                # As timm's train.py: between --val-interval epochs no validation, no summary row
+                # and no checkpoint; the scheduler steps without a metric.
+                if utils.is_primary(args):
+                    _logger.info(f'Epoch {epoch}: skipping validation and checkpointing (--val-interval '
+                                 f'{args.val_interval}).')
+                if lr_scheduler is not None:
+                    lr_scheduler.step(epoch + 1, None)
+                results.append({'epoch': epoch, 'train': dict(train_metrics), 'validation': None,
+                                'lr': sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups)})
+                _after_epoch(epoch, output_dir)
+                continue
+
             eval_metrics = None
-            if loader_eval is not None and ((epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs):
+            if loader_eval is not None:
                 if args.stim_bn_recal > 0:
                     n = recalibrate_bn(model, loader_train, args.stim_bn_recal, device, amp_autocast,
                                        args.channels_last)
@@ -824,8 +838,8 @@ def _main(args) -> Dict[str, Any]:
                 lrs = [param_group['lr'] for param_group in optimizer.param_groups]
                 utils.update_summary(
                     epoch, train_metrics, eval_metrics or {}, filename=os.path.join(output_dir, 'summary.csv'),
-                    lr=sum(lrs) / len(lrs), write_header=best_metric is None and epoch == start_epoch,
-                    log_wandb=args.log_wandb)
+                    lr=sum(lrs) / len(lrs), write_header=not summary_started, log_wandb=args.log_wandb)
+                summary_started = True
             latest_metric = eval_metrics[eval_metric] if eval_metrics else train_metrics[eval_metric]
             if saver is not None:
                 best_metric, best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
