@@ -62,16 +62,19 @@ def load_run(folder: str) -> Dict:
         rows = list(csv.DictReader(f))
     with open(os.path.join(folder, 'train_times.json')) as f:
         times = json.load(f)
-    return {'epochs': len(rows), 'top1': [float(r['eval_top1']) for r in rows], 'train_s': times,
+    # Rows exist for validated epochs only (--val-interval); times for every epoch.
+    return {'epochs': len(times), 'validated_epochs': [int(r['epoch']) for r in rows],
+            'top1': [float(r['eval_top1']) for r in rows], 'train_s': [times[int(r['epoch'])] for r in rows],
             'final_top1': float(rows[-1]['eval_top1']), 'train_time_s': times[-1]}
 
 
-def train(args, variant: str, seed: int, epochs: int) -> Dict:
+def train(args, variant: str, seed: int, epochs: int, val_interval: int = 1) -> Dict:
     folder = run_dir(args, variant, seed)
     if os.path.exists(os.path.join(folder, 'done')):
         return load_run(folder)
     extra = [a.replace('{K}', str(args.stpp_subnets)) for a in VARIANTS[variant]]
     cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', '_train_timed.py'), *recipe(args, seed, epochs), *extra,
+           '--val-interval', str(val_interval),
            '--output', os.path.dirname(folder), '--experiment', os.path.basename(folder)]
     start = time.time()
     os.makedirs(os.path.dirname(folder), exist_ok=True)
@@ -108,8 +111,8 @@ def main() -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--data-dir', default=os.path.expanduser('~/.cache/timm_stim/fashion-mnist'))
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=5)
-    parser.add_argument('--batches-per-epoch', type=int, default=80, help='0: whole training set per epoch')
+    parser.add_argument('--epochs', type=int, default=3)
+    parser.add_argument('--batches-per-epoch', type=int, default=40, help='0: whole training set per epoch')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--lr', type=float, default=0.1)
     parser.add_argument('--stpp-subnets', type=int, default=3)
@@ -133,10 +136,12 @@ def main() -> None:
                 if long_epochs is None:  # from the first seed: same recipe for every seed
                     ratio = runs[('stpp', seed)]['train_time_s'] / runs[('baseline', seed)]['train_time_s']
                     long_epochs = max(args.epochs, round(args.epochs * ratio))
-                epochs = long_epochs
+                # Validate about as often as the other runs (validation time is not training time,
+                # but it is most of a short run's wall-clock on a CPU).
+                epochs, val_interval = long_epochs, max(1, round(long_epochs / args.epochs))
             else:
-                epochs = args.epochs
-            runs[(variant, seed)] = train(args, variant, seed, epochs)
+                epochs, val_interval = args.epochs, 1
+            runs[(variant, seed)] = train(args, variant, seed, epochs, val_interval)
 
     table = {}
     for variant in VARIANTS:
