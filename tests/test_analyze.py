@@ -1,0 +1,133 @@
+"""python -m timm_stim analyze: subnetworks of checkpoints on the embedded digits (CPU, random weights)."""
+import csv
+import os
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import save_for_hf
+
+import timm_stim
+from timm_stim.analyze import (CSV_COLUMNS, analysis_subnets, checkpoint_labels, count_flops, evaluate_subnets,
+                               main, preserved_bn_stats, recalibrate_bn)
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+DATA = ['--dataset', 'embedded/digits', '--input-size', '3', '16', '16', '--mean', '0.5', '0.5', '0.5',
+        '--std', '0.5', '0.5', '0.5', '-b', '128', '--workers', '0', '--device', 'cpu']
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = timm.create_model('resnet18', num_classes=10)
+    with torch.no_grad():  # BN statistics unlike the defaults, so using or restoring them matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _read(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_analyze_checkpoints_of_every_kind(tmp_path, capsys):
+    pth, st, hub_dir = tmp_path / 'a' / 'model.pth.tar', tmp_path / 'b.safetensors', tmp_path / 'c'
+    pth.parent.mkdir()
+    torch.save({'state_dict': _model(0).state_dict(), 'epoch': 3}, pth)
+    save_file(_model(1).state_dict(), str(st))
+    save_for_hf(_model(2), str(hub_dir), safe_serialization=True)
+    out = tmp_path / 'out'
+    # --num-classes is left out: it is read from the checkpoints' classifiers.
+    rc = main([str(pth), str(st), f'local-dir:{hub_dir}', '--model', 'resnet18', '--subnets', '3',
+               '--bn-recal', '64', '--out', str(out), *DATA])
+    assert rc == 0
+    rows = _read(out / 'analyze.csv')
+    # 3 checkpoints x (full + 4 droppable blocks of resnet18's (2, 2, 2, 2) + 3 sampled)
+    assert len(rows) == 3 * (1 + 4 + 3)
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
+    assert [r['label'] for r in rows[::8]] == ['model.pth.tar', 'b.safetensors', 'local-dir:c']
+    for label in {r['label'] for r in rows}:
+        mine = [r for r in rows if r['label'] == label]
+        assert [r['kind'] for r in mine] == ['full'] + ['drop1'] * 4 + ['sampled'] * 3
+        full = mine[0]
+        assert full['depths'] == '2,2,2,2' and full['bn_recal_images'] == '0'
+        assert sorted(r['depths'] for r in mine[1:5]) == ['1,2,2,2', '2,1,2,2', '2,2,1,2', '2,2,2,1']
+        assert all(int(r['bn_recal_images']) == 64 for r in mine[1:])
+        assert all(int(full['flops']) > int(r['flops']) for r in mine[1:] if r['depths'] != '2,2,2,2')
+        assert all(0 <= float(r['top1']) <= float(r['top5']) <= 100 for r in mine)
+    with open(out / 'analyze.png', 'rb') as f:
+        assert f.read(8) == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert '[24/24]' in printed and '| checkpoint | full top-1 |' in printed and 'b.safetensors' in printed
+
+
+def test_subnet_evaluation_leaves_the_model_unchanged():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stim = timm_stim.attach(model, bn='update')
+    g = torch.Generator().manual_seed(0)
+    val = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
+    recal = [(torch.randn(8, 3, 16, 16, generator=g), torch.zeros(8, dtype=torch.long))]
+    plan = analysis_subnets(stim, 2, seed=0)
+    results = evaluate_subnets(model, val, plan, recal_batches=recal, input_size=(3, 16, 16))
+    again = evaluate_subnets(model, val, plan, recal_batches=recal, input_size=(3, 16, 16))
+    assert results == again  # deterministic: the same recal images for every subnetwork
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # A subnetwork's re-estimated statistics are not the checkpoint's.
+    with preserved_bn_stats(model), stim.activate(plan[1][1]):
+        assert recalibrate_bn(model, recal, 8, torch.device('cpu')) == 8
+        assert not torch.equal(model.bn1.running_mean, before['bn1.running_mean'])
+    assert torch.equal(model.bn1.running_mean, before['bn1.running_mean'])
+    assert count_flops(model, (3, 16, 16)) == results[0].flops > results[1].flops
+
+
+def test_labels_tell_checkpoints_apart():
+    assert checkpoint_labels(['x/stpp/model_best.pth.tar', 'x/base/model_best.pth.tar']) == [
+        'stpp/model_best.pth.tar', 'base/model_best.pth.tar']
+    assert checkpoint_labels(['a.pth', 'hf-hub:u/r']) == ['a.pth', 'hf-hub:u/r']
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--subnets', '-1'], '--subnets -1'),
+    (['--bn-recal', '-5'], '--bn-recal -5'),
+    (['--space', 'bogus'], "Unknown space 'bogus'"),
+    (['--labels', 'a,b'], 'gives 2 names for 1 checkpoints'),
+    (['--model', 'resnet1888'], "'resnet1888' is not a timm model"),
+    (['--num-classes', '7'], 'does not fit --model resnet18 with 7 classes'),
+])
+def test_bad_arguments_are_refused_before_evaluation(tmp_path, capsys, extra, message):
+    ckpt = tmp_path / 'm.pth.tar'
+    torch.save(_model().state_dict(), ckpt)
+    args = [str(ckpt), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'out'), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_missing_checkpoint_and_data_are_refused(tmp_path, capsys):
+    assert main([str(tmp_path / 'none.pth.tar'), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'o')]) == 2
+    assert 'does not exist' in capsys.readouterr().err
+    ckpt = tmp_path / 'm.pth.tar'
+    torch.save(_model().state_dict(), ckpt)
+    assert main([str(ckpt), '--model', 'resnet18', '--data-dir', str(tmp_path / 'nodata'), '--out',
+                 str(tmp_path / 'o')]) == 2
+    assert 'nodata' in capsys.readouterr().err
+    assert main([str(ckpt), *DATA, '--out', str(tmp_path / 'o')]) == 2  # no --model, no args.yaml
+    assert '--model is required' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_command_line_dispatch(tmp_path):
+    from timm_stim.__main__ import main as dispatch
+    with pytest.raises(SystemExit) as e:
+        dispatch(['analyze', '--help'])
+    assert e.value.code == 0

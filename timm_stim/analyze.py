@@ -1,0 +1,473 @@
+"""Measure network loafing: how well the subnetworks of trained residual networks do on their own.
+
+``python -m timm_stim analyze CHECKPOINT [CHECKPOINT ...] --model NAME --dataset/--data-dir ...``
+evaluates, on the validation split and for every checkpoint, the full network, every network
+with exactly one droppable block removed (block 0 of a stage holds the downsample and stays)
+and ``--subnets`` subnetworks sampled from ``--space``. Each subnetwork gets its own BatchNorm
+statistics first (``--bn-recal`` training images, eval transform, the same images in the same
+order for every subnetwork); the checkpoint's own statistics are restored afterwards, and the
+full network is evaluated with them. It writes ``analyze.csv`` (one row per checkpoint and
+subnetwork), ``analyze.png`` (top-1 against FLOPs, one colour per checkpoint) and prints a
+summary table.
+
+Library use::
+
+    from timm_stim.analyze import analysis_subnets, evaluate_subnets
+    stim = timm_stim.attach(model, bn='update')
+    results = evaluate_subnets(model, val_loader, analysis_subnets(stim, 16), recal_batches=batches,
+                               input_size=(3, 224, 224))
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .checkpoints import InputError, LoadedModel, copy_train_options, load_model
+from .stimulator import MODES, Stimulator, attach
+from .subnet import Subnet
+from .train import recalibrate_bn
+
+__all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
+           'collect_batches', 'evaluate_subnets', 'write_csv', 'plot_results', 'summary_table', 'CSV_COLUMNS',
+           'main']
+
+CSV_FILE = 'analyze.csv'
+PLOT_FILE = 'analyze.png'
+CSV_COLUMNS = ('checkpoint', 'label', 'model', 'kind', 'depths', 'blocks', 'num_blocks', 'flops', 'top1', 'top5',
+               'bn_recal_images')
+KINDS = ('full', 'drop1', 'sampled')
+
+# train_stim.py options analyze takes with the same names, defaults and meaning.
+_TRAIN_OPTIONS = ('--dataset', '--data-dir', '--train-split', '--val-split', '--class-map', '--input-img-mode',
+                  '--num-classes', '--img-size', '--input-size', '--crop-pct', '--mean', '--std', '--interpolation',
+                  '-b', '--workers', '--seed')
+
+
+@dataclass(frozen=True)
+class SubnetResult:
+    """One evaluated subnetwork.
+
+    Attributes:
+        kind: ``full``, ``drop1`` (exactly one droppable block removed) or ``sampled``.
+        subnet: the blocks kept per stage.
+        flops: floating-point operations of one image's forward pass (``FlopCounterMode``).
+        top1, top5: validation accuracy in percent (top-5 is top-min(5, classes)).
+        bn_recal_images: images its BatchNorm statistics were re-estimated on (0: the checkpoint's own).
+    """
+    kind: str
+    subnet: Subnet
+    flops: int
+    top1: float
+    top5: float
+    bn_recal_images: int
+
+
+def analysis_subnets(stim: Stimulator, num_sampled: int, seed: int = 42) -> List[Tuple[str, Subnet]]:
+    """The subnetworks ``analyze`` evaluates, as (kind, subnet).
+
+    The full network, then every network with exactly one droppable block removed (stage by
+    stage, block by block; block 0 of a stage is never removed), then ``num_sampled`` draws of
+    ``stim.sample`` from a generator seeded with ``seed`` (so every checkpoint of the same
+    architecture gets the same subnetworks; draws may repeat).
+    """
+    full = stim.full()
+    subnets = [('full', full)]
+    for s, kept in enumerate(full.blocks):
+        for b in kept[1:]:
+            blocks = list(full.blocks)
+            blocks[s] = tuple(i for i in kept if i != b)
+            subnets.append(('drop1', Subnet(tuple(blocks))))
+    generator = torch.Generator().manual_seed(seed)
+    subnets += [('sampled', stim.sample(generator)) for _ in range(num_sampled)]
+    return subnets
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int], device: Any = 'cpu') -> int:
+    """FLOPs of one forward pass of one image (``torch.utils.flop_counter.FlopCounterMode``).
+
+    Counts what torch's counter counts (matrix multiplications and convolutions, 2 per
+    multiply-add); runs in eval mode without gradients and leaves the model's mode as it was.
+    Inside ``stim.activate(subnet)`` it counts the subnetwork.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@contextmanager
+def preserved_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Restore every BatchNorm's running statistics (mean, var, batches tracked) on exit."""
+    saved = [(m, {k: v.clone() for k, v in m._buffers.items() if v is not None})
+             for m in model.modules() if isinstance(m, _BatchNorm)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in saved:
+                for k, v in buffers.items():
+                    m._buffers[k].copy_(v)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: Any = 'cpu') -> Tuple[float, float]:
+    """(top-1, top-5) accuracy in percent of ``model`` in eval mode over ``loader``; weighted by images."""
+    from timm.utils import accuracy
+    model.eval()
+    correct1 = correct5 = 0.0
+    seen = 0
+    for input, target in loader:
+        input, target = input.to(device), target.to(device)
+        output = model(input)
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        top1, top5 = accuracy(output, target, topk=(1, min(5, output.shape[-1])))
+        correct1 += top1.item() * input.shape[0]
+        correct5 += top5.item() * input.shape[0]
+        seen += input.shape[0]
+    if not seen:
+        raise InputError('the validation split holds no images.')
+    return correct1 / seen, correct5 / seen
+
+
+def collect_batches(loader: Iterable, num_images: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``num_images`` images of ``loader`` as (input, target) batches kept in memory (last one cut)."""
+    batches = []
+    seen = 0
+    if num_images <= 0:
+        return batches
+    for input, target in loader:
+        take = min(input.shape[0], num_images - seen)
+        batches.append((input[:take], target[:take]))
+        seen += take
+        if seen >= num_images:
+            break
+    return batches
+
+
+def evaluate_subnets(
+        model: nn.Module,
+        loader: Iterable,
+        subnets: Sequence[Tuple[str, Subnet]],
+        *,
+        recal_batches: Optional[Sequence[Tuple[torch.Tensor, torch.Tensor]]] = None,
+        input_size: Sequence[int] = (3, 224, 224),
+        device: Any = 'cpu',
+        progress: Optional[Callable[[int, int, SubnetResult], None]] = None,
+) -> List[SubnetResult]:
+    """Evaluate subnetworks of one model on ``loader``.
+
+    Every subnetwork except the full network first gets BatchNorm statistics re-estimated on
+    ``recal_batches`` (exact averages, ``recalibrate_bn``); the model's own statistics are
+    restored after each one, so the model is unchanged when this returns. Subnetworks that
+    repeat are evaluated once.
+
+    Args:
+        model: a timm model with a ``Stimulator`` attached with ``bn='update'`` (so that
+            re-estimation inside ``activate`` updates the statistics).
+        loader: validation (input, target) batches.
+        subnets: (kind, subnet) pairs, e.g. from ``analysis_subnets``.
+        recal_batches: training (input, target) batches for BN re-estimation; None or [] to skip.
+        input_size: C, H, W for counting FLOPs.
+        device: where the model is.
+        progress: called as ``progress(done, total, result)`` after each subnetwork.
+
+    Returns:
+        One ``SubnetResult`` per entry of ``subnets``, in order.
+    """
+    from .stimulator import get_stimulator
+    stim = get_stimulator(model)
+    if stim is None or stim.bn != 'update':
+        raise ValueError('evaluate_subnets needs a model with timm_stim.attach(model, bn="update") done.')
+    recal_batches = list(recal_batches or [])
+    recal_images = sum(int(x.shape[0]) for x, _ in recal_batches)
+    done: Dict[Tuple[Subnet, bool], Tuple[int, float, float, int]] = {}
+    results = []
+    for i, (kind, subnet) in enumerate(subnets):
+        recal = kind != 'full' and recal_images > 0
+        key = (subnet, recal)
+        if key not in done:
+            with preserved_bn_stats(model), stim.activate(subnet):
+                flops = count_flops(model, input_size, device)
+                if recal:
+                    recalibrate_bn(model, recal_batches, recal_images, torch.device(device))
+                top1, top5 = evaluate(model, loader, device)
+            done[key] = (flops, top1, top5, recal_images if recal else 0)
+        flops, top1, top5, used = done[key]
+        results.append(SubnetResult(kind, subnet, flops, top1, top5, used))
+        if progress is not None:
+            progress(i + 1, len(subnets), results[-1])
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV, plot, summary
+# ---------------------------------------------------------------------------------------------
+
+def result_row(checkpoint: str, label: str, model_name: str, result: SubnetResult) -> Dict[str, Any]:
+    """The CSV row of one result (``CSV_COLUMNS``)."""
+    return {
+        'checkpoint': checkpoint, 'label': label, 'model': model_name, 'kind': result.kind,
+        'depths': ','.join(str(d) for d in result.subnet.depths),
+        'blocks': ';'.join(','.join(str(b) for b in stage) for stage in result.subnet.blocks),
+        'num_blocks': result.subnet.num_blocks, 'flops': result.flops,
+        'top1': round(result.top1, 4), 'top5': round(result.top5, 4), 'bn_recal_images': result.bn_recal_images,
+    }
+
+
+def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> str:
+    """Write rows (``result_row``) to ``path`` (replaced atomically); return the path."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_results(rows: Sequence[Dict[str, Any]], path: str, x: str = 'flops', title: Optional[str] = None) -> str:
+    """Top-1 against FLOPs (``x='flops'``) or blocks kept (``x='blocks'``), one colour per checkpoint label.
+
+    Full networks are stars, one-block-removed networks triangles, sampled subnetworks dots.
+    Uses matplotlib's Agg canvas directly (the global backend is never changed).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = list(dict.fromkeys(r['label'] for r in rows))
+    max_flops = max((float(r['flops']) for r in rows), default=0.0)
+    scale, unit = (1e9, 'GFLOPs') if max_flops >= 1e9 else (1e6, 'MFLOPs')
+    styles = {'full': dict(marker='*', s=160, zorder=4), 'drop1': dict(marker='^', s=40, zorder=3),
+              'sampled': dict(marker='o', s=22, alpha=0.6, zorder=2)}
+    names = {'full': 'full network', 'drop1': 'one block removed', 'sampled': 'sampled subnetwork'}
+    fig = Figure(figsize=(7.0, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = [f'C{i % 10}' for i in range(len(labels))]
+    for label, colour in zip(labels, colours):
+        for kind in KINDS:
+            points = [r for r in rows if r['label'] == label and r['kind'] == kind]
+            if not points:
+                continue
+            xs = [float(r['flops']) / scale if x == 'flops' else int(r['num_blocks']) for r in points]
+            ys = [float(r['top1']) for r in points]
+            ax.scatter(xs, ys, color=colour, edgecolors='black' if kind == 'full' else 'none', linewidths=0.6,
+                       label=f'{label}: {names[kind]}', **styles[kind])
+    ax.set_xlabel(unit + ' per image' if x == 'flops' else 'blocks kept')
+    ax.set_ylabel('validation top-1 (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='lower right')
+    ax.set_title(title or 'Subnetworks on their own (network loafing)', fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, format='png')
+    return path
+
+
+def summary_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Per checkpoint: full network top-1, one-block-removed mean / min, sampled mean / min / max (markdown)."""
+    def stats(values: List[float]) -> Tuple[str, str, str]:
+        if not values:
+            return '-', '-', '-'
+        return f'{sum(values) / len(values):.2f}', f'{min(values):.2f}', f'{max(values):.2f}'
+
+    lines = ['| checkpoint | full top-1 | one block removed: mean | min | sampled subnets: mean | min | max |',
+             '|---|---|---|---|---|---|---|']
+    for label in dict.fromkeys(r['label'] for r in rows):
+        mine = [r for r in rows if r['label'] == label]
+        full = [float(r['top1']) for r in mine if r['kind'] == 'full']
+        drop_mean, drop_min, _ = stats([float(r['top1']) for r in mine if r['kind'] == 'drop1'])
+        s_mean, s_min, s_max = stats([float(r['top1']) for r in mine if r['kind'] == 'sampled'])
+        lines.append(f'| {label} | {full[0]:.2f} | {drop_mean} | {drop_min} | {s_mean} | {s_min} | {s_max} |'
+                     if full else f'| {label} | - | {drop_mean} | {drop_min} | {s_mean} | {s_min} | {s_max} |')
+    return '\n'.join(lines)
+
+
+def checkpoint_labels(sources: Sequence[str]) -> List[str]:
+    """Short, unique names for sources: the fewest trailing path components that tell them apart."""
+    prefixes, parts = [], []
+    for source in sources:
+        prefix = 'local-dir:' if source.startswith('local-dir:') else ''
+        path = source[len(prefix):]
+        prefixes.append(prefix)
+        parts.append([source] if source.startswith(('hf-hub:', 'hf_hub:')) else path.rstrip('/').split('/'))
+    for k in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = [prefix + '/'.join(p[-k:]) for prefix, p in zip(prefixes, parts)]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f'{i}:{s}' for i, s in enumerate(sources)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def create_analyze_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m timm_stim analyze',
+        description='Evaluate the full network, every network with one block removed and sampled subnetworks of '
+                    'timm checkpoints on the validation split (network loafing); write analyze.csv and analyze.png '
+                    'and print a summary. Model and data options are train_stim.py\'s.')
+    parser.add_argument('checkpoints', nargs='+', metavar='CHECKPOINT',
+                        help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
+    parser.add_argument('--model', default=None, metavar='MODEL',
+                        help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
+    group = parser.add_argument_group('Analysis')
+    group.add_argument('--subnets', type=int, default=64, metavar='N',
+                       help='subnetworks sampled per checkpoint (default: 64)')
+    group.add_argument('--space', default='uniform', metavar='S',
+                       help='space they are sampled from: uniform, stpp, keep:K or "0,1,3,0" (default: uniform)')
+    group.add_argument('--mode', default='depth', choices=MODES,
+                       help='depth: keep the first blocks of each stage (official); drop: random blocks')
+    group.add_argument('--bn-recal', type=int, default=1000, metavar='N',
+                       help='training images (eval transform) BN statistics are re-estimated on for each '
+                            'subnetwork; 0 keeps the checkpoint\'s statistics (default: 1000)')
+    group.add_argument('--out', default='output/analyze', metavar='DIR',
+                       help=f'folder for {CSV_FILE} and {PLOT_FILE} (default: output/analyze)')
+    group.add_argument('--labels', default=None, metavar='A,B,...',
+                       help='names of the checkpoints in the CSV, plot and summary (default: their file names)')
+    group.add_argument('--plot-x', default='flops', choices=('flops', 'blocks'),
+                       help='x axis of the plot (default: flops)')
+    group.add_argument('--device', default=None,
+                       help='device, e.g. cuda, cpu (default: cuda when available, else cpu)')
+    copy_train_options(parser, _TRAIN_OPTIONS, 'Model and data (as in train_stim.py)')
+    return parser
+
+
+def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any]:
+    from timm.data import resolve_data_config
+    overrides = dict(loaded.data_config)
+    cli = {k: getattr(args, k) for k in ('img_size', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation')}
+    if cli['img_size'] is not None or cli['input_size'] is not None:
+        overrides.pop('input_size', None)
+        overrides.pop('img_size', None)
+    overrides.update({k: v for k, v in cli.items() if v not in (None, '')})
+    return resolve_data_config(overrides, model=loaded.model)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.subnets < 0:
+        raise InputError(f'--subnets {args.subnets}: expected a number of sampled subnetworks >= 0.')
+    if args.bn_recal < 0:
+        raise InputError(f'--bn-recal {args.bn_recal}: expected a number of images >= 0 (0 skips re-estimation).')
+    if args.batch_size < 1:
+        raise InputError(f'-b/--batch-size {args.batch_size}: expected >= 1.')
+    if args.labels is not None and len(args.labels.split(',')) != len(args.checkpoints):
+        raise InputError(f'--labels {args.labels!r} gives {len(args.labels.split(","))} names for '
+                         f'{len(args.checkpoints)} checkpoints; give one name per checkpoint, comma-separated.')
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(f'--out {args.out!r} is a file; expected a folder.')
+
+
+def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
+    """(validation loader, BN re-estimation batches) for one data config."""
+    from timm.data import create_dataset, create_loader
+    from .data import resolve_dataset, with_image_mode
+    dataset_name, root = resolve_dataset(args.dataset, args.data_dir)
+    img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
+
+    def loader(split: str, num_images: Optional[int] = None):
+        dataset = create_dataset(dataset_name, root=root, split=split, is_training=False, class_map=args.class_map,
+                                 batch_size=args.batch_size, input_img_mode=img_mode)
+        dataset = with_image_mode(dataset, dataset_name, img_mode)
+        loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
+                               is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
+                               std=data_config['std'], crop_pct=data_config['crop_pct'],
+                               crop_mode=data_config.get('crop_mode'), num_workers=args.workers, device=device,
+                               use_prefetcher=False)
+        if num_images is None or not hasattr(dataset, '__getitem__'):
+            return loader
+        # Image folders list images class by class: the first N would give one class's statistics.
+        # A seeded random subset, in a fixed order, with the eval transform create_loader set.
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[:num_images]
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order.tolist()),
+                                           batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+
+    recal = collect_batches(loader(args.train_split, args.bn_recal), args.bn_recal) if args.bn_recal > 0 else []
+    return loader(args.val_split), recal
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
+    from .data import resolve_dataset
+    from .spaces import resolve_space
+    _check_args(args)
+    try:
+        resolve_dataset(args.dataset, args.data_dir)  # missing data is reported before any model is built
+    except (ValueError, OSError) as e:
+        raise InputError(str(e)) from None
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    labels = args.labels.split(',') if args.labels else checkpoint_labels(args.checkpoints)
+
+    # Every checkpoint is loaded and checked against the space before any data is read.
+    loaded = []
+    for source in args.checkpoints:
+        item = load_model(source, args.model, args.num_classes)
+        try:
+            stim = attach(item.model, space=args.space, mode=args.mode, bn='update')
+        except ValueError as e:
+            raise InputError(f'{source} ({item.architecture}): {e}') from None
+        loaded.append((item, stim, _data_config(args, item)))
+
+    plans = [analysis_subnets(stim, args.subnets, args.seed) for _, stim, _ in loaded]
+    total = sum(len(p) for p in plans)
+    print(f'Evaluating {total} networks of {len(loaded)} checkpoint(s) on the {args.val_split!r} split '
+          f'(BN statistics re-estimated on {args.bn_recal} {args.train_split!r} images per subnetwork)', flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    loaders: Dict[str, Any] = {}
+    done_before = 0
+    start = time.time()
+    for (item, stim, data_config), plan, label in zip(loaded, plans, labels):
+        key = repr(sorted(data_config.items()))
+        if key not in loaders:
+            loaders[key] = _loaders(args, data_config, device)
+        val_loader, recal_batches = loaders[key]
+
+        def progress(done: int, _total: int, result: SubnetResult, offset: int = done_before,
+                     label: str = label) -> None:
+            print(f'[{offset + done}/{total}] {label} {result.kind:<7} depths {",".join(map(str, result.subnet.depths))}'
+                  f'  {result.flops / 1e6:.1f} MFLOPs  top-1 {result.top1:.2f}  top-5 {result.top5:.2f}'
+                  f'  ({time.time() - start:.0f} s)', flush=True)
+
+        item.model.to(device)
+        results = evaluate_subnets(item.model, val_loader, plan, recal_batches=recal_batches,
+                                   input_size=data_config['input_size'], device=device, progress=progress)
+        rows += [result_row(item.source, label, item.architecture, r) for r in results]
+        item.model.to('cpu')
+        done_before += len(plan)
+        write_csv(rows, os.path.join(args.out, CSV_FILE))  # partial results survive an interruption
+
+    plot_results(rows, os.path.join(args.out, PLOT_FILE), x=args.plot_x)
+    print(summary_table(rows))
+    print(f'Wrote {os.path.join(args.out, CSV_FILE)} and {os.path.join(args.out, PLOT_FILE)}')
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m timm_stim analyze``: 0 done, 2 bad input (reported before any evaluation)."""
+    args = create_analyze_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        run(args)
+    except InputError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

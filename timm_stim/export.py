@@ -1,0 +1,352 @@
+"""Export a trained subnetwork as a plain, smaller timm model.
+
+``python -m timm_stim export CHECKPOINT --model NAME --depths 3,3,4,3 --out DIR [--push-to-hub USER/REPO]``
+builds the timm model of the smaller depth (``timm.create_model(name, layers=depths)``), copies
+the kept blocks' weights into it and saves it in timm's Hugging Face format (``model.safetensors``
++ ``config.json`` whose ``model_args`` carry ``layers``), so that
+``timm.create_model("local-dir:DIR", pretrained=True)`` (or ``"hf-hub:USER/REPO"``) rebuilds it
+without timm-stim. In eval mode its logits equal, exactly, those of the same subnetwork run
+through ``Stimulator.activate`` on the original model; the command checks that on a random batch.
+
+Supported families (``EXPORT_FAMILIES``): timm's ``ResNet`` class (resnet*, resnext*, seresnet*,
+ecaresnet*, resnet*d, resnetrs*, skresnet*, resnest*, res2net*, ...) and ``ResNetV2``
+(resnetv2_*) where its entry point takes ``layers`` (not the ``*_bit`` variants). Other families
+are refused with this list.
+
+``--depths`` keeps the first ``d`` blocks of each stage (the official rule); ``--blocks
+"0,1,2;0,2;0,1,2,3;0,1"`` keeps any blocks (block 0 of each stage always), renumbered in order.
+Every argument is checked before anything is written; the folder is written in a temporary
+sibling and renamed into place, so it is never left half-written.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .adapters import identity
+from .checkpoints import InputError, copy_train_options, load_model
+from .stimulator import Stimulator, attach, get_stimulator
+from .subnet import Subnet
+
+__all__ = ['EXPORT_FAMILIES', 'parse_depths', 'parse_blocks', 'export_subnet', 'save_exported', 'max_logit_diff',
+           'main']
+
+# Adapter family -> how the smaller model is built (all through timm.create_model(name, layers=...)).
+EXPORT_FAMILIES = {
+    'resnet': 'timm.models.resnet.ResNet: resnet*, resnext*, seresnet*, seresnext*, ecaresnet*, wide_resnet*, '
+              'resnetrs*, resnet*d, resnetaa*, resnetblur*, skresnet*, resnest*, res2net* '
+              '(timm.create_model(name, layers=[...]))',
+    'resnetv2': 'timm.models.resnetv2.ResNetV2: resnetv2_* whose entry point takes layers, e.g. resnetv2_50, '
+                'resnetv2_50d, resnetv2_18 (not the *_bit models)',
+}
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported model does not compute what the subnetwork computes (nothing is written)."""
+
+
+def _supported() -> str:
+    return '\n'.join(f'  - {family}: {text}' for family, text in EXPORT_FAMILIES.items())
+
+
+def _stimulator(model: nn.Module) -> Stimulator:
+    stim = get_stimulator(model)
+    if stim is not None:
+        return stim
+    try:
+        return attach(model)
+    except ValueError as e:
+        raise InputError(f'cannot export subnetworks of {type(model).__name__}: {e}\nExport supports:\n'
+                         f'{_supported()}') from None
+
+
+def parse_depths(text: str, stage_depths: Sequence[int]) -> Subnet:
+    """``"3,3,4,3"`` -> the subnet keeping the first d blocks of each stage; ``InputError`` naming what is wrong."""
+    stage_depths = tuple(stage_depths)
+    try:
+        depths = [int(v) for v in text.split(',')]
+    except ValueError:
+        raise InputError(f'--depths {text!r}: expected comma-separated integers, one per stage, e.g. '
+                         f'{",".join(map(str, stage_depths))} (the model\'s depths).') from None
+    if len(depths) != len(stage_depths):
+        raise InputError(f'--depths {text!r} gives {len(depths)} stages; the model has {len(stage_depths)} with '
+                         f'depths {",".join(map(str, stage_depths))}: give one depth per stage.')
+    for i, (d, full) in enumerate(zip(depths, stage_depths)):
+        if not 1 <= d <= full:
+            raise InputError(f'--depths {text!r}: stage {i} depth {d} is outside 1..{full} (each stage keeps at '
+                             f'least 1 block and at most its {full}; model depths {",".join(map(str, stage_depths))}).')
+    return Subnet.from_depths(depths)
+
+
+def parse_blocks(text: str, stage_depths: Sequence[int]) -> Subnet:
+    """``"0,1,2;0,2;..."`` -> the subnet keeping these blocks of each stage; ``InputError`` naming what is wrong."""
+    stages = text.split(';')
+    if len(stages) != len(stage_depths):
+        raise InputError(f'--blocks {text!r} gives {len(stages)} stages; the model has {len(stage_depths)} with '
+                         f'depths {",".join(map(str, stage_depths))}: separate stages with ";".')
+    try:
+        subnet = Subnet(tuple(tuple(int(b) for b in stage.split(',')) for stage in stages))
+    except ValueError as e:
+        raise InputError(f'--blocks {text!r}: {e} Example: "0,1;0;0,1;0,1".') from None
+    for i, (kept, full) in enumerate(zip(subnet.blocks, stage_depths)):
+        if kept[-1] >= full:
+            raise InputError(f'--blocks {text!r}: stage {i} has blocks 0..{full - 1}, cannot keep block {kept[-1]}.')
+    return subnet
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
+    name = cfg.get('architecture')
+    if not name:
+        raise InputError(f'{type(model).__name__} has no pretrained_cfg architecture: create it with timm.create_model.')
+    return name
+
+
+def export_subnet(model: nn.Module, subnet_or_depths: Union[Subnet, Sequence[int]]) -> nn.Module:
+    """A plain timm model of the subnetwork's depth holding the kept blocks' weights.
+
+    The model is built with ``timm.create_model(architecture, layers=depths, **reconstruction args
+    of the original)`` and loaded strictly; kept blocks are renumbered in order. The original
+    model is not changed (a Stimulator is attached for the stage layout and detached again when
+    it had none).
+
+    Args:
+        model: a timm model of a family in ``EXPORT_FAMILIES`` (with trained weights).
+        subnet_or_depths: a ``Subnet``, or depths per stage (the first d blocks of each stage).
+
+    Returns:
+        The smaller model, in eval mode. In eval mode its logits equal those of
+        ``with stim.activate(subnet): model(x)``.
+
+    Raises:
+        InputError: unsupported family, a subnet that does not fit, or a dropped block whose
+            removal is not exactly what ``activate`` computes.
+    """
+    import timm
+    from timm.models._input import get_model_args
+    had_stim = get_stimulator(model) is not None
+    stim = _stimulator(model)
+    try:
+        family = stim.adapter.family
+        if family not in EXPORT_FAMILIES:
+            raise InputError(f'cannot export a {family} model ({type(model).__name__}); export supports:\n'
+                             f'{_supported()}')
+        subnet = subnet_or_depths if isinstance(subnet_or_depths, Subnet) else Subnet.from_depths(subnet_or_depths)
+        try:
+            stim.check_subnet(subnet)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        for s, dropped in enumerate(subnet.dropped(stim.stage_depths)):
+            for b in dropped:
+                if stim._skip[s][b] is not identity:
+                    raise InputError(
+                        f'block {b} of stage {s} ends in an activation that is not the identity on its input, so '
+                        f'a model without the block computes something else than the subnetwork; it cannot be '
+                        f'exported as a plain timm model.')
+        architecture = _architecture(model)
+        kwargs: Dict[str, Any] = dict(get_model_args(model))
+        kwargs['layers'] = list(subnet.depths)
+        try:
+            small = timm.create_model(architecture, pretrained=False, **kwargs)
+        except Exception as e:
+            raise InputError(f'timm cannot build {architecture} with {kwargs}: {type(e).__name__}: {e}\nExport '
+                             f'supports:\n{_supported()}') from None
+        small_stages = stim.adapter.stages(small)
+        names = {id(m): n for n, m in model.named_modules()}
+        small_names = {id(m): n for n, m in small.named_modules()}
+        rename: Dict[str, Optional[str]] = {}  # block prefix in the original -> in the small model (None: dropped)
+        for s, blocks in enumerate(stim._stages):
+            kept = subnet.blocks[s]
+            for b, block in enumerate(blocks):
+                rename[names[id(block)] + '.'] = (small_names[id(small_stages[s][kept.index(b)])] + '.'
+                                                  if b in kept else None)
+        state_dict = {}
+        for key, value in model.state_dict().items():
+            prefix = next((p for p in rename if key.startswith(p)), None)
+            if prefix is None:
+                state_dict[key] = value
+            elif rename[prefix] is not None:
+                state_dict[rename[prefix] + key[len(prefix):]] = value
+        small.load_state_dict(state_dict, strict=True)
+    finally:
+        if not had_stim and stim.attached:
+            stim.detach()
+    if hasattr(model, 'pretrained_cfg'):
+        small.pretrained_cfg = dict(small.pretrained_cfg, **{
+            k: v for k, v in model.pretrained_cfg.items()
+            if k in ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'label_names')})
+    return small.eval()
+
+
+@torch.no_grad()
+def max_logit_diff(model: nn.Module, exported: nn.Module, subnet: Subnet, input_size: Sequence[int],
+                   batch: int = 2, seed: int = 0) -> float:
+    """Largest |difference| between ``exported`` and ``subnet`` run on ``model`` (eval mode, random input)."""
+    x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
+    had_stim = get_stimulator(model) is not None
+    stim = _stimulator(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with stim.activate(subnet):
+            expected = model(x)
+    finally:
+        model.train(was_training)
+        if not had_stim:
+            stim.detach()
+    return float((exported.eval()(x) - expected).abs().max())
+
+
+def save_exported(model: nn.Module, out_dir: str, *, data_config: Optional[Dict[str, Any]] = None,
+                  model_config: Optional[Dict[str, Any]] = None, model_card: Optional[str] = None) -> str:
+    """Write an exported model in timm's Hub format into ``out_dir`` (which must not exist or be empty).
+
+    ``timm_stim.hub.save_timm_hf_folder`` (``timm.models.save_for_hf``) writes the files into a
+    temporary sibling folder, which is then renamed to ``out_dir``: the folder is complete or absent.
+
+    Returns:
+        ``out_dir``.
+    """
+    from .hub import save_timm_hf_folder
+    _check_out_dir(out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        save_timm_hf_folder(model, tmp, model_config=model_config, data_config=data_config, model_card=model_card)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _check_out_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise InputError(f'--out {out_dir!r} already exists and is not an empty folder; choose a new folder or '
+                         f'remove it.')
+
+
+def _model_card(repo_id: str, exported: nn.Module, architecture: str, data_config: Dict[str, Any],
+                model_config: Dict[str, Any], source: str, depths: Subnet, original_depths: Sequence[int]) -> str:
+    """timm_stim.hub's model card, plus a section saying which subnetwork this is."""
+    from .hub import build_model_card
+    card = build_model_card(
+        repo_id, architecture=architecture, num_classes=int(exported.num_classes), pretrained_cfg=data_config,
+        published=f'subnetwork of `{os.path.basename(source)}`',
+        num_params=sum(p.numel() for p in exported.parameters()), label_names=model_config.get('label_names'))
+    text = str(card)
+    section = (f'## Exported subnetwork\n\nThis model is a subnetwork of a `{architecture}` with stage '
+               f'depths {", ".join(map(str, original_depths))}, exported by `python -m timm_stim export`: it keeps '
+               f'blocks `{";".join(",".join(map(str, s)) for s in depths.blocks)}` of the stages (depths '
+               f'{", ".join(map(str, depths.depths))}, `model_args.layers` in config.json). Its logits equal those '
+               f'of the same subnetwork of the original model.\n\n')
+    return text.replace('## Citation', section + '## Citation', 1)
+
+
+def create_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m timm_stim export',
+        description='Save a subnetwork of a trained residual network as a plain, smaller timm model in timm\'s '
+                    'Hugging Face format (loads with timm.create_model("local-dir:DIR", pretrained=True)). '
+                    'Supported: ' + '; '.join(EXPORT_FAMILIES.values()))
+    parser.add_argument('checkpoint', metavar='CHECKPOINT',
+                        help='a timm checkpoint (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
+    parser.add_argument('--model', default=None, metavar='MODEL',
+                        help='timm architecture of a checkpoint file (default: from args.yaml beside it)')
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument('--depths', default=None, metavar='D1,D2,...',
+                       help='blocks kept per stage, the first d of each (official rule), e.g. 3,3,4,3')
+    which.add_argument('--blocks', default=None, metavar='B,B;B,...',
+                       help='kept block indices per stage, stages separated by ";", e.g. "0,1,2;0,2;0,1,2,3;0,1"')
+    parser.add_argument('--out', required=True, metavar='DIR', help='new folder for the exported model')
+    parser.add_argument('--push-to-hub', default=None, metavar='USER/REPO',
+                        help='also publish the folder to this Hub repository (token from HF_TOKEN or hf auth login)')
+    parser.add_argument('--hub-private', action='store_true', default=False,
+                        help='create the Hub repository as private')
+    parser.add_argument('--hub-revision', default=None, metavar='BRANCH', help='Hub branch to push to (default: main)')
+    copy_train_options(parser, ('--num-classes', '--input-size', '--mean', '--std', '--crop-pct'),
+                       'Model and preprocessing (as in train_stim.py; default: from the checkpoint)')
+    return parser
+
+
+def run(args: argparse.Namespace) -> str:
+    """Everything ``main`` does after parsing; return the output folder."""
+    from timm.data import resolve_data_config
+    from .hub import HubPushError, check_repo_id, push_folder
+    if args.push_to_hub:
+        try:
+            check_repo_id(args.push_to_hub)
+        except ValueError as e:
+            raise InputError(f'--push-to-hub: {e}') from None
+    _check_out_dir(args.out)
+    loaded = load_model(args.checkpoint, args.model, args.num_classes)
+    model = loaded.model
+    stim = _stimulator(model)
+    if stim.adapter.family not in EXPORT_FAMILIES:
+        raise InputError(f'cannot export a {stim.adapter.family} model ({loaded.architecture}); export supports:\n'
+                         f'{_supported()}')
+    subnet = (parse_depths(args.depths, stim.stage_depths) if args.depths is not None
+              else parse_blocks(args.blocks, stim.stage_depths))
+    exported = export_subnet(model, subnet)
+    overrides = {k: v for k, v in (('input_size', args.input_size), ('mean', args.mean), ('std', args.std),
+                                   ('crop_pct', args.crop_pct)) if v is not None}
+    data_config = resolve_data_config({**loaded.data_config, **overrides}, model=model)
+    diff = max_logit_diff(model, exported, subnet, data_config['input_size'])
+    if diff != 0.0:
+        raise ExportMismatchError(f'the exported model\'s logits differ from the subnetwork\'s by up to {diff:g}; '
+                           f'nothing was written.')
+    model_config = {}
+    if model.pretrained_cfg.get('label_names'):
+        model_config['label_names'] = model.pretrained_cfg['label_names']
+    card = None
+    if args.push_to_hub:
+        card = _model_card(args.push_to_hub, exported, loaded.architecture, data_config, model_config,
+                           args.checkpoint, subnet, stim.stage_depths)
+    save_exported(exported, args.out, data_config=data_config, model_config=model_config, model_card=card)
+    params = sum(p.numel() for p in exported.parameters()) / 1e6
+    print(f'Exported blocks {";".join(",".join(map(str, s)) for s in subnet.blocks)} (depths '
+          f'{",".join(map(str, subnet.depths))} of {",".join(map(str, stim.stage_depths))}) of {args.checkpoint} as '
+          f'{loaded.architecture} with layers={list(subnet.depths)} ({params:.2f} M parameters) to {args.out}; '
+          f'logits checked equal to the subnetwork\'s.')
+    print(f'Load it with: timm.create_model("local-dir:{os.path.abspath(args.out)}", pretrained=True)')
+    if args.push_to_hub:
+        try:
+            url = push_folder(args.out, args.push_to_hub, private=args.hub_private, revision=args.hub_revision,
+                              commit_message='Upload subnetwork exported with timm-stim')
+        except HubPushError as e:
+            raise HubPushError(f'{e} The exported model is saved in {args.out}.', repo_id=args.push_to_hub,
+                               retry_command=f'python -m timm_stim push {args.out} {args.push_to_hub}') from None
+        print(f'Published to {url}')
+    return args.out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m timm_stim export``: 0 done, 2 bad input (nothing written), 1 the Hub push failed."""
+    from .hub import HubPushError
+    args = create_export_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        run(args)
+    except InputError as e:
+        print(f'error: {e}\nNothing was written.', file=sys.stderr)
+        return 2
+    except HubPushError as e:
+        print(e.report().replace('No local file was changed.\n', ''), file=sys.stderr)
+        return 1
+    except ExportMismatchError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
