@@ -12,6 +12,7 @@ from timm_stim.checkpoints import InputError
 from timm_stim.export import export_subnet, main, parse_blocks, parse_depths, save_exported
 
 from conftest import make_input
+from test_hub import hub_env  # noqa: F401  (fixture: huggingface_hub pointed at the local Hub server)
 
 
 def _randomize_bn(model):
@@ -121,3 +122,26 @@ def test_parsers_name_the_model_depths():
     assert parse_blocks('0,2;0', (3, 2)) == Subnet(((0, 2), (0,)))
     with pytest.raises(InputError, match='depths 3,4,6'):
         parse_depths('3,4', (3, 4, 6))
+
+
+def test_export_publishes_to_the_hub_and_analyze_reads_it(hub_env, hub_server, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+    from timm_stim.analyze import main as analyze_main
+    model = _randomize_bn(timm.create_model('resnet18', num_classes=10))
+    ckpt = tmp_path / 'm.pth.tar'
+    torch.save(model.state_dict(), ckpt)
+    repo = 'tester/resnet18-subnet'
+    assert main([str(ckpt), '--model', 'resnet18', '--depths', '1,2,1,1', '--out', str(tmp_path / 'small'),
+                 '--push-to-hub', repo, '--input-size', '3', '16', '16']) == 0
+    assert f'Published to {hub_server.url}/{repo}' in capsys.readouterr().out
+    card = ModelCard(hub_server.files(repo)['README.md'].decode())
+    assert card.data.library_name == 'timm' and 'Exported subnetwork' in card.text
+    published = timm.create_model(f'hf-hub:{repo}', pretrained=True).eval()
+    x = make_input(2, 16)
+    with torch.no_grad():
+        assert torch.equal(published(x), _subnet_logits(model, Subnet.from_depths((1, 2, 1, 1)), x))
+    # analyze takes hf-hub: models: full + 1 droppable block (stage 1) + 2 sampled.
+    out = tmp_path / 'analysis'
+    assert analyze_main([f'hf-hub:{repo}', '--dataset', 'embedded/digits', '--subnets', '2', '--bn-recal', '32',
+                         '-b', '128', '--workers', '0', '--device', 'cpu', '--out', str(out)]) == 0
+    assert len((out / 'analyze.csv').read_text().strip().splitlines()) == 1 + 1 + 1 + 2
