@@ -1,6 +1,5 @@
 """python -m timm_stim analyze: subnetworks of checkpoints on the embedded digits (CPU, random weights)."""
 import csv
-import os
 
 import pytest
 import timm
@@ -131,3 +130,18 @@ def test_command_line_dispatch(tmp_path):
     with pytest.raises(SystemExit) as e:
         dispatch(['analyze', '--help'])
     assert e.value.code == 0
+
+
+def test_options_shared_with_train_stim_have_its_names_and_defaults():
+    from timm_stim.analyze import create_analyze_parser
+    from timm_stim.args import create_train_parser
+    from timm_stim.export import create_export_parser
+    train = {a.dest: a for a in create_train_parser()[1]._actions}
+    for parser in (create_analyze_parser(), create_export_parser()):
+        # --model and --device differ on purpose: no default architecture, and cpu where there is no GPU.
+        shared = [a for a in parser._actions if a.dest in train and a.dest not in ('help', 'model', 'device')]
+        assert len(shared) >= 5
+        for action in shared:
+            assert (action.option_strings, action.default, action.type, action.nargs) == (
+                train[action.dest].option_strings, train[action.dest].default, train[action.dest].type,
+                train[action.dest].nargs), action.dest

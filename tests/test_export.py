@@ -71,7 +71,8 @@ def test_export_command_round_trip(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
     assert not [p for p in os.listdir(tmp_path) if p.startswith('.export-')]
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
-    assert loaded.pretrained_cfg['input_size'] == (3, 32, 32) and tuple(loaded.pretrained_cfg['mean']) == (0.5, 0.5, 0.5)
+    assert loaded.pretrained_cfg['input_size'] == (3, 32, 32)
+    assert tuple(loaded.pretrained_cfg['mean']) == (0.5, 0.5, 0.5)
     x = make_input(2, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), _subnet_logits(model, Subnet.from_depths((2, 1, 2, 1)), x))

@@ -19,7 +19,6 @@ Library use::
 """
 import argparse
 import csv
-import math
 import os
 import sys
 import time
@@ -37,8 +36,8 @@ from .subnet import Subnet
 from .train import recalibrate_bn
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
-           'collect_batches', 'evaluate_subnets', 'write_csv', 'plot_results', 'summary_table', 'CSV_COLUMNS',
-           'main']
+           'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',
+           'checkpoint_labels', 'CSV_COLUMNS', 'main']
 
 CSV_FILE = 'analyze.csv'
 PLOT_FILE = 'analyze.png'
@@ -344,7 +343,9 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                        help='x axis of the plot (default: flops)')
     group.add_argument('--device', default=None,
                        help='device, e.g. cuda, cpu (default: cuda when available, else cpu)')
-    copy_train_options(parser, _TRAIN_OPTIONS, 'Model and data (as in train_stim.py)')
+    copy_train_options(parser, _TRAIN_OPTIONS,
+                       'Model and data (as in train_stim.py; classes and preprocessing default to the checkpoint\'s: '
+                       'its classifier, args.yaml beside it or its Hub config)')
     return parser
 
 
@@ -404,7 +405,6 @@ def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torc
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
     from .data import resolve_dataset
-    from .spaces import resolve_space
     _check_args(args)
     try:
         resolve_dataset(args.dataset, args.data_dir)  # missing data is reported before any model is built
@@ -440,7 +440,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
         def progress(done: int, _total: int, result: SubnetResult, offset: int = done_before,
                      label: str = label) -> None:
-            print(f'[{offset + done}/{total}] {label} {result.kind:<7} depths {",".join(map(str, result.subnet.depths))}'
+            depths = ','.join(map(str, result.subnet.depths))
+            print(f'[{offset + done}/{total}] {label} {result.kind:<7} depths {depths}'
                   f'  {result.flops / 1e6:.1f} MFLOPs  top-1 {result.top1:.2f}  top-5 {result.top5:.2f}'
                   f'  ({time.time() - start:.0f} s)', flush=True)
 

@@ -103,7 +103,8 @@ def _architecture(model: nn.Module) -> str:
     cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
     name = cfg.get('architecture')
     if not name:
-        raise InputError(f'{type(model).__name__} has no pretrained_cfg architecture: create it with timm.create_model.')
+        raise InputError(f'{type(model).__name__} has no pretrained_cfg architecture: create it with '
+                         f'timm.create_model.')
     return name
 
 
