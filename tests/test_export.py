@@ -116,6 +116,9 @@ def test_existing_out_dir_and_unsupported_models_are_refused(tmp_path, capsys):
         export_subnet(timm.create_model('resnetv2_50x1_bit', num_classes=3), (3, 4, 6, 2))
     with pytest.raises(InputError, match='supported families'):
         export_subnet(timm.create_model('vit_tiny_patch16_224', num_classes=3), (1,))
+    # A dropped SiLU block computes silu(x), not x: a model without the block would differ.
+    with pytest.raises(InputError, match='block 1 of stage 2 ends in an activation'):
+        export_subnet(timm.create_model('resnet18', act_layer='silu'), (2, 2, 1, 2))
 
 
 def test_parsers_name_the_model_depths():
