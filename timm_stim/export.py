@@ -270,14 +270,10 @@ def create_export_parser() -> argparse.ArgumentParser:
     which.add_argument('--blocks', default=None, metavar='B,B;B,...',
                        help='kept block indices per stage, stages separated by ";", e.g. "0,1,2;0,2;0,1,2,3;0,1"')
     parser.add_argument('--out', required=True, metavar='DIR', help='new folder for the exported model')
-    parser.add_argument('--push-to-hub', type=str, default=None, metavar='USER/REPO',
-                        help='also publish the folder to this Hub repository (token from HF_TOKEN or hf auth login)')
-    parser.add_argument('--hub-private', action='store_true', default=False,
-                        help='create the Hub repository as private')
-    parser.add_argument('--hub-revision', type=str, default=None, metavar='BRANCH',
-                        help='Hub branch to push to (default: main)')
     copy_train_options(parser, ('--num-classes', '--input-size', '--mean', '--std', '--crop-pct'),
                        'Model and preprocessing (as in train_stim.py; default: from the checkpoint)')
+    copy_train_options(parser, ('--push-to-hub', '--hub-private', '--hub-revision'),
+                       'Publishing to the Hugging Face Hub (as in train_stim.py; token from HF_TOKEN or hf auth login)')
     return parser
 
 
