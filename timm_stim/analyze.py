@@ -425,18 +425,25 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
     plans = [analysis_subnets(stim, args.subnets, args.seed) for _, stim, _ in loaded]
     total = sum(len(p) for p in plans)
-    print(f'Evaluating {total} networks of {len(loaded)} checkpoint(s) on the {args.val_split!r} split '
-          f'(BN statistics re-estimated on {args.bn_recal} {args.train_split!r} images per subnetwork)', flush=True)
+    recal_text = (f'BN statistics re-estimated on {args.bn_recal} {args.train_split!r} images per subnetwork'
+                  if args.bn_recal else 'the checkpoints\' BN statistics')
+    print(f'Evaluating {total} networks of {len(loaded)} checkpoint(s) on the {args.val_split!r} split ({recal_text})',
+          flush=True)
+    loaders: Dict[str, Any] = {}  # (validation loader, recal batches) per data config
+    for _, _, data_config in loaded:
+        key = repr(sorted(data_config.items()))
+        if key not in loaders:
+            try:
+                loaders[key] = _loaders(args, data_config, device)
+            except (OSError, ValueError) as e:
+                raise InputError(f'could not read the {args.train_split!r} / {args.val_split!r} splits of '
+                                 f'{args.dataset or args.data_dir}: {type(e).__name__}: {e}') from None
     os.makedirs(args.out, exist_ok=True)
     rows: List[Dict[str, Any]] = []
-    loaders: Dict[str, Any] = {}
     done_before = 0
     start = time.time()
     for (item, stim, data_config), plan, label in zip(loaded, plans, labels):
-        key = repr(sorted(data_config.items()))
-        if key not in loaders:
-            loaders[key] = _loaders(args, data_config, device)
-        val_loader, recal_batches = loaders[key]
+        val_loader, recal_batches = loaders[repr(sorted(data_config.items()))]
 
         def progress(done: int, _total: int, result: SubnetResult, offset: int = done_before,
                      label: str = label) -> None:
