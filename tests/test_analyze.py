@@ -145,4 +145,3 @@ def test_options_shared_with_train_stim_have_its_names_and_defaults():
             assert (action.option_strings, action.default, action.type, action.nargs) == (
                 train[action.dest].option_strings, train[action.dest].default, train[action.dest].type,
                 train[action.dest].nargs), action.dest
-
