@@ -560,6 +560,10 @@ def _main(args) -> Dict[str, Any]:
             raise ConfigError(f'--model {args.model} with --stim-subnets {args.stim_subnets}: {e}') from None
         except ValueError as e:
             raise ConfigError(f'--stim-space {args.stim_space!r} for {args.model}: {e}') from None
+        try:
+            stimulator.adapter.check_input_scaling(model, args.stim_min_scale, args.stim_max_scale)
+        except ValueError as e:
+            raise ConfigError(f'--stim-min-scale/--stim-max-scale for {args.model}: {e}') from None
 
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
