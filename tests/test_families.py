@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import yaml
 
 import timm_stim
 from timm_stim import StimulativeTask, Subnet, UnsupportedModelError
@@ -263,6 +264,10 @@ def test_train_stim_runs_each_family(tmp_path, _cache, name, extra):
     result = main(_train_args(tmp_path, name, *extra))
     rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
     assert len(rows) == 1 and float(rows[0]['train_stim_kl']) > 0
+    resolved = yaml.safe_load(open(os.path.join(result['output_dir'], 'args.yaml')))['stim_resolved']
+    short = resolved['input_size'][-1]
+    multiple = {'tresnet_m': 4, 'vit_tiny_patch16_224': 16}.get(name, 1)
+    assert resolved['subnet_input_short_side'] == [short // 2 - (short // 2) % multiple, short]
 
 
 def test_tresnet_subnet_inputs_fit_its_space_to_depth_stem():
