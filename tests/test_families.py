@@ -232,6 +232,27 @@ def test_dynamic_vit_subnets_get_patch_multiple_inputs():
     assert len(sizes) == 3 and all(h % 16 == 0 and w % 16 == 0 and h >= 16 for h, w in sizes)
 
 
+def test_vit_blocks_in_configurable_groups():
+    from timm.models.vision_transformer import VisionTransformer
+    from timm_stim.adapters import VisionTransformerAdapter
+    from timm_stim.adapters._registry import _adapters
+
+    class GroupedViT(VisionTransformerAdapter):
+        groups = 4
+
+    default = _adapters[VisionTransformer]
+    timm_stim.register_adapter(VisionTransformer)(GroupedViT)
+    try:
+        model = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=5, img_size=32)
+        assert timm_stim.attach(model, space='stpp').stage_depths == (3, 3, 3, 3)
+        assert timm_stim.get_stimulator(model).max_drops == (0, 1, 1, 0)
+        timm_stim.get_stimulator(model).detach()
+        check_family_model(model, 'vit', 32)
+    finally:
+        _adapters[VisionTransformer] = default
+    assert timm_stim.attach(model).stage_depths == (12,)
+
+
 # --- train_stim.py on the embedded digits, one model per family --------------------------------
 
 TRAIN_MODELS = [

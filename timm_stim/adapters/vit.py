@@ -25,6 +25,14 @@ class VisionTransformerAdapter(StageAdapter):
     then ``x + ls2(mlp(norm2(x)))`` (or the parallel / post-norm variants) — with nothing
     after the sums, so a dropped block, both branches removed, is the identity.
 
+    ``groups`` splits the blocks into that many consecutive stages of near-equal depth (each
+    keeping its first block), so that per-stage spaces such as ``stpp`` apply; set it on a
+    subclass registered in its place::
+
+        @timm_stim.register_adapter(VisionTransformer)
+        class GroupedViT(VisionTransformerAdapter):
+            groups = 4  # ViT-S/B: 4 stages of 3 blocks
+
     Smaller subnetwork inputs need ``dynamic_img_size=True`` at creation (timm then
     interpolates the position embedding); sides are rounded down to a multiple of the patch
     embedding's reduction (the patch size; patch size times the backbone stride for hybrids).
@@ -33,8 +41,13 @@ class VisionTransformerAdapter(StageAdapter):
     examples = ('vit_* and deit_* built by VisionTransformer (incl. hybrid vit_*_resnet*) '
                 '(blocks: Block, ResPostBlock, ParallelScalingBlock, DiffParallelScalingBlock, ParallelThingsBlock)')
 
+    groups: int = 1
+
     def stages(self, model: nn.Module) -> List[List[nn.Module]]:
-        return [list(model.blocks)]
+        blocks = list(model.blocks)
+        groups = max(1, min(self.groups, len(blocks)))
+        bounds = [round(i * len(blocks) / groups) for i in range(groups + 1)]
+        return [blocks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def skip_function(self, model: nn.Module, stage_idx: int, block_idx: int, block: nn.Module) -> SkipFunction:
         if not isinstance(block, _RESIDUAL_BLOCKS):
