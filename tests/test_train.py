@@ -63,7 +63,7 @@ def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('extra,message', [
     (['--model', 'resnet5000'], "--model 'resnet5000' is not a timm model"),
-    (['--model', 'vit_tiny_patch16_224', '--stim-subnets', '1'], 'No timm_stim adapter for'),
+    (['--model', 'mobilenetv3_small_050', '--stim-subnets', '1'], 'No timm_stim adapter for'),
     (['--stim-subnets', '1', '--stim-space', '0,1,2'], '3 per-stage drops but the model has 4 stages'),
     (['--stim-subnets', '1', '--stim-min-scale', '0'], 'min_scale=0.0'),
     (['--stim-subnets', '1', '--stim-min-scale', '0.9', '--stim-max-scale', '0.5'], 'is above max_scale'),

@@ -11,7 +11,8 @@ from timm.task import ClassificationTask
 
 from .losses import logit_norm, stim_kl
 from .spaces import SpaceSpec
-from .stimulator import Stimulator, attach, get_stimulator
+from .adapters import get_adapter
+from .stimulator import Stimulator, _unwrap, attach, get_stimulator
 from .subnet import Subnet
 
 __all__ = ['StimulativeTask', 'NORMALIZE_CHOICES', 'sample_input_size', 'resize_batch']
@@ -36,11 +37,14 @@ def sample_input_size(
         min_scale: float,
         max_scale: float,
         generator: Optional[torch.Generator] = None,
+        multiple: int = 1,
 ) -> Tuple[int, int]:
     """Draw a subnetwork input size.
 
     The shorter side ``s`` is uniform over ``[floor(S * min_scale), floor(S * max_scale)]``
-    (``S`` the shorter input side); the other side keeps the aspect ratio.
+    (``S`` the shorter input side); the other side keeps the aspect ratio. With
+    ``multiple > 1`` (e.g. a ViT's patch size) both sides are then rounded down to a multiple
+    of it, at least ``multiple``.
 
     Returns:
         (height, width).
@@ -52,9 +56,13 @@ def sample_input_size(
     high = max(low, math.floor(short * max_scale))
     side = int(torch.randint(low, high + 1, (1,), generator=generator).item())
     if height == width:
-        return side, side
-    ratio = side / short
-    return (side, max(1, round(width * ratio))) if height <= width else (max(1, round(height * ratio)), side)
+        size = (side, side)
+    else:
+        ratio = side / short
+        size = (side, max(1, round(width * ratio))) if height <= width else (max(1, round(height * ratio)), side)
+    if multiple > 1:
+        size = tuple(max(multiple, s - s % multiple) for s in size)
+    return size
 
 
 def resize_batch(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -141,6 +149,8 @@ class StimulativeTask(ClassificationTask):
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f'start_epoch={start_epoch!r}: expected an int >= 0.')
         existing = get_stimulator(model)
+        adapter = (stimulator or existing).adapter if (stimulator or existing) else get_adapter(_unwrap(model))
+        adapter.check_input_scaling(_unwrap(model), min_scale, max_scale)
         if stimulator is not None or existing is not None:
             if space is not None or mode is not None or bn is not None:
                 raise ValueError('Pass either a Stimulator (or a model with one attached) or space/mode/bn, not both.')
@@ -153,6 +163,7 @@ class StimulativeTask(ClassificationTask):
         if stimulator is None:
             stimulator = attach(model, space if space is not None else 'uniform', mode or 'depth', bn or 'freeze')
         self.stimulator = stimulator
+        self.size_multiple = stimulator.adapter.input_size_multiple(stimulator.model)
         self.num_subnets = num_subnets
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
@@ -247,7 +258,8 @@ class StimulativeTask(ClassificationTask):
         self.last_subnets = []
         for _ in range(self.num_subnets):
             subnet = self.stimulator.sample(self.generator)
-            size = sample_input_size(height, width, self.min_scale, self.max_scale, self.generator)
+            size = sample_input_size(height, width, self.min_scale, self.max_scale, self.generator,
+                                     self.size_multiple)
             self.last_subnets.append((subnet, size))
             with self.stimulator.activate(subnet):
                 student = model(resize_batch(input, size))

@@ -113,6 +113,9 @@ def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Seq
     if stimulator is None or args.stim_subnets == 0:
         return {'enabled': False}
     short = min(input_size[-2:])
+    scaled = (args.stim_min_scale, args.stim_max_scale) != (1.0, 1.0)  # sample_input_size rounds scaled sizes
+    multiple = stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1
+    sides = [max(1, math.floor(short * scale)) for scale in (args.stim_min_scale, args.stim_max_scale)]
     return {
         'enabled': True,
         'family': stimulator.adapter.family,
@@ -120,8 +123,7 @@ def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Seq
         'max_drops': list(stimulator.max_drops),
         'depth_choices': [list(c) for c in stimulator.depth_choices],
         'input_size': list(input_size),
-        'subnet_input_short_side': [max(1, math.floor(short * args.stim_min_scale)),
-                                    max(1, math.floor(short * args.stim_max_scale))],
+        'subnet_input_short_side': [max(multiple, side - side % multiple) for side in sides],
         'subnets_per_step': args.stim_subnets,
         'total_kl_weight': args.stim_subnets * args.stim_weight,
     }
@@ -560,6 +562,10 @@ def _main(args) -> Dict[str, Any]:
             raise ConfigError(f'--model {args.model} with --stim-subnets {args.stim_subnets}: {e}') from None
         except ValueError as e:
             raise ConfigError(f'--stim-space {args.stim_space!r} for {args.model}: {e}') from None
+        try:
+            stimulator.adapter.check_input_scaling(model, args.stim_min_scale, args.stim_max_scale)
+        except ValueError as e:
+            raise ConfigError(f'--stim-min-scale/--stim-max-scale for {args.model}: {e}') from None
 
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)

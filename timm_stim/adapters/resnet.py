@@ -1,4 +1,4 @@
-"""Adapters for timm's ResNet (``timm.models.resnet.ResNet``) and ResNetV2 families."""
+"""Adapters for timm's ResNet-style classes: ResNet, ResNetV2, legacy SENet and TResNet."""
 from typing import Dict, List, Type
 
 import torch.nn as nn
@@ -6,13 +6,15 @@ from timm.models.res2net import Bottle2neck
 from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm.models.resnetv2 import Bottleneck as V2Bottleneck, PreActBasic, PreActBottleneck, ResNetV2
+from timm.models.senet import Bottleneck as SENetBottleneck, SENet, SEResNetBlock
 from timm.models.sknet import SelectiveKernelBasic, SelectiveKernelBottleneck
+from timm.models.tresnet import BasicBlock as TResNetBasic, Bottleneck as TResNetBottleneck, TResNet
 
 from ..errors import UnsupportedModelError
 from ._registry import register_adapter
 from .base import SkipFunction, StageAdapter, identity, skip_through_activation
 
-__all__ = ['ResNetAdapter', 'ResNetV2Adapter']
+__all__ = ['ResNetAdapter', 'ResNetV2Adapter', 'LegacySENetAdapter', 'TResNetAdapter']
 
 
 def _lookup(table: Dict[Type[nn.Module], object], block: nn.Module):
@@ -92,3 +94,39 @@ class ResNetV2Adapter(StageAdapter):
         raise UnsupportedModelError(
             f'ResNetV2 block type {type(block).__name__} is unknown to timm_stim '
             f'(known: PreActBasic, PreActBottleneck, Bottleneck).')
+
+
+@register_adapter(SENet)
+class LegacySENetAdapter(ResNetAdapter):
+    """timm's legacy ``SENet`` class (Cadene's port).
+
+    Stages are ``layer1``..``layer4`` (``layer0`` is the stem). Every block computes
+    ``relu(se_module(residual(x)) + shortcut(x))``; blocks after the first of a stage have no
+    ``downsample``, so a dropped block computes ``relu(x)`` — exactly ``x``, since its input
+    is the previous block's ReLU output.
+    """
+    family = 'legacy_senet'
+    examples = 'legacy_seresnet*, legacy_seresnext*, legacy_senet154 (blocks: SEResNetBlock, SE*Bottleneck)'
+    final_activation: Dict[Type[nn.Module], str] = {SENetBottleneck: 'relu', SEResNetBlock: 'relu'}
+
+
+@register_adapter(TResNet)
+class TResNetAdapter(ResNetAdapter):
+    """timm's ``TResNet`` class.
+
+    Stages are ``body.layer1``..``body.layer4``. Every block computes
+    ``relu(residual(x) + shortcut(x))`` (the LeakyReLUs are inside the residual branch);
+    blocks after the first of a stage have no ``downsample``, so a dropped block is ``relu(x)``
+    — exactly ``x``, its input being the previous block's ReLU output. The space-to-depth stem
+    needs input sides that are a multiple of its block size (4): smaller subnetwork inputs are
+    rounded down to one.
+    """
+    family = 'tresnet'
+    examples = 'tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l (blocks: BasicBlock, Bottleneck)'
+    final_activation: Dict[Type[nn.Module], str] = {TResNetBasic: 'act', TResNetBottleneck: 'act'}
+
+    def stages(self, model: nn.Module) -> List[List[nn.Module]]:
+        return [list(getattr(model.body, f'layer{i}')) for i in range(1, 5)]
+
+    def input_size_multiple(self, model: nn.Module) -> int:
+        return int(getattr(model.body[0], 'bs', 1))
