@@ -78,6 +78,74 @@ def test_backward_scaling_follows_grad_scaler_and_accumulation():
         torch.testing.assert_close(g, expected[name] * 4.0, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_task_loss_is_back_propagated_before_any_subnetwork_runs():
+    # The official step order: when the first subnetwork starts, the gradients already hold
+    # exactly the task loss's gradient (and the full network's graph is gone).
+    model = _model()
+    ref_model = copy.deepcopy(model)
+    x, y = make_input(batch=4, size=32), torch.tensor([0, 1, 2, 3])
+    task = StimulativeTask(model, num_subnets=2, seed=0, verbose=False)
+    grads_at_first_subnet = []
+    activate = task.stimulator.activate
+
+    def recording_activate(subnet):
+        if not grads_at_first_subnet:
+            grads_at_first_subnet.append(_grads(model))
+        return activate(subnet)
+
+    task.stimulator.activate = recording_activate
+    task(x, y)
+    task.criterion(ref_model(x), y).backward()
+    for name, expected in _grads(ref_model).items():
+        torch.testing.assert_close(grads_at_first_subnet[0][name], expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+class _SavedTensorMeter:
+    """Bytes of tensors autograd keeps for backward that are alive at once (peak over a step)."""
+
+    class _Box:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def _release(self, nbytes):
+        self.live -= nbytes
+
+    def pack(self, tensor):
+        import weakref
+        box = self._Box(tensor)
+        nbytes = tensor.numel() * tensor.element_size()
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(box, self._release, nbytes)
+        return box
+
+    @staticmethod
+    def unpack(box):
+        return box.tensor
+
+
+def _peak_saved_bytes(task, x, y):
+    meter = _SavedTensorMeter()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        task(x, y)['loss'].backward()
+    return meter.peak
+
+
+def test_only_one_graph_is_alive_at_a_time():
+    # Peak memory of a step is set by the activations autograd saves. With the task loss
+    # back-propagated first and each subnetwork's term right after its forward, a step with
+    # K full-size subnetworks keeps no more saved tensors alive than a plain step.
+    x, y = make_input(batch=4, size=32), torch.tensor([0, 1, 2, 3])
+    plain = _peak_saved_bytes(StimulativeTask(_model(), num_subnets=0, verbose=False), x, y)
+    stim = StimulativeTask(_model(), num_subnets=3, space='keep:2', seed=0, verbose=False)
+    peak = _peak_saved_bytes(stim, x, y)
+    assert len(stim.last_subnets) == 3
+    assert plain > 0 and peak <= 1.02 * plain, (peak, plain)
+
+
 def test_soft_targets_from_mixup():
     model = _model()
     task = StimulativeTask(model, SoftTargetCrossEntropy(), num_subnets=1, verbose=False)

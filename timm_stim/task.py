@@ -79,18 +79,22 @@ def resize_batch(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 class StimulativeTask(ClassificationTask):
     """Full-network task loss plus K subnetwork KL terms (Stimulative Training / ST++).
 
-    Each call: the full network's logits ``z`` give the task loss (on ``logit_norm(z)`` when
-    ``normalize='all'``); then for each of ``num_subnets`` sampled subnetworks, on an input
-    resized to a random size in ``[min_scale, max_scale]`` of the original,
-    ``kl_weight * stim_kl(f_k(x_k), z.detach())`` is back-propagated immediately so only one
-    subnetwork graph is alive at a time. The returned ``loss`` is the task loss: after the
-    caller's ``loss.backward()`` the gradients are those of
-    ``L_main + kl_weight * sum_k L_k``.
+    Each training call follows the official step order: the full network's logits ``z`` give
+    the task loss (on ``logit_norm(z)`` when ``normalize='all'``), which is back-propagated at
+    once, freeing the full network's graph; then for each of ``num_subnets`` sampled
+    subnetworks, on an input resized to a random size in ``[min_scale, max_scale]`` of the
+    original, ``kl_weight * stim_kl(f_k(x_k), z.detach())`` is back-propagated in turn. So
+    only one graph is alive at a time and peak memory stays that of a plain step.
 
-    Subnetwork backward passes follow the caller's loss scaling: call
+    The returned ``loss`` carries the task loss's value for logging; the gradients of
+    ``L_main + kl_weight * sum_k L_k`` are already accumulated, and the caller's usual
+    ``loss.backward()`` (or timm's loss scaler) adds nothing to them. Under DDP that backward
+    is what all-reduces the accumulated gradients (see ``_finish``). Second-order optimizers
+    (``create_graph=True``) are not supported while subnetworks run.
+
+    The eager backward passes follow the caller's loss scaling: call
     ``set_backward_scaling(grad_scaler, grad_accum_steps)`` when using AMP loss scaling or
-    gradient accumulation. Under DDP the subnetwork gradients are accumulated without
-    triggering DDP's reducer and are all-reduced together with the task loss's backward.
+    gradient accumulation.
 
     Args:
         model: the timm model.
@@ -217,15 +221,19 @@ class StimulativeTask(ClassificationTask):
         elif strict:
             raise KeyError(f'Task state has no stim_generator_state (keys: {sorted(state)}).')
 
-    def _subnet_backward(self, loss: torch.Tensor) -> None:
+    def _trainable_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.stimulator.model.parameters() if p.requires_grad]
+
+    def _backward_now(self, loss: torch.Tensor) -> None:
+        """Back-propagate one term of the step into ``.grad``, scaled as the caller scales its loss."""
         loss = loss / self._grad_divisor
         if self._grad_scaler is not None:
             loss = self._grad_scaler.scale(loss)
         if isinstance(self.trainable_module, DistributedDataParallel):
-            # DDP all-reduces in hooks on each parameter's gradient accumulation and expects
-            # exactly one backward after its forward. autograd.grad does not run those hooks;
-            # adding the result to .grad lets the task loss's backward all-reduce it all.
-            params = [p for p in self.stimulator.model.parameters() if p.requires_grad]
+            # DDP all-reduces from hooks on each parameter's gradient accumulation and expects
+            # one backward per forward. autograd.grad does not run those hooks; its result is
+            # added to .grad, and the backward of ``_finish``'s loss all-reduces the total.
+            params = self._trainable_parameters()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads):
                 if g is None:
@@ -237,20 +245,34 @@ class StimulativeTask(ClassificationTask):
         else:
             loss.backward()
 
+    def _finish(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss handed back once every term has been back-propagated.
+
+        Its value is the task loss; its backward adds zero to every gradient. Under DDP that
+        backward passes through each parameter's gradient accumulator exactly once, which fires
+        DDP's reducer on the gradients accumulated by ``_backward_now`` (honouring ``no_sync``).
+        """
+        done = loss.detach()
+        if isinstance(self.trainable_module, DistributedDataParallel):
+            return done + sum(p.sum() for p in self._trainable_parameters()) * 0.0
+        return done.requires_grad_()
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Task loss of the full network, after back-propagating the subnetwork KL terms.
+        """Full-network task loss and K subnetwork KL terms, back-propagated in the official order.
 
         Returns:
-            ``loss`` (the task loss, to back-propagate), ``output`` (full-network logits) and,
-            when subnetworks ran, ``stim_kl`` (mean KL term over the K subnetworks, detached).
+            ``loss`` (the task loss; back-propagate it as usual), ``output`` (full-network logits)
+            and, when subnetworks ran, ``stim_kl`` (mean KL term over the K subnetworks, detached).
         """
         output = self.trainable_module(input)
         logits = logit_norm(output, self.amplitude) if self.normalize == 'all' else output
         loss = self.criterion(logits, target)
-        result = {'loss': loss, 'output': output}
         if not self.active:
-            return result
+            return {'loss': loss, 'output': output}
 
+        # Official order: the task loss first, so the full network's graph is freed before any
+        # subnetwork runs and at most one graph is alive at a time.
+        self._backward_now(loss)
         teacher = output.detach()
         model = self.stimulator.model
         height, width = input.shape[-2:]
@@ -264,9 +286,8 @@ class StimulativeTask(ClassificationTask):
             with self.stimulator.activate(subnet):
                 student = model(resize_batch(input, size))
                 kl = stim_kl(student, teacher, self.temperature, self.normalize != 'none', self.amplitude)
-                # Backward now (inside activate, for gradient checkpointing) so that only one
-                # subnetwork graph is alive at a time.
-                self._subnet_backward(self.kl_weight * kl)
+                # Backward inside activate (gradient checkpointing recomputes with the same subnet).
+                self._backward_now(self.kl_weight * kl)
             kl_total += kl.detach()
-        result['stim_kl'] = kl_total / self.num_subnets
-        return result
+        return {'loss': self._finish(loss), 'output': teacher,
+                'stim_kl': kl_total / self.num_subnets}
