@@ -69,6 +69,7 @@ def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
     (['--stim-subnets', '1', '--stim-min-scale', '0.9', '--stim-max-scale', '0.5'], 'is above max_scale'),
     (['--dataset', '', '--data-dir', '/nonexistent/imagenet'], "'/nonexistent/imagenet' does not exist"),
     (['--dataset', 'embedded/cifar'], "Unknown embedded dataset 'embedded/cifar'"),
+    (['--stim-subnets', '1', '--opt', 'adahessian'], '--opt adahessian is a second-order optimizer'),
 ])
 def test_bad_input_stops_before_writing(tmp_path, caplog, extra, message):
     out = tmp_path / 'out'

@@ -74,8 +74,13 @@ def check_args(args) -> None:
     if args.model_dtype not in (None, '', 'float32', 'float16', 'bfloat16'):
         raise ConfigError(f'--model-dtype {args.model_dtype!r}: expected float32, float16 or bfloat16.')
     if args.stim_subnets > 0 and args.naflex_loader:
-        raise ConfigError('--naflex-loader is for NaFlex vision transformers; timm_stim samples subnetworks of '
-                          'residual CNNs. Drop --naflex-loader or set --stim-subnets 0.')
+        raise ConfigError('--naflex-loader is for NaFlex vision transformers (NaFlexVit), which timm_stim has no '
+                          'adapter for. Drop --naflex-loader or set --stim-subnets 0.')
+    if args.stim_subnets > 0 and args.opt.lower().split('_')[-1] == 'adahessian':
+        # The task back-propagates every term itself (official order); a second-order backward
+        # (create_graph=True) of the returned loss would see none of them.
+        raise ConfigError(f'--opt {args.opt} is a second-order optimizer, which stimulative training does not '
+                          f'support: use a first-order optimizer (e.g. sgd, adamw) or set --stim-subnets 0.')
     if args.data and not args.data_dir:
         args.data_dir = args.data  # positional data dir is timm's deprecated spelling
     try:
