@@ -238,3 +238,21 @@ def test_val_interval_skips_validation_and_checkpoints_between(tmp_path):
     rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
     assert [int(r['epoch']) for r in rows] == [1, 2] and all(r['eval_top1'] for r in rows)
     assert not os.path.exists(os.path.join(result['output_dir'], 'checkpoint-0.pth.tar'))
+
+
+def test_logging_is_set_up_once_per_process():
+    # Runs started in-process one after another must not print every log line again per run.
+    import logging
+    from timm.utils.log import FormatterNoInfo
+    from timm_stim.train import setup_logging
+
+    def timm_handlers():
+        return [h for h in logging.root.handlers if isinstance(h.formatter, FormatterNoInfo)]
+
+    before = list(logging.root.handlers)
+    try:
+        setup_logging()
+        setup_logging()
+        assert len(timm_handlers()) == 1 and logging.root.level == logging.INFO
+    finally:
+        logging.root.handlers[:] = before

@@ -495,9 +495,22 @@ def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
     return path
 
 
+def setup_logging() -> None:
+    """timm's console logging, set up once per process.
+
+    ``timm.utils.setup_default_logging`` adds a handler on every call, so runs started
+    in-process one after another (benchmarks, notebooks, tests) would print each line repeatedly.
+    """
+    from timm.utils.log import FormatterNoInfo
+    if any(isinstance(h.formatter, FormatterNoInfo) for h in logging.root.handlers):
+        logging.root.setLevel(logging.INFO)
+        return
+    utils.setup_default_logging()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run training. Returns a dict with the best metric/epoch and the output dir."""
-    utils.setup_default_logging()
+    setup_logging()
     args, args_text = parse_args(argv)
     try:
         return _main(args)
