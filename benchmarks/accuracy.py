@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument('--lr', type=float, default=0.1)
     parser.add_argument('--stpp-subnets', type=int, default=3)
     parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--long-epochs', type=int, default=None,
+                        help='epochs of baseline_long (default: from the first seed\'s ST++ / baseline time ratio)')
     parser.add_argument('--quick', action='store_true', help='1 seed, 2 epochs of 20 batches')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
@@ -132,7 +134,7 @@ def main() -> None:
         layout_fashion_mnist(args.data_dir)  # clear error naming the Debian package when it is missing
     os.makedirs(args.out, exist_ok=True)
 
-    runs, long_epochs = {}, None
+    runs, long_epochs = {}, args.long_epochs
     for seed in args.seeds:
         for variant in VARIANTS:
             if variant == 'baseline_long':

@@ -31,10 +31,12 @@ def timed_run(attached: bool, args, out_dir: str) -> float:
             attach(model, space='uniform')
         return model
 
-    def epoch(*a, **k):
+    def epoch(epoch_idx, task, loader, optimizer, run_args, *a, **k):
         start = time.perf_counter()
-        metrics = original_epoch(*a, **k)
-        timings.append(time.perf_counter() - start)
+        metrics = original_epoch(epoch_idx, task, loader, optimizer, run_args, *a, **k)
+        # Images actually trained on: --train-batches-per-epoch caps the loader, never extends it.
+        timings.append((train_mod.batches_per_epoch(loader, run_args) * run_args.batch_size,
+                        time.perf_counter() - start))
         return metrics
 
     train_mod.train_one_epoch, train_mod.create_train_model = epoch, create_model
@@ -47,7 +49,8 @@ def timed_run(attached: bool, args, out_dir: str) -> float:
             '--stim-subnets', '0', '--checkpoint-hist', '1'])
     finally:
         train_mod.train_one_epoch, train_mod.create_train_model = original_epoch, original_model
-    return args.batches * args.batch_size / timings[0]
+    images, seconds = timings[0]
+    return images / seconds
 
 
 def main() -> None:

@@ -232,3 +232,32 @@ def test_channels_last_and_bf16_autocast():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert model.layer1[1].conv1.weight.grad is None and model.layer2[1].conv1.weight.grad is not None
+
+
+def _dispatched_ops(model, x):
+    """Every aten op a training forward + backward dispatches, in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as record:
+        model(x).sum().backward()
+    return record.ops
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnext26ts', 'convnext_atto'])
+def test_attached_but_inactive_model_runs_exactly_the_plain_ops(name):
+    # Nothing is paid while no subnetwork is active: not one extra op in forward or backward.
+    model = timm.create_model(name, num_classes=5).train()
+    plain = copy.deepcopy(model)
+    timm_stim.attach(model, space='uniform')
+    x = make_input(batch=2, size=32)
+    ops = _dispatched_ops(model, x)
+    assert len(ops) > 50 and ops == _dispatched_ops(plain, x)
