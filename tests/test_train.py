@@ -254,5 +254,15 @@ def test_logging_is_set_up_once_per_process():
         setup_logging()
         setup_logging()
         assert len(timm_handlers()) == 1 and logging.root.level == logging.INFO
+        # A console replaced after the first run (pytest capture, notebooks) gets the next run's lines.
+        import io
+        import sys
+        real_stderr, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            setup_logging()
+            logging.getLogger('train_stim').info('second run')
+            assert 'second run' in sys.stderr.getvalue()
+        finally:
+            sys.stderr = real_stderr
     finally:
         logging.root.handlers[:] = before

@@ -496,15 +496,17 @@ def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
 
 
 def setup_logging() -> None:
-    """timm's console logging, set up once per process.
+    """timm's console logging, exactly one handler per process, writing to the current stderr.
 
     ``timm.utils.setup_default_logging`` adds a handler on every call, so runs started
-    in-process one after another (benchmarks, notebooks, tests) would print each line repeatedly.
+    in-process one after another (benchmarks, notebooks, tests) would print each line again
+    per run; a handler from an earlier run may also hold a console that has been replaced
+    since (pytest capture, notebooks). Earlier timm console handlers are replaced.
     """
     from timm.utils.log import FormatterNoInfo
-    if any(isinstance(h.formatter, FormatterNoInfo) for h in logging.root.handlers):
-        logging.root.setLevel(logging.INFO)
-        return
+    for handler in list(logging.root.handlers):
+        if type(handler) is logging.StreamHandler and isinstance(handler.formatter, FormatterNoInfo):
+            logging.root.removeHandler(handler)
     utils.setup_default_logging()
 
 
