@@ -21,7 +21,7 @@ import timm_stim
 from timm_stim import StimulativeTask, Subnet, UnsupportedModelError
 from timm_stim.task import sample_input_size
 from timm_stim.train import main
-from conftest import make_input
+from conftest import assert_only_kept_blocks_ran, make_input
 
 # family -> (timm modules building it, model name patterns): the slow sweep's selection.
 FAMILIES = {
@@ -140,17 +140,8 @@ def check_family_model(model, family, size, seed=0):
     for h in handles:
         h.remove()
     assert out.shape == before.shape and torch.isfinite(out).all()
-    dropped = subnet.dropped(stim.stage_depths)
-    assert any(dropped)
-    for s, blocks in enumerate(stim._stages):
-        for b, block in enumerate(blocks):
-            grads = [p.grad for p in block.parameters() if p.requires_grad]
-            if b in dropped[s]:
-                assert calls[(s, b)] == 0, (s, b)
-                assert all(g is None for g in grads), (s, b)
-            else:
-                assert calls[(s, b)] == 1, (s, b)
-                assert all(g is not None for g in grads), (s, b)
+    assert any(subnet.dropped(stim.stage_depths))
+    assert_only_kept_blocks_ran(stim, subnet, calls)
 
     # Detach: exactly the plain model again.
     stim.detach()

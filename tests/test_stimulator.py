@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import timm_stim
 from timm_stim import Subnet
-from conftest import make_input
+from conftest import assert_only_kept_blocks_ran, make_input
 
 ATTACH_MODELS = ['resnet18', 'resnet50', 'resnext50_32x4d', 'seresnext26d_32x4d', 'resnet26d', 'resnetv2_50']
 
@@ -85,16 +85,7 @@ def test_dropped_blocks_not_executed_and_get_no_gradient(name):
     subnet = Subnet(((0, 1), (0, 2), (0, 1, 2, 3), (0,)))
     with stim.activate(subnet):
         model(make_input()).sum().backward()
-    dropped = subnet.dropped(stim.stage_depths)
-    for s, blocks in enumerate(stim._stages):
-        for b, block in enumerate(blocks):
-            grads = [p.grad for p in block.parameters()]
-            if b in dropped[s]:
-                assert counts[(s, b)] == 0, (s, b)
-                assert all(g is None for g in grads), (s, b)
-            else:
-                assert counts[(s, b)] == 1, (s, b)
-                assert all(g is not None for g in grads), (s, b)
+    assert_only_kept_blocks_ran(stim, subnet, counts)
 
 
 @pytest.mark.parametrize('train', [False, True])
