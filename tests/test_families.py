@@ -33,7 +33,8 @@ FAMILIES = {
     'tresnet': (['tresnet'], ['tresnet*']),
     'cspnet': (['cspnet'], ['cspresnet*', 'cspresnext*', 'cspdarknet*', 'darknet*', 'cs3*']),
     'convnext': (['convnext'], ['convnext*']),
-    'vit': (['vision_transformer', 'vision_transformer_hybrid', 'deit'], ['vit_*', 'deit*']),
+    'vit': (['vision_transformer', 'vision_transformer_hybrid', 'deit', 'eva', 'vision_transformer_relpos'],
+            ['vit_*', 'deit*', 'eva*']),
 }
 
 # One small model per family (and per block type worth its own check), with creation kwargs.
@@ -49,8 +50,11 @@ FAST_MODELS = [
     ('convnext', 'convnext_atto', {}),
     ('vit', 'vit_tiny_patch16_224', {'img_size': 32}),
     ('vit', 'deit_tiny_distilled_patch16_224', {'img_size': 32}),
+    ('vit', 'eva02_tiny_patch14_224', {'img_size': 28}),  # Eva: EvaBlock with rotary embedding
+    ('vit', 'eva02_tiny_patch14_224', {'img_size': 28, 'use_post_norm': True}),  # EvaBlockPostNorm
+    ('vit', 'vit_relpos_small_patch16_rpn_224', {'img_size': 32}),  # ResPostRelPosBlock
 ]
-FAST_IDS = [name for _, name, _ in FAST_MODELS]
+FAST_IDS = [name + ('-post_norm' if kw.get('use_post_norm') else '') for _, name, kw in FAST_MODELS]
 
 # Models that need more than the sweep's 64 px even as plain timm models.
 MIN_INPUT_SIZE = {'bat_resnext26ts': 256}  # BAT attention fails below 256 px (its feature maps vs block size)
@@ -67,10 +71,15 @@ def _slow_names():
     return names
 
 
-def _probe(block):
-    """The first module with parameters of the residual branch: runs only if the block does."""
-    return next(m for m in block.modules()
-                if m is not block and not list(m.children()) and list(m.parameters(recurse=False)))
+def _branch_modules(block):
+    """The leaf modules with parameters of the residual branch: some of them run iff the block does.
+
+    Not every one need run (Eva's attention applies ``qkv.weight`` with its own bias through
+    ``F.linear``, bypassing the ``qkv`` module), so a block counts as run as often as the most
+    called of them.
+    """
+    return [m for m in block.modules()
+            if m is not block and not list(m.children()) and list(m.parameters(recurse=False))]
 
 
 def _dropping_subnet(stim, seed=0):
@@ -123,15 +132,16 @@ def check_family_model(model, family, size, seed=0):
 
     # Forward + backward of a smaller subnet: dropped blocks never run and get no gradient.
     subnet = _dropping_subnet(stim, seed)
-    calls = {}
+    module_calls = {}
     handles = []
     for s, blocks in enumerate(stim._stages):
         for b, block in enumerate(blocks):
-            calls[(s, b)] = 0
+            for i, module in enumerate(_branch_modules(block)):
+                module_calls[(s, b, i)] = 0
 
-            def hook(*_, key=(s, b)):
-                calls[key] += 1
-            handles.append(_probe(block).register_forward_hook(hook))
+                def hook(*_, key=(s, b, i)):
+                    module_calls[key] += 1
+                handles.append(module.register_forward_hook(hook))
     model.train()
     model.zero_grad(set_to_none=True)
     with stim.activate(subnet):
@@ -141,6 +151,9 @@ def check_family_model(model, family, size, seed=0):
         h.remove()
     assert out.shape == before.shape and torch.isfinite(out).all()
     assert any(subnet.dropped(stim.stage_depths))
+    calls = {}
+    for (s, b, _), n in module_calls.items():
+        calls[(s, b)] = max(calls.get((s, b), 0), n)
     assert_only_kept_blocks_ran(stim, subnet, calls)
 
     # Detach: exactly the plain model again.
@@ -177,7 +190,7 @@ def check_family_structure(model, family, seed=0):
 @pytest.mark.parametrize('family,name,kwargs', FAST_MODELS, ids=FAST_IDS)
 def test_family(family, name, kwargs):
     model = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
-    check_family_model(model, family, 32 if family == 'vit' else 64)
+    check_family_model(model, family, kwargs.get('img_size', 64))
 
 
 def test_fast_sweep_covers_every_family():
@@ -250,6 +263,25 @@ def test_dynamic_vit_subnets_get_patch_multiple_inputs():
     assert len(sizes) == 3 and all(h % 16 == 0 and w % 16 == 0 and h >= 16 for h, w in sizes)
 
 
+def test_eva_subnets_get_patch_multiple_inputs_with_rotary_embedding():
+    model = timm.create_model('eva02_tiny_patch14_224', pretrained=False, num_classes=5, img_size=56,
+                              dynamic_img_size=True)
+    task = StimulativeTask(model, num_subnets=3, min_scale=0.3, seed=1, verbose=False)
+    assert task.size_multiple == 14
+    task.train()
+    task(make_input(size=56), torch.tensor([0, 1]))['loss'].backward()
+    sizes = [size for _, size in task.last_subnets]
+    assert len(sizes) == 3 and all(h % 14 == 0 and w % 14 == 0 and h >= 14 for h, w in sizes)
+    assert any(h < 56 for h, _ in sizes)
+
+
+def test_relpos_vit_refuses_smaller_inputs_up_front():
+    model = timm.create_model('vit_relpos_small_patch16_224', pretrained=False, num_classes=5, img_size=32)
+    with pytest.raises(ValueError, match='min_scale=0.5.*relative-position tables.*--stim-min-scale 1'):
+        StimulativeTask(model, num_subnets=1, min_scale=0.5, verbose=False)
+    assert timm_stim.get_stimulator(model) is None
+
+
 def test_vit_blocks_in_configurable_groups():
     from timm.models.vision_transformer import VisionTransformer
     from timm_stim.adapters import VisionTransformerAdapter
@@ -282,6 +314,8 @@ TRAIN_MODELS = [
     ('cspresnet50', []),
     ('convnext_atto', ['--input-size', '3', '64', '64']),  # and below ConvNeXt's (32)
     ('vit_tiny_patch16_224', ['--model-kwargs', 'img_size=32', 'dynamic_img_size=True']),
+    ('eva02_tiny_patch14_224', ['--input-size', '3', '28', '28', '--model-kwargs', 'img_size=28',
+                                'dynamic_img_size=True']),
 ]
 
 
@@ -305,7 +339,7 @@ def test_train_stim_runs_each_family(tmp_path, _cache, name, extra):
     assert len(rows) == 1 and float(rows[0]['train_stim_kl']) > 0
     resolved = yaml.safe_load(open(os.path.join(result['output_dir'], 'args.yaml')))['stim_resolved']
     short = resolved['input_size'][-1]
-    multiple = {'tresnet_m': 4, 'vit_tiny_patch16_224': 16}.get(name, 1)
+    multiple = {'tresnet_m': 4, 'vit_tiny_patch16_224': 16, 'eva02_tiny_patch14_224': 14}.get(name, 1)
     assert resolved['subnet_input_short_side'] == [short // 2 - (short // 2) % multiple, short]
 
 

@@ -487,7 +487,15 @@ def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
     best = os.path.join(output_dir, 'model_best.pth.tar')
     if not os.path.exists(best):
         return None
-    state_dict = load_state_dict(best, use_ema=use_ema)
+    # Read back what the saver wrote, so both files hold the same weights; timm logs every
+    # such read at INFO, which here would repeat a line per new best epoch.
+    helpers_logger = logging.getLogger('timm.models._helpers')
+    level = helpers_logger.level
+    helpers_logger.setLevel(logging.WARNING)
+    try:
+        state_dict = load_state_dict(best, use_ema=use_ema)
+    finally:
+        helpers_logger.setLevel(level)
     path = os.path.join(output_dir, 'model_best.safetensors')
     tmp = path + '.tmp'
     save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})

@@ -58,10 +58,16 @@ def list_adapters() -> List[Tuple[str, Type[nn.Module], StageAdapter]]:
 
 
 def supported_families() -> str:
-    """One readable line per supported family, for error messages and docs."""
+    """One readable line per registered adapter (its model classes together), for error messages and docs."""
+    classes: Dict[int, List[Type[nn.Module]]] = {}
+    adapters: Dict[int, StageAdapter] = {}
+    for _, cls, adapter in list_adapters():
+        classes.setdefault(id(adapter), []).append(cls)
+        adapters[id(adapter)] = adapter
     lines = []
-    for family, cls, adapter in list_adapters():
-        lines.append(f'  - {family} ({cls.__module__}.{cls.__qualname__}): {adapter.examples}')
+    for key, adapter in adapters.items():
+        names = ', '.join(f'{cls.__module__}.{cls.__qualname__}' for cls in classes[key])
+        lines.append(f'  - {adapter.family} ({names}): {adapter.examples}')
     return '\n'.join(lines)
 
 
