@@ -122,9 +122,14 @@ def main() -> None:
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--long-epochs', type=int, default=None,
                         help='epochs of baseline_long (default: from the first seed\'s ST++ / baseline time ratio)')
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS),
+                        help='run only these (default: all)')
     parser.add_argument('--quick', action='store_true', help='1 seed, 2 epochs of 20 batches')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
+    args.variants = [v for v in VARIANTS if v in args.variants]
+    if 'baseline_long' in args.variants and args.long_epochs is None and not {'baseline', 'stpp'} <= set(args.variants):
+        parser.error('--variants baseline_long needs --long-epochs, or baseline and stpp to measure the time ratio')
     if args.quick:
         args.seeds, args.epochs, args.batches_per_epoch = args.seeds[:1], 2, 20
     args.out = os.path.abspath(args.out or os.path.join(
@@ -136,7 +141,7 @@ def main() -> None:
 
     runs, long_epochs = {}, args.long_epochs
     for seed in args.seeds:
-        for variant in VARIANTS:
+        for variant in args.variants:
             if variant == 'baseline_long':
                 if long_epochs is None:  # from the first seed: same recipe for every seed
                     ratio = runs[('stpp', seed)]['train_time_s'] / runs[('baseline', seed)]['train_time_s']
@@ -149,7 +154,7 @@ def main() -> None:
             runs[(variant, seed)] = train(args, variant, seed, epochs, val_interval)
 
     table = {}
-    for variant in VARIANTS:
+    for variant in args.variants:
         rs = [runs[(variant, s)] for s in args.seeds]
         top1 = [r['final_top1'] for r in rs]
         times = [r['train_time_s'] for r in rs]
