@@ -1,7 +1,7 @@
 """``StimulativeTask``: timm training task with Stimulative Training (ST) and ST++ terms."""
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from .adapters import get_adapter
 from .stimulator import Stimulator, _unwrap, attach, get_stimulator
 from .subnet import Subnet
 
-__all__ = ['StimulativeTask', 'NORMALIZE_CHOICES', 'sample_input_size', 'resize_batch']
+__all__ = ['StimulativeTask', 'NORMALIZE_CHOICES', 'sample_input_size', 'round_to_multiple', 'resize_batch']
 
 _logger = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ def sample_input_size(
     else:
         ratio = side / short
         size = (side, max(1, round(width * ratio))) if height <= width else (max(1, round(height * ratio)), side)
-    if multiple > 1:
-        size = tuple(max(multiple, s - s % multiple) for s in size)
-    return size
+    return round_to_multiple(size, multiple)
+
+
+def round_to_multiple(size: Sequence[int], multiple: int) -> Tuple[int, ...]:
+    """Each side rounded down to a multiple of ``multiple``, at least ``multiple`` (e.g. one ViT patch)."""
+    return tuple(max(multiple, s - s % multiple) for s in size)
 
 
 def resize_batch(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -35,7 +35,7 @@ from .errors import UnsupportedModelError
 from .hub import HubPushError
 from .spaces import resolve_space
 from .stimulator import Stimulator, attach, get_stimulator
-from .task import StimulativeTask, check_scales
+from .task import StimulativeTask, check_scales, round_to_multiple
 
 _logger = logging.getLogger('train_stim')
 
@@ -118,9 +118,11 @@ def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Seq
     if stimulator is None or args.stim_subnets == 0:
         return {'enabled': False}
     short = min(input_size[-2:])
-    scaled = (args.stim_min_scale, args.stim_max_scale) != (1.0, 1.0)  # sample_input_size rounds scaled sizes
-    multiple = stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1
     sides = [max(1, math.floor(short * scale)) for scale in (args.stim_min_scale, args.stim_max_scale)]
+    # As StimulativeTask draws them (sample_input_size): scaled sizes are rounded to the
+    # adapter's size multiple, full-size inputs are used as they are.
+    scaled = (args.stim_min_scale, args.stim_max_scale) != (1.0, 1.0)
+    multiple = stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1
     return {
         'enabled': True,
         'family': stimulator.adapter.family,
@@ -128,7 +130,7 @@ def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Seq
         'max_drops': list(stimulator.max_drops),
         'depth_choices': [list(c) for c in stimulator.depth_choices],
         'input_size': list(input_size),
-        'subnet_input_short_side': [max(multiple, side - side % multiple) for side in sides],
+        'subnet_input_short_side': list(round_to_multiple(sides, multiple)),
         'subnets_per_step': args.stim_subnets,
         'total_kl_weight': args.stim_subnets * args.stim_weight,
     }
