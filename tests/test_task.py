@@ -62,15 +62,16 @@ def test_task_gradient_equals_summed_loss_gradient(normalize):
 
 
 def test_backward_scaling_follows_grad_scaler_and_accumulation():
-    class FakeScaler:
-        def scale(self, loss):
-            return loss * 8.0
+    class FakeScaler:  # the public state a timm NativeScaler / torch GradScaler reports
+        def state_dict(self):
+            return {'scale': 8.0}
 
     model = _model()
     ref_model = copy.deepcopy(model)
     x, y = make_input(batch=4, size=32), torch.tensor([0, 1, 2, 3])
     task = StimulativeTask(model, num_subnets=2, seed=1, verbose=False)
-    task.set_backward_scaling(FakeScaler(), grad_accum_steps=2)
+    task.configure_training(epochs=1, batches_per_epoch=4, grad_accum_steps=2, loss_scaler=FakeScaler())
+    task.set_progress(0, 0)
     result = task(x, y)
     (result['loss'] / 2 * 8.0).backward()  # what a training loop does with the task loss
     expected = _reference_grads(ref_model, x, y, task, task.criterion)

@@ -13,11 +13,12 @@ from .losses import logit_norm, stim_kl
 from .spaces import resolve_space
 from .stimulator import Stimulator, attach, get_stimulator
 from .subnet import Subnet
-from .task import StimulativeTask
+from .task import StimulativeMixin, StimulativeTask, stimulative_task_class
 from .version import __version__
 
 __all__ = [
     'attach', 'create_model', 'get_stimulator', 'register_adapter', 'get_adapter', 'list_adapters',
-    'StageAdapter', 'Stimulator', 'Subnet', 'StimulativeTask', 'UnsupportedModelError',
+    'StageAdapter', 'Stimulator', 'Subnet', 'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class',
+    'UnsupportedModelError',
     'stim_kl', 'logit_norm', 'resolve_space', '__version__',
 ]

@@ -1,9 +1,12 @@
-"""``python -m timm_stim COMMAND ...``: the package's command-line tools.
+"""``timm-stim COMMAND ...`` (or ``python -m timm_stim COMMAND ...``): the package's command-line tools.
 
 Commands:
+    train    timm's train.py with stimulative training (timm_stim.train; same as train_stim.py)
+    recipes  list the shipped training recipes, or print one (timm_stim.recipes)
     push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.hub)
     analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.analyze)
     export   save a trained subnetwork as a plain, smaller timm model (timm_stim.export)
+    data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.data)
 """
 import importlib
 import sys
@@ -11,21 +14,25 @@ from typing import List, Optional
 
 # command -> (module, one-line help); modules are imported only when their command runs.
 COMMANDS = {
+    'train': ('timm_stim.train', 'train a timm model: every option of timm\'s train.py, plus --stim-*'),
+    'recipes': ('timm_stim.recipes', 'list the shipped recipes (train -c NAME runs one), or print one'),
     'push': ('timm_stim.hub', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
     'analyze': ('timm_stim.analyze', 'evaluate the full network and its subnetworks (network loafing)'),
     'export': ('timm_stim.export', 'save a subnetwork as a plain timm model of smaller depth'),
+    'data': ('timm_stim.data', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),
 }
 
 
 def _usage() -> str:
-    lines = ['usage: python -m timm_stim COMMAND [ARGS]', '', 'commands:']
+    lines = ['usage: timm-stim COMMAND [ARGS]   (or: python -m timm_stim COMMAND [ARGS])', '', 'commands:']
     lines += [f'  {name:<9} {help_}' for name, (_, help_) in COMMANDS.items()]
-    lines += ['', 'Run `python -m timm_stim COMMAND --help` for the options of a command.',
-              'Training is `python train_stim.py` (timm\'s train.py flags plus --stim-*).']
+    lines += ['', 'Run `timm-stim COMMAND --help` for the options of a command.',
+              '`timm-stim train ...` is the same program as `python train_stim.py ...`.']
     return '\n'.join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Dispatch to a command's ``main``; returns the exit code (commands that fail raise SystemExit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
@@ -37,7 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     result = module.main(rest)
-    return int(result or 0)
+    # Commands return an exit code; train returns its results (a dict) and has succeeded if it returns.
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == '__main__':

@@ -573,14 +573,18 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     silently ignored and the run trains with the wrong settings; here it stops before any work.
 
     Args:
-        path: YAML file path.
+        path: YAML file path, or the name of a shipped recipe (``timm_stim.recipes``).
         parser: the main parser (its dests are the valid keys).
 
     Returns:
         The defaults to set, with the informational keys of an output's args.yaml dropped.
     """
-    if not os.path.isfile(path):
-        parser.error(f'config file {path!r} (-c/--config) does not exist.')
+    from .recipes import list_recipes, resolve_config_path
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        parser.error(f'config file {path!r} (-c/--config) does not exist and is not the name of a shipped recipe '
+                     f'({", ".join(r.name for r in list_recipes())}).')
+    path = resolved
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f)

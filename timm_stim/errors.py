@@ -1,10 +1,105 @@
-"""Exceptions raised by timm_stim."""
+"""Errors of timm_stim, and the one wrapper that turns them into exit codes for every command.
 
-__all__ = ['UnsupportedModelError']
+Two kinds of failure reach a user:
+
+* ``InputError`` (exit code 2): bad input, found before any expensive work and before any
+  file is written. Its message names the value, what was expected and how to fix it.
+* ``CommandFailed`` (exit code 1, or its own ``exit_code``): the work ran, and a later step
+  failed (e.g. publishing to the Hub after training); ``report()`` says what was kept and how
+  to retry.
+
+``run_command`` is the single place where these become exit codes and messages; the model
+name check and the Hub-name prefixes are defined here once too.
+"""
+import difflib
+import logging
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = [
+    'InputError', 'UnsupportedModelError', 'CommandFailed', 'run_command', 'check_model_name',
+    'HUB_PREFIXES', 'is_hub_name', 'EXIT_INPUT', 'EXIT_FAILED', 'EXIT_INTERRUPTED',
+]
+
+_logger = logging.getLogger('timm_stim')
+
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C'd program
+
+# Names timm.create_model resolves to a model in timm's Hugging Face format instead of a registered name.
+HUB_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:')
 
 
-class UnsupportedModelError(ValueError):
-    """The model has no adapter, or its structure is not what its family's adapter expects.
+class InputError(ValueError):
+    """Bad input (an option, a file, a model name), found before any expensive work or any write.
 
-    A ``ValueError`` so that callers validating user input can catch both alike.
+    A ``ValueError`` so that library callers validating input can catch both alike.
     """
+
+    exit_code = EXIT_INPUT
+
+
+class UnsupportedModelError(InputError):
+    """The model has no adapter, or its structure is not what its family's adapter expects."""
+
+
+class CommandFailed(RuntimeError):
+    """A command did its main work, then a later step failed; ``report()`` is what the user reads."""
+
+    exit_code = EXIT_FAILED
+
+    def report(self) -> str:
+        """The text printed for this failure (default: the message)."""
+        return str(self)
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether ``name`` is a ``hf-hub:`` / ``local-dir:`` model source rather than a registered timm name."""
+    return isinstance(name, str) and name.startswith(HUB_PREFIXES)
+
+
+def check_model_name(name: Any, option: str = '--model') -> None:
+    """Raise ``InputError`` unless ``name`` is a timm model name or a ``hf-hub:`` / ``local-dir:`` source.
+
+    Args:
+        name: the model name given by the user.
+        option: the option it came from, named in the message.
+    """
+    import timm
+    if isinstance(name, str) and (is_hub_name(name) or timm.is_model(name)):
+        return
+    close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
+    hint = f' Did you mean {", ".join(close)}?' if close else ' See timm.list_models().'
+    raise InputError(f'{option} {name!r} is not a timm model.{hint}')
+
+
+def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None) -> Any:
+    """Run a command's body; turn timm_stim's errors into a message and an exit code.
+
+    On success returns what ``fn`` returns. ``InputError`` and ``CommandFailed`` are logged (no
+    traceback) and end the program with ``SystemExit(exit_code)``, as argparse does for bad
+    options; Ctrl-C ends it with exit code 130 after ``interrupted_hint`` (if any) is logged.
+    Any other exception is a bug and keeps its traceback.
+
+    Args:
+        fn: the command's body, called without arguments.
+        interrupted_hint: what to log when the user interrupts (e.g. how to resume).
+    """
+    try:
+        return fn()
+    except InputError as e:
+        _logger.error(f'error: {e}')
+        raise SystemExit(e.exit_code) from None
+    except CommandFailed as e:
+        _logger.error(e.report())
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _logger.error('Interrupted.' + (f' {interrupted_hint}' if interrupted_hint else ''))
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def command_main(body: Callable[[Sequence[str]], Any], argv: Optional[Sequence[str]] = None) -> Any:
+    """``run_command(lambda: body(argv))`` with ``argv`` defaulting to ``sys.argv[1:]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_command(lambda: body(args))

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from timm.task import ClassificationTask
+from timm.task import ClassificationTask, TrainingTask
 
 from .losses import logit_norm, stim_kl
 from .spaces import SpaceSpec
@@ -15,11 +15,31 @@ from .adapters import get_adapter
 from .stimulator import Stimulator, _unwrap, attach, get_stimulator
 from .subnet import Subnet
 
-__all__ = ['StimulativeTask', 'NORMALIZE_CHOICES', 'sample_input_size', 'round_to_multiple', 'resize_batch']
+__all__ = [
+    'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class', 'NORMALIZE_CHOICES', 'WEIGHT_SCHEDULES',
+    'kl_weight_at', 'sample_input_size', 'round_to_multiple', 'resize_batch', 'NormalizedLogitsLoss',
+]
 
 _logger = logging.getLogger(__name__)
 
 NORMALIZE_CHOICES = ('none', 'kl', 'all')
+WEIGHT_SCHEDULES = ('const', 'cos-up', 'cos-down')
+
+
+def kl_weight_at(base: float, schedule: str, progress: float) -> float:
+    """Weight of each subnetwork's KL term at training progress in [0, 1].
+
+    ``const`` keeps ``base``; ``cos-up`` rises from 0 to ``base`` and ``cos-down`` falls from
+    ``base`` to 0 along half a cosine (the official code's ``kl_cos`` / ``kl_rcos``).
+    """
+    progress = min(max(float(progress), 0.0), 1.0)
+    if schedule == 'const':
+        return base
+    if schedule == 'cos-up':
+        return base * 0.5 * (1.0 - math.cos(math.pi * progress))
+    if schedule == 'cos-down':
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f'weight schedule {schedule!r}: expected one of {WEIGHT_SCHEDULES}.')
 
 
 def check_scales(min_scale: float, max_scale: float) -> None:
@@ -79,52 +99,81 @@ def resize_batch(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return out
 
 
-class StimulativeTask(ClassificationTask):
-    """Full-network task loss plus K subnetwork KL terms (Stimulative Training / ST++).
+class NormalizedLogitsLoss(nn.Module):
+    """A task criterion applied to ``logit_norm(logits)`` (the official ST++ ``norm`` for the task loss).
 
-    Each training call follows the official step order: the full network's logits ``z`` give
-    the task loss (on ``logit_norm(z)`` when ``normalize='all'``), which is back-propagated at
-    once, freeing the full network's graph; then for each of ``num_subnets`` sampled
-    subnetworks, on an input resized to a random size in ``[min_scale, max_scale]`` of the
-    original, ``kl_weight * stim_kl(f_k(x_k), z.detach())`` is back-propagated in turn. So
-    only one graph is alive at a time and peak memory stays that of a plain step.
+    Argmax, and so accuracy, is unchanged; the loss sees logits of fixed spread ``amplitude``.
+    """
 
-    The returned ``loss`` carries the task loss's value for logging; the gradients of
-    ``L_main + kl_weight * sum_k L_k`` are already accumulated, and the caller's usual
+    def __init__(self, criterion: Callable, amplitude: float = 1.0):
+        super().__init__()
+        self.criterion = criterion
+        self.amplitude = float(amplitude)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.criterion(logit_norm(logits, self.amplitude), target)
+
+
+def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
+                        weight_sched, start_epoch) -> None:
+    if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 0:
+        raise ValueError(f'num_subnets={num_subnets!r}: expected an int >= 0 (0 turns stimulative training off).')
+    check_scales(min_scale, max_scale)
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f'normalize={normalize!r}: expected one of {NORMALIZE_CHOICES}.')
+    for name, value in (('temperature', temperature), ('amplitude', amplitude)):
+        if not value > 0:
+            raise ValueError(f'{name}={value!r}: expected a number > 0.')
+    if not kl_weight >= 0:
+        raise ValueError(f'kl_weight={kl_weight!r}: expected a number >= 0.')
+    if weight_sched not in WEIGHT_SCHEDULES:
+        raise ValueError(f'weight_sched={weight_sched!r}: expected one of {WEIGHT_SCHEDULES}.')
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+        raise ValueError(f'start_epoch={start_epoch!r}: expected an int >= 0.')
+
+
+class StimulativeMixin:
+    """Adds Stimulative Training (ST / ST++) to a timm training task whose result has ``loss`` and ``output``.
+
+    The base task's forward gives the full network's loss (e.g. cross-entropy, or
+    cross-entropy plus a teacher's distillation term) and logits ``z``. That loss is
+    back-propagated at once, freeing the full network's graph (the official step order);
+    then for each of ``num_subnets`` sampled subnetworks, on an input resized to a random size
+    in ``[min_scale, max_scale]`` of the original, ``w * stim_kl(f_k(x_k), z.detach())`` is
+    back-propagated in turn, ``w`` the KL weight at the current training progress. So only
+    one graph is alive at a time and peak memory stays that of a plain step.
+
+    The returned ``loss`` carries the base loss's value for logging; the gradients of
+    ``L_main + w * sum_k L_k`` are already accumulated, and the caller's usual
     ``loss.backward()`` (or timm's loss scaler) adds nothing to them. Under DDP that backward
     is what all-reduces the accumulated gradients (see ``_finish``). Second-order optimizers
     (``create_graph=True``) are not supported while subnetworks run.
 
-    The eager backward passes follow the caller's loss scaling: call
-    ``set_backward_scaling(grad_scaler, grad_accum_steps)`` when using AMP loss scaling or
-    gradient accumulation.
+    A training loop tells the task once how it scales and accumulates losses
+    (``configure_training``), then where it is before each batch (``set_progress``); nothing
+    else about subnetworks is the loop's business. Without ``configure_training`` the task
+    assumes no loss scaler and no accumulation.
 
-    Args:
-        model: the timm model.
-        criterion: task loss (any timm criterion; soft mixup targets work). Created from
-            ``criterion_kwargs`` by timm when None.
-        criterion_kwargs: arguments for ``timm.loss.create_classification_loss``.
-        num_subnets: subnetworks per step, K (0 = plain classification).
+    Keyword Args:
+        num_subnets: subnetworks per step, K (0 = the base task alone).
         stimulator: an attached ``Stimulator``; else the model's own, else ``attach(model,
             space, mode, bn)``.
         space, mode, bn: for ``attach`` (defaults 'uniform', 'depth', 'freeze').
         min_scale, max_scale: subnetwork input size range as a fraction of the input
             (ST++: 0.43, 1.0).
         kl_weight: weight of each subnetwork's KL term (total KL weight is K * kl_weight).
-        normalize: 'none' (plain KL), 'kl' (KL-), 'all' (KL-, and the task loss sees the
+        weight_sched: 'const', 'cos-up' or 'cos-down' over training (see ``kl_weight_at``).
+        normalize: 'none' (plain KL), 'kl' (KL-), 'all' (KL-, and the task criterion sees the
             normalized logits as in the official ST++ code).
         amplitude: KL- amplitude.
         temperature: KL temperature.
-        start_epoch: first epoch (see ``set_epoch``) with subnetwork terms.
+        start_epoch: first epoch (see ``set_progress``) with subnetwork terms.
         seed: seed of the task's own generator for subnets and sizes (same on every rank).
     """
 
     def __init__(
             self,
-            model: nn.Module,
-            criterion: Optional[Union[nn.Module, Callable]] = None,
-            criterion_kwargs: Optional[Dict[str, Any]] = None,
-            *,
+            *args,
             num_subnets: int = 1,
             stimulator: Optional[Stimulator] = None,
             space: Optional[SpaceSpec] = None,
@@ -133,31 +182,24 @@ class StimulativeTask(ClassificationTask):
             min_scale: float = 1.0,
             max_scale: float = 1.0,
             kl_weight: float = 1.0,
+            weight_sched: str = 'const',
             normalize: str = 'none',
             amplitude: float = 1.0,
             temperature: float = 1.0,
             start_epoch: int = 0,
             seed: int = 0,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
-            verbose: bool = True,
+            **kwargs,
     ):
-        # Validate everything before anything is built or attached.
-        if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 0:
-            raise ValueError(f'num_subnets={num_subnets!r}: expected an int >= 0 (0 turns stimulative training off).')
-        check_scales(min_scale, max_scale)
-        if normalize not in NORMALIZE_CHOICES:
-            raise ValueError(f'normalize={normalize!r}: expected one of {NORMALIZE_CHOICES}.')
-        for name, value in (('temperature', temperature), ('amplitude', amplitude)):
-            if not value > 0:
-                raise ValueError(f'{name}={value!r}: expected a number > 0.')
-        if not kl_weight >= 0:
-            raise ValueError(f'kl_weight={kl_weight!r}: expected a number >= 0.')
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f'start_epoch={start_epoch!r}: expected an int >= 0.')
+        # Validate everything before anything is built or attached (a teacher can be expensive).
+        _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
+                            weight_sched, start_epoch)
+        model = kwargs.get('model', kwargs.get('student_model', args[0] if args else None))
+        if not isinstance(model, nn.Module):
+            raise ValueError('StimulativeMixin: the base task\'s first argument must be the model to train.')
+        model = _unwrap(model)
         existing = get_stimulator(model)
-        adapter = (stimulator or existing).adapter if (stimulator or existing) else get_adapter(_unwrap(model))
-        adapter.check_input_scaling(_unwrap(model), min_scale, max_scale)
+        adapter = (stimulator or existing).adapter if (stimulator or existing) else get_adapter(model)
+        adapter.check_input_scaling(model, min_scale, max_scale)
         if stimulator is not None or existing is not None:
             if space is not None or mode is not None or bn is not None:
                 raise ValueError('Pass either a Stimulator (or a model with one attached) or space/mode/bn, not both.')
@@ -165,43 +207,68 @@ class StimulativeTask(ClassificationTask):
             if get_stimulator(model) is not stimulator:
                 raise ValueError('The stimulator passed is not attached to this model.')
 
-        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
-                         verbose=verbose)
+        super().__init__(*args, **kwargs)
         if stimulator is None:
             stimulator = attach(model, space if space is not None else 'uniform', mode or 'depth', bn or 'freeze')
+        if normalize == 'all':
+            self.criterion = NormalizedLogitsLoss(self.criterion, amplitude)
         self.stimulator = stimulator
         self.size_multiple = stimulator.adapter.input_size_multiple(stimulator.model)
         self.num_subnets = num_subnets
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
-        self.kl_weight = float(kl_weight)
+        self.base_kl_weight = float(kl_weight)
+        self.weight_sched = weight_sched
+        self.kl_weight = float(kl_weight) if weight_sched == 'const' else kl_weight_at(kl_weight, weight_sched, 0.0)
         self.normalize = normalize
         self.amplitude = float(amplitude)
         self.temperature = float(temperature)
         self.start_epoch = start_epoch
-        self.epoch = 0
         self.generator = torch.Generator().manual_seed(int(seed))
         self.last_subnets: List[Tuple[Subnet, Tuple[int, int]]] = []
-        self._grad_scaler = None
+        # How the training loop scales and accumulates (configure_training), and where it is (set_progress).
+        self.epoch = 0
+        self._epochs = 1
+        self._batches_per_epoch = 1
+        self._grad_accum_steps = 1
+        self._loss_scaler = None
         self._grad_divisor = 1.0
         if self.verbose:
             _logger.info(f'{type(self).__name__}: K={num_subnets}, {stimulator!r}, scales=({min_scale}, {max_scale}), '
-                         f'normalize={normalize}, kl_weight={kl_weight}, T={temperature}')
+                         f'normalize={normalize}, kl_weight={kl_weight} ({weight_sched}), T={temperature}')
 
-    def set_epoch(self, epoch: int) -> None:
-        """Tell the task the current epoch (subnetwork terms start at ``start_epoch``)."""
-        self.epoch = int(epoch)
-
-    def set_backward_scaling(self, grad_scaler: Optional[Any] = None, grad_accum_steps: int = 1) -> None:
-        """Scale subnetwork backward passes as the training loop scales the task loss.
+    def configure_training(self, *, epochs: int = 1, batches_per_epoch: int = 1, grad_accum_steps: int = 1,
+                           loss_scaler: Optional[Any] = None) -> None:
+        """Tell the task, once, how the training loop runs.
 
         Args:
-            grad_scaler: a ``torch.amp.GradScaler`` or timm ``NativeScaler`` (its scale is applied
-                to each subnetwork loss before backward), or None.
-            grad_accum_steps: the loop divides the loss by this; so is each subnetwork loss.
+            epochs: total epochs (the KL weight schedule spans them).
+            batches_per_epoch: batches the loop runs per epoch.
+            grad_accum_steps: batches per optimizer update; the loop divides each batch's loss by
+                the number of batches in its update (fewer for a short last group of the epoch),
+                and so does the task for its own backward passes.
+            loss_scaler: timm's ``NativeScaler`` (float16 AMP) or a ``torch.amp.GradScaler``: its
+                current scale multiplies the task's backward passes as it multiplies the loop's.
         """
-        self._grad_scaler = getattr(grad_scaler, '_scaler', grad_scaler)
-        self._grad_divisor = float(grad_accum_steps)
+        self._epochs = max(int(epochs), 1)
+        self._batches_per_epoch = max(int(batches_per_epoch), 1)
+        self._grad_accum_steps = max(int(grad_accum_steps), 1)
+        self._loss_scaler = loss_scaler
+        self.set_progress(self.epoch, 0)
+
+    def set_progress(self, epoch: int, batch_idx: int = 0) -> None:
+        """Tell the task which batch of which epoch comes next (KL weight, start epoch, accumulation)."""
+        self.epoch = int(epoch)
+        progress = (epoch + batch_idx / self._batches_per_epoch) / self._epochs
+        self.kl_weight = kl_weight_at(self.base_kl_weight, self.weight_sched, progress)
+        # The loop's divisor for this batch: grad_accum_steps, or the size of the epoch's last, short group.
+        accum, num_batches = self._grad_accum_steps, self._batches_per_epoch
+        last_group = num_batches % accum
+        self._grad_divisor = float(last_group if last_group and batch_idx >= num_batches - last_group else accum)
+
+    def set_epoch(self, epoch: int) -> None:
+        """``set_progress(epoch, 0)``."""
+        self.set_progress(epoch, 0)
 
     @property
     def active(self) -> bool:
@@ -210,28 +277,39 @@ class StimulativeTask(ClassificationTask):
                 and torch.is_grad_enabled())
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
-        """The sampler's RNG state (saved in checkpoints so a resumed run draws the same subnets)."""
-        if ema:
-            return {}
-        return {'stim_generator_state': self.generator.get_state()}
+        """The base task's state plus the sampler's RNG state (a resumed run draws the same subnets)."""
+        state = dict(super().get_task_state(module=module, ema=ema))
+        if not ema:
+            state['stim_generator_state'] = self.generator.get_state()
+        return state
 
     def load_task_state(self, state: Optional[Dict[str, Any]], strict: bool = True,
                         module: Optional[nn.Module] = None, ema: bool = False) -> None:
-        if ema or not state:
+        state = dict(state or {})
+        generator_state = state.pop('stim_generator_state', None)
+        super().load_task_state(state or None, strict=strict, module=module, ema=ema)
+        if ema:
             return
-        if 'stim_generator_state' in state:
-            self.generator.set_state(state['stim_generator_state'])
-        elif strict:
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
+        elif strict and self.num_subnets > 0:
             raise KeyError(f'Task state has no stim_generator_state (keys: {sorted(state)}).')
 
     def _trainable_parameters(self) -> List[nn.Parameter]:
-        return [p for p in self.stimulator.model.parameters() if p.requires_grad]
+        return [p for p in _unwrap(self.trainable_module).parameters() if p.requires_grad]
 
-    def _backward_now(self, loss: torch.Tensor) -> None:
+    def _loss_scale(self) -> Optional[float]:
+        # timm's NativeScaler and torch's GradScaler both report their scale in state_dict()
+        # (empty while disabled).
+        if self._loss_scaler is None:
+            return None
+        return self._loss_scaler.state_dict().get('scale')
+
+    def _backward_now(self, loss: torch.Tensor, scale: Optional[float]) -> None:
         """Back-propagate one term of the step into ``.grad``, scaled as the caller scales its loss."""
         loss = loss / self._grad_divisor
-        if self._grad_scaler is not None:
-            loss = self._grad_scaler.scale(loss)
+        if scale is not None:
+            loss = loss * scale
         if isinstance(self.trainable_module, DistributedDataParallel):
             # DDP all-reduces from hooks on each parameter's gradient accumulation and expects
             # one backward per forward. autograd.grad does not run those hooks; its result is
@@ -251,7 +329,7 @@ class StimulativeTask(ClassificationTask):
     def _finish(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss handed back once every term has been back-propagated.
 
-        Its value is the task loss; its backward adds zero to every gradient. Under DDP that
+        Its value is the base loss; its backward adds zero to every gradient. Under DDP that
         backward passes through each parameter's gradient accumulator exactly once, which fires
         DDP's reducer on the gradients accumulated by ``_backward_now`` (honouring ``no_sync``).
         """
@@ -261,21 +339,22 @@ class StimulativeTask(ClassificationTask):
         return done.requires_grad_()
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Full-network task loss and K subnetwork KL terms, back-propagated in the official order.
+        """The base task's result, with K subnetwork KL terms back-propagated in the official order.
 
         Returns:
-            ``loss`` (the task loss; back-propagate it as usual), ``output`` (full-network logits)
-            and, when subnetworks ran, ``stim_kl`` (mean KL term over the K subnetworks, detached).
+            The base task's dict: ``loss`` (back-propagate it as usual), ``output`` (full-network
+            logits) and its other terms, plus ``stim_kl`` (mean KL term over the K subnetworks,
+            detached) when subnetworks ran.
         """
-        output = self.trainable_module(input)
-        logits = logit_norm(output, self.amplitude) if self.normalize == 'all' else output
-        loss = self.criterion(logits, target)
+        result = super().forward(input, target)
         if not self.active:
-            return {'loss': loss, 'output': output}
+            return result
+        loss, output = result['loss'], result['output']
 
         # Official order: the task loss first, so the full network's graph is freed before any
         # subnetwork runs and at most one graph is alive at a time.
-        self._backward_now(loss)
+        scale = self._loss_scale()
+        self._backward_now(loss, scale)
         teacher = output.detach()
         model = self.stimulator.model
         height, width = input.shape[-2:]
@@ -290,7 +369,46 @@ class StimulativeTask(ClassificationTask):
                 student = model(resize_batch(input, size))
                 kl = stim_kl(student, teacher, self.temperature, self.normalize != 'none', self.amplitude)
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
-                self._backward_now(self.kl_weight * kl)
+                self._backward_now(self.kl_weight * kl, scale)
             kl_total += kl.detach()
-        return {'loss': self._finish(loss), 'output': teacher,
-                'stim_kl': kl_total / self.num_subnets}
+        result = dict(result, loss=self._finish(loss), output=teacher)
+        for key, value in result.items():
+            if key not in ('loss', 'output') and isinstance(value, torch.Tensor):
+                result[key] = value.detach()
+        result['stim_kl'] = kl_total / self.num_subnets
+        return result
+
+
+class StimulativeTask(StimulativeMixin, ClassificationTask):
+    """timm's ``ClassificationTask`` with Stimulative Training (see ``StimulativeMixin``).
+
+    Args:
+        model: the timm model.
+        criterion: task loss (any timm criterion; soft mixup targets work). Created from
+            ``criterion_kwargs`` by timm when None.
+        criterion_kwargs: arguments for ``timm.loss.create_classification_loss``.
+        **stim_and_task_kwargs: the stimulative options of ``StimulativeMixin`` (``num_subnets``,
+            ``space``, ``min_scale``, ``normalize``, ...) and ``device``, ``dtype``, ``verbose``.
+    """
+
+    def __init__(self, model: nn.Module, criterion: Optional[Union[nn.Module, Callable]] = None,
+                 criterion_kwargs: Optional[Dict[str, Any]] = None, **stim_and_task_kwargs):
+        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, **stim_and_task_kwargs)
+
+
+_STIMULATIVE_CLASSES: Dict[type, type] = {ClassificationTask: StimulativeTask}
+
+
+def stimulative_task_class(base: type) -> type:
+    """The stimulative version of a timm task class (e.g. ``LogitDistillationTask``).
+
+    The class takes the base class's arguments plus ``StimulativeMixin``'s keyword options.
+    The base task's result must hold ``loss`` and the full network's logits in ``output``.
+    """
+    if not (isinstance(base, type) and issubclass(base, TrainingTask)):
+        raise TypeError(f'{base!r} is not a timm TrainingTask class.')
+    if base not in _STIMULATIVE_CLASSES:
+        _STIMULATIVE_CLASSES[base] = type(f'Stimulative{base.__name__}', (StimulativeMixin, base),
+                                          {'__doc__': f'timm\'s ``{base.__name__}`` with Stimulative Training.',
+                                           '__module__': __name__})
+    return _STIMULATIVE_CLASSES[base]

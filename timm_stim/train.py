@@ -39,9 +39,6 @@ from .task import StimulativeTask, check_scales, round_to_multiple
 
 _logger = logging.getLogger('train_stim')
 
-WEIGHT_SCHEDULES = ('const', 'cos-up', 'cos-down')
-
-
 class ConfigError(ValueError):
     """Bad command-line input, found before any data is loaded or file written."""
 
@@ -96,21 +93,6 @@ def check_args(args) -> None:
         if args.hub_which == 'ema' and not args.model_ema:
             raise ConfigError('--hub-which ema publishes the EMA weights, but --model-ema is off: add --model-ema '
                               'or use --hub-which best / last.')
-
-
-def kl_weight_at(base: float, schedule: str, progress: float) -> float:
-    """KL weight at training progress in [0, 1]: constant, cosine up from 0 or cosine down to 0.
-
-    ``cos-up`` / ``cos-down`` correspond to the official code's ``kl_cos`` / ``kl_rcos``.
-    """
-    progress = min(max(progress, 0.0), 1.0)
-    if schedule == 'const':
-        return base
-    if schedule == 'cos-up':
-        return base * 0.5 * (1.0 - math.cos(math.pi * progress))
-    if schedule == 'cos-down':
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ConfigError(f'--stim-weight-sched {schedule!r}: expected one of {WEIGHT_SCHEDULES}.')
 
 
 def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Sequence[int]) -> Dict[str, Any]:
@@ -188,6 +170,7 @@ def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torc
             min_scale=args.stim_min_scale, max_scale=args.stim_max_scale,
             kl_weight=args.stim_weight, normalize=args.stim_norm, amplitude=args.stim_amplitude,
             temperature=args.stim_temperature, start_epoch=args.stim_start_epoch,
+            weight_sched=args.stim_weight_sched,
             seed=args.seed,  # not rank dependent: every rank draws the same subnets and sizes
             device=device, verbose=utils.is_primary(args),
         )
@@ -307,9 +290,6 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
     num_updates = epoch * updates_per_epoch
     last_batch_idx = num_batches - 1
     last_batch_idx_to_accum = num_batches - last_accum_steps
-    if stim:
-        task.set_epoch(epoch)
-        task.set_backward_scaling(loss_scaler, accum_steps)
 
     data_start_time = update_start_time = time.time()
     optimizer.zero_grad()
@@ -322,8 +302,8 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
         update_idx = batch_idx // accum_steps
         if batch_idx >= last_batch_idx_to_accum:
             accum_steps = last_accum_steps
-            if stim:
-                task.set_backward_scaling(loss_scaler, accum_steps)
+        if hasattr(task, 'set_progress'):
+            task.set_progress(epoch, batch_idx)
 
         if not args.prefetcher:
             input, target = input.to(device), target.to(device)
@@ -331,9 +311,6 @@ def train_one_epoch(epoch, task, loader, optimizer, args, device, lr_scheduler=N
                 input, target = mixup_fn(input, target)
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
-        if stim:
-            progress = (epoch + batch_idx / num_batches) / max(args.epochs, 1)
-            task.kl_weight = kl_weight_at(args.stim_weight, args.stim_weight_sched, progress)
 
         data_time_m.update(accum_steps * (time.time() - data_start_time))
 
@@ -794,6 +771,9 @@ def _main(args) -> Dict[str, Any]:
                        id=args.wandb_resume_id or None)
 
     updates_per_epoch = (batches_per_epoch(loader_train, args) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    if hasattr(task, 'configure_training'):
+        task.configure_training(epochs=args.epochs, batches_per_epoch=batches_per_epoch(loader_train, args),
+                                grad_accum_steps=args.grad_accum_steps, loss_scaler=loss_scaler)
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing_metric),
         updates_per_epoch=updates_per_epoch)
@@ -909,3 +889,7 @@ def apply_stim_transforms(loader, args, data_config) -> None:
     add_stim_transforms(loader, lighting_std=args.lighting_std, uniform_augment=args.uniform_augment,
                         uniform_augment_ops=args.uniform_augment_ops, mean=data_config['mean'],
                         std=data_config['std'])
+
+
+if __name__ == '__main__':
+    main()
