@@ -7,8 +7,9 @@ import timm
 import torch
 from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDistillationTask
 
-import timm_stim.train as train_mod
+from timm_stim import StimulativeMixin
 from timm_stim.train import main
+from timm_stim.train_additions import TrainAdditions
 
 
 @pytest.fixture(autouse=True)
@@ -28,19 +29,22 @@ def teacher_dir(tmp_path_factory):
 
 def _run(tmp_path, monkeypatch, *extra, model='resnet18'):
     created = []
-    original = train_mod.create_distillation_task
+    original = TrainAdditions.create_task
 
     def _record(*args, **kwargs):
         created.append(original(*args, **kwargs))
         return created[-1]
 
-    monkeypatch.setattr(train_mod, 'create_distillation_task', _record)
+    monkeypatch.setattr(TrainAdditions, 'create_task', _record)
     result = main(['--dataset', 'embedded/digits', '--model', model, '--num-classes', '10', '--device', 'cpu',
                    '--input-size', '3', '32', '32', '-b', '16', '--workers', '0', '--lr', '0.05',
                    '--warmup-epochs', '0', '--epochs', '1', '--train-batches-per-epoch', '2',
                    '--output', str(tmp_path), '--experiment', 'run', '--seed', '0', *extra])
     rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
     assert len(rows) == 1 and float(rows[0]['train_loss']) > 0
+    # timm's distillation tasks return their two terms: the task-agnostic loop logs them as columns
+    distill_column = 'train_distill_loss' if '--kd-distill-type' in extra and 'token' in extra else 'train_kd_loss'
+    assert float(rows[0]['train_task_loss']) > 0 and float(rows[0][distill_column]) >= 0
     assert len(created) == 1
     return created[0], result
 
@@ -86,4 +90,28 @@ def test_teacher_that_cannot_be_loaded_stops_before_writing(tmp_path, capsys):
         main(['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
               '--kd-model-name', f'local-dir:{tmp_path / "missing"}', '--output', str(tmp_path / 'out')])
     assert e.value.code == 2
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('distill_type', ['logit', 'feature'])
+def test_distillation_with_stimulative_training(tmp_path, monkeypatch, teacher_dir, distill_type):
+    # The full network learns from labels and the teacher (timm's task); subnetworks are
+    # stimulated toward the full network. Each term gets its own summary column.
+    folder, state = teacher_dir
+    task, result = _run(tmp_path, monkeypatch, '--kd-model-name', f'local-dir:{folder}', '--kd-distill-type',
+                        distill_type, '--stim-subnets', '2', '--stim-min-scale', '0.5')
+    base = LogitDistillationTask if distill_type == 'logit' else FeatureDistillationTask
+    assert isinstance(task, base) and isinstance(task, StimulativeMixin)
+    _assert_teacher_loaded(task, state)
+    rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
+    assert float(rows[0]['train_stim_kl']) > 0
+    assert len(task.last_subnets) == 2
+
+
+def test_token_distillation_with_stimulative_training_is_refused(tmp_path, caplog):
+    with pytest.raises(SystemExit) as e:
+        main(['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
+              '--kd-model-name', 'resnet18', '--kd-distill-type', 'token', '--stim-subnets', '1',
+              '--output', str(tmp_path / 'out')])
+    assert e.value.code == 2 and '--kd-distill-type token with --stim-subnets > 0' in caplog.text
     assert not (tmp_path / 'out').exists()

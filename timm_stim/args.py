@@ -22,14 +22,24 @@ import yaml
 from timm.utils import ParseKwargs
 
 __all__ = [
-    'create_train_parser', 'add_stim_args', 'add_recipe_args', 'add_hub_args', 'parse_args',
+    'create_train_parser', 'add_stim_args', 'add_recipe_args', 'add_run_args', 'add_hub_args', 'parse_args',
     'INFORMATIONAL_CONFIG_KEYS',
 ]
 
 # Keys train_stim.py adds to the args.yaml it writes next to the checkpoints (resolved at run
 # time, not options). They are accepted and dropped in -c files so that an output's args.yaml
 # can be fed back as-is to reproduce the run.
-INFORMATIONAL_CONFIG_KEYS = ('stim_resolved', 'prefetcher', 'distributed', 'world_size', 'rank', 'device_id')
+INFORMATIONAL_CONFIG_KEYS = ('stim_resolved', 'prefetcher', 'distributed', 'world_size', 'rank', 'device_id',
+                             'config')
+
+# Keys of args.yaml files written by older timm versions' train.py, whose options timm has since
+# removed: key -> (value that means "off", what to do instead when it is on).
+LEGACY_CONFIG_KEYS = {
+    'native_amp': (False, 'native AMP is timm\'s only AMP now: use amp: true'),
+    'apex_amp': (False, 'NVIDIA apex AMP was removed from timm: use amp: true (native torch AMP)'),
+    'amp_impl': ('native', 'timm has only native torch AMP now: drop amp_impl'),
+    'aot_autograd': (False, 'functorch AOT autograd was removed from timm: use torchcompile: inductor'),
+}
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -505,6 +515,26 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of how a run draws its random numbers (exact resume, or timm's own stream).
+
+    Args:
+        parser: parser to add the group to.
+
+    Returns:
+        The same parser, for chaining.
+    """
+    from .seeding import SEED_SCHEMES
+    group = parser.add_argument_group('Reproducible runs (timm_stim)')
+    group.add_argument('--seed-scheme', type=str, default='per-sample', choices=SEED_SCHEMES,
+                       help='per-sample: every augmentation and every step draws from generators seeded by '
+                            '(--seed, rank, epoch, position), so --resume repeats the uninterrupted run exactly, '
+                            'with any number of data-loader workers, also from a mid-epoch recovery checkpoint; '
+                            'timm: seed once as timm\'s train.py does (its runs repeat bit for bit, resume does '
+                            'not) (default: per-sample)')
+    return parser
+
+
 def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options that publish the trained model to the Hugging Face Hub.
 
@@ -562,6 +592,7 @@ def create_train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentPar
 
     add_stim_args(parser)
     add_recipe_args(parser)
+    add_run_args(parser)
     add_hub_args(parser)
     return config_parser, parser
 
@@ -596,6 +627,7 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
         parser.error(f'config file {path!r} (-c/--config) must be a mapping of option dests to values, '
                      f'got a {type(cfg).__name__}.')
 
+    cfg = _translate_legacy_keys(cfg, path, parser)
     dests = sorted({a.dest for a in parser._actions if a.dest not in ('help', argparse.SUPPRESS)})
     unknown = [k for k in cfg if k not in dests and k not in INFORMATIONAL_CONFIG_KEYS]
     if unknown:
@@ -605,7 +637,77 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
             hints.append(repr(key) + (f' (did you mean {close[0]!r}?)' if close else ''))
         parser.error(f'config file {path!r} has unknown option(s): {", ".join(hints)}. '
                      f'Keys are option dests, e.g. batch_size for --batch-size.')
-    return {k: v for k, v in cfg.items() if k not in INFORMATIONAL_CONFIG_KEYS}
+    cfg = {k: v for k, v in cfg.items() if k not in INFORMATIONAL_CONFIG_KEYS}
+    actions = {a.dest: a for a in parser._actions}
+    return {key: _config_value(actions[key], value, path, parser) for key, value in cfg.items()}
+
+
+def _translate_legacy_keys(cfg: Dict[str, Any], path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """Accept the keys of older timm args.yaml files: dropped when off, refused with the replacement when on."""
+    out = {}
+    for key, value in cfg.items():
+        if key not in LEGACY_CONFIG_KEYS:
+            out[key] = value
+            continue
+        off, instead = LEGACY_CONFIG_KEYS[key]
+        if key == 'native_amp' and value is True:
+            out.setdefault('amp', True)  # what --native-amp meant
+        elif value not in (off, None):
+            parser.error(f'config file {path!r}: {key}: {value!r} is an option of an older timm that no longer '
+                         f'exists; {instead}.')
+    return out
+
+
+def _config_value(action: argparse.Action, value: Any, path: str, parser: argparse.ArgumentParser) -> Any:
+    """A YAML value checked and converted exactly as argparse checks the same value on the command line.
+
+    YAML gives typed values that ``set_defaults`` would take as they are, bypassing the option's
+    ``type``, ``choices`` and ``nargs`` (``stim_subnets: 2.7`` would train with 2.7 subnetworks).
+    Each value is passed through the option's ``type`` as its command-line text would be.
+    """
+    where = f'config file {path!r}: {action.dest}: {value!r}'
+    if value is None:
+        return None  # "no value", as the defaults of many options
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            parser.error(f'{where} is not true or false (the option {_flag(action)} is a switch).')
+        return value
+    many = action.nargs in ('*', '+') or isinstance(action.nargs, int)
+    if isinstance(action, ParseKwargs):
+        if not isinstance(value, dict):
+            parser.error(f'{where} must be a mapping of keyword arguments, e.g. {{key: value}}.')
+        return value
+    if many:
+        if not isinstance(value, (list, tuple)):
+            if action.nargs in ('*', '+'):
+                value = [value]  # argparse accepts one value for a list option too
+            else:
+                parser.error(f'{where} must be a list of {action.nargs} values.')
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            parser.error(f'{where} must be a list of {action.nargs} values, got {len(value)}.')
+        return [_convert(action, item, where, parser) for item in value]
+    if isinstance(value, (list, tuple, dict)):
+        parser.error(f'{where} must be a single value.')
+    return _convert(action, value, where, parser)
+
+
+def _flag(action: argparse.Action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
+
+
+def _convert(action: argparse.Action, value: Any, where: str, parser: argparse.ArgumentParser) -> Any:
+    if action.type is not None:
+        if isinstance(value, bool):
+            parser.error(f'{where} is a boolean; expected a value of type {getattr(action.type, "__name__", action.type)}.')
+        try:
+            value = action.type(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            parser.error(f'{where} is not a valid {getattr(action.type, "__name__", "value")} '
+                         f'(as {_flag(action)} on the command line).')
+    if action.choices is not None and value not in action.choices:
+        parser.error(f'{where} is not one of {", ".join(map(str, action.choices))} '
+                     f'(the choices of {_flag(action)}).')
+    return value
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
@@ -630,5 +732,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     # The main parser must refuse what it does not know: the leftovers from config_parser.
     args = parser.parse_args(remaining)
     args.config = args_config.config
-    args_text = yaml.safe_dump(args.__dict__, default_flow_style=False)
+    # As timm writes args.yaml: the parsed options, before the run changes any (its -c file is not one).
+    args_text = yaml.safe_dump({k: v for k, v in args.__dict__.items() if k != 'config'}, default_flow_style=False)
     return args, args_text

@@ -132,29 +132,33 @@ def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude,
         raise ValueError(f'start_epoch={start_epoch!r}: expected an int >= 0.')
 
 
+_STIM_OPTIONS = ('num_subnets', 'stimulator', 'space', 'mode', 'bn', 'min_scale', 'max_scale', 'kl_weight',
+                 'weight_sched', 'normalize', 'amplitude', 'temperature', 'start_epoch', 'seed')
+
+
 class StimulativeMixin:
     """Adds Stimulative Training (ST / ST++) to a timm training task whose result has ``loss`` and ``output``.
 
     The base task's forward gives the full network's loss (e.g. cross-entropy, or
-    cross-entropy plus a teacher's distillation term) and logits ``z``. That loss is
-    back-propagated at once, freeing the full network's graph (the official step order);
-    then for each of ``num_subnets`` sampled subnetworks, on an input resized to a random size
+    cross-entropy plus a teacher's distillation term) and logits ``z``, and the task draws
+    ``num_subnets`` subnetworks and their input sizes. When the returned loss is
+    back-propagated, the base loss's backward runs first, freeing the full network's graph
+    (the official step order); then for each subnetwork, on an input resized to a random size
     in ``[min_scale, max_scale]`` of the original, ``w * stim_kl(f_k(x_k), z.detach())`` is
-    back-propagated in turn, ``w`` the KL weight at the current training progress. So only
-    one graph is alive at a time and peak memory stays that of a plain step.
+    forwarded and back-propagated in turn, ``w`` the KL weight at the current training
+    progress. So only one graph is alive at a time and peak memory stays that of a plain step.
 
-    The returned ``loss`` carries the base loss's value for logging; the gradients of
-    ``L_main + w * sum_k L_k`` are already accumulated, and the caller's usual
-    ``loss.backward()`` (or timm's loss scaler) adds nothing to them. Under DDP that backward
-    is what all-reduces the accumulated gradients (see ``_finish``). Second-order optimizers
-    (``create_graph=True``) are not supported while subnetworks run.
+    Every term is multiplied by the gradient the training loop sends into the loss, so timm's
+    loss scaler, gradient accumulation (the loop divides the loss) and variable-batch loss
+    scaling apply to the subnetwork terms exactly as to the task loss, with no configuration.
+    Under DDP the accumulated gradients are all-reduced once, at the end of that backward.
+    Second-order optimizers (``create_graph=True``) are not supported while subnetworks run.
 
-    A training loop tells the task once how it scales and accumulates losses
-    (``configure_training``), then where it is before each batch (``set_progress``); nothing
-    else about subnetworks is the loop's business. Without ``configure_training`` the task
-    assumes no loss scaler and no accumulation.
+    The training loop tells the task how long training is (``configure_training``) and where
+    it is before each batch (``set_progress``), for the KL weight schedule and start epoch;
+    nothing else about subnetworks is the loop's business.
 
-    Keyword Args:
+    Stimulative options (``stim`` dict; keyword arguments of ``StimulativeTask``):
         num_subnets: subnetworks per step, K (0 = the base task alone).
         stimulator: an attached ``Stimulator``; else the model's own, else ``attach(model,
             space, mode, bn)``.
@@ -171,9 +175,18 @@ class StimulativeMixin:
         seed: seed of the task's own generator for subnets and sizes (same on every rank).
     """
 
-    def __init__(
+    def __init__(self, *args, stim: Optional[Dict[str, Any]] = None, **kwargs):
+        """Args: the base task's arguments, and ``stim``: the stimulative options (Keyword Args above)."""
+        stim = dict(stim or {})
+        unknown = sorted(set(stim) - set(_STIM_OPTIONS))
+        if unknown:
+            raise TypeError(f'unknown stimulative option(s) {unknown}; expected some of {list(_STIM_OPTIONS)}.')
+        self._init_stimulative(args, kwargs, **stim)
+
+    def _init_stimulative(
             self,
-            *args,
+            base_args: tuple,
+            base_kwargs: Dict[str, Any],
             num_subnets: int = 1,
             stimulator: Optional[Stimulator] = None,
             space: Optional[SpaceSpec] = None,
@@ -188,12 +201,11 @@ class StimulativeMixin:
             temperature: float = 1.0,
             start_epoch: int = 0,
             seed: int = 0,
-            **kwargs,
-    ):
+    ) -> None:
         # Validate everything before anything is built or attached (a teacher can be expensive).
         _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
                             weight_sched, start_epoch)
-        model = kwargs.get('model', kwargs.get('student_model', args[0] if args else None))
+        model = base_kwargs.get('model', base_kwargs.get('student_model', base_args[0] if base_args else None))
         if not isinstance(model, nn.Module):
             raise ValueError('StimulativeMixin: the base task\'s first argument must be the model to train.')
         model = _unwrap(model)
@@ -207,7 +219,7 @@ class StimulativeMixin:
             if get_stimulator(model) is not stimulator:
                 raise ValueError('The stimulator passed is not attached to this model.')
 
-        super().__init__(*args, **kwargs)
+        super().__init__(*base_args, **base_kwargs)
         if stimulator is None:
             stimulator = attach(model, space if space is not None else 'uniform', mode or 'depth', bn or 'freeze')
         if normalize == 'all':
@@ -226,45 +238,25 @@ class StimulativeMixin:
         self.start_epoch = start_epoch
         self.generator = torch.Generator().manual_seed(int(seed))
         self.last_subnets: List[Tuple[Subnet, Tuple[int, int]]] = []
-        # How the training loop scales and accumulates (configure_training), and where it is (set_progress).
+        # How long training is (configure_training) and where it is (set_progress): the KL schedule.
         self.epoch = 0
         self._epochs = 1
         self._batches_per_epoch = 1
-        self._grad_accum_steps = 1
-        self._loss_scaler = None
-        self._grad_divisor = 1.0
         if self.verbose:
             _logger.info(f'{type(self).__name__}: K={num_subnets}, {stimulator!r}, scales=({min_scale}, {max_scale}), '
                          f'normalize={normalize}, kl_weight={kl_weight} ({weight_sched}), T={temperature}')
 
-    def configure_training(self, *, epochs: int = 1, batches_per_epoch: int = 1, grad_accum_steps: int = 1,
-                           loss_scaler: Optional[Any] = None) -> None:
-        """Tell the task, once, how the training loop runs.
-
-        Args:
-            epochs: total epochs (the KL weight schedule spans them).
-            batches_per_epoch: batches the loop runs per epoch.
-            grad_accum_steps: batches per optimizer update; the loop divides each batch's loss by
-                the number of batches in its update (fewer for a short last group of the epoch),
-                and so does the task for its own backward passes.
-            loss_scaler: timm's ``NativeScaler`` (float16 AMP) or a ``torch.amp.GradScaler``: its
-                current scale multiplies the task's backward passes as it multiplies the loop's.
-        """
+    def configure_training(self, *, epochs: int = 1, batches_per_epoch: int = 1) -> None:
+        """Tell the task, once, how long training is (the KL weight schedule spans ``epochs``)."""
         self._epochs = max(int(epochs), 1)
         self._batches_per_epoch = max(int(batches_per_epoch), 1)
-        self._grad_accum_steps = max(int(grad_accum_steps), 1)
-        self._loss_scaler = loss_scaler
         self.set_progress(self.epoch, 0)
 
     def set_progress(self, epoch: int, batch_idx: int = 0) -> None:
-        """Tell the task which batch of which epoch comes next (KL weight, start epoch, accumulation)."""
+        """Tell the task which batch of which epoch comes next (KL weight schedule, start epoch)."""
         self.epoch = int(epoch)
         progress = (epoch + batch_idx / self._batches_per_epoch) / self._epochs
         self.kl_weight = kl_weight_at(self.base_kl_weight, self.weight_sched, progress)
-        # The loop's divisor for this batch: grad_accum_steps, or the size of the epoch's last, short group.
-        accum, num_batches = self._grad_accum_steps, self._batches_per_epoch
-        last_group = num_batches % accum
-        self._grad_divisor = float(last_group if last_group and batch_idx >= num_batches - last_group else accum)
 
     def set_epoch(self, epoch: int) -> None:
         """``set_progress(epoch, 0)``."""
@@ -298,22 +290,13 @@ class StimulativeMixin:
     def _trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in _unwrap(self.trainable_module).parameters() if p.requires_grad]
 
-    def _loss_scale(self) -> Optional[float]:
-        # timm's NativeScaler and torch's GradScaler both report their scale in state_dict()
-        # (empty while disabled).
-        if self._loss_scaler is None:
-            return None
-        return self._loss_scaler.state_dict().get('scale')
-
-    def _backward_now(self, loss: torch.Tensor, scale: Optional[float]) -> None:
-        """Back-propagate one term of the step into ``.grad``, scaled as the caller scales its loss."""
-        loss = loss / self._grad_divisor
-        if scale is not None:
-            loss = loss * scale
+    def _backward_now(self, loss: torch.Tensor) -> None:
+        """Back-propagate one term of the step into ``.grad`` (inside the returned loss's backward)."""
         if isinstance(self.trainable_module, DistributedDataParallel):
             # DDP all-reduces from hooks on each parameter's gradient accumulation and expects
             # one backward per forward. autograd.grad does not run those hooks; its result is
-            # added to .grad, and the backward of ``_finish``'s loss all-reduces the total.
+            # added to .grad, and the zero-valued anchor of ``forward`` then passes every
+            # parameter's accumulator once, which all-reduces the total (honouring no_sync).
             params = self._trainable_parameters()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads):
@@ -326,57 +309,92 @@ class StimulativeMixin:
         else:
             loss.backward()
 
-    def _finish(self, loss: torch.Tensor) -> torch.Tensor:
-        """The loss handed back once every term has been back-propagated.
-
-        Its value is the base loss; its backward adds zero to every gradient. Under DDP that
-        backward passes through each parameter's gradient accumulator exactly once, which fires
-        DDP's reducer on the gradients accumulated by ``_backward_now`` (honouring ``no_sync``).
-        """
-        done = loss.detach()
-        if isinstance(self.trainable_module, DistributedDataParallel):
-            return done + sum(p.sum() for p in self._trainable_parameters()) * 0.0
-        return done.requires_grad_()
-
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The base task's result, with K subnetwork KL terms back-propagated in the official order.
+        """The base task's result; its ``loss`` back-propagates the subnetwork terms too.
+
+        The subnetworks and their input sizes are drawn here. ``result['loss'].backward()`` (or
+        timm's loss scaler) then runs, in this order: the base loss's backward, and for each
+        subnetwork a forward and the backward of ``w * stim_kl`` (the official step order: one
+        graph alive at a time). Every term is multiplied by the gradient the loop sends into the
+        loss, so loss scaling, gradient accumulation and any other factor the loop applies to
+        the loss apply to the subnetwork terms alike.
 
         Returns:
-            The base task's dict: ``loss`` (back-propagate it as usual), ``output`` (full-network
-            logits) and its other terms, plus ``stim_kl`` (mean KL term over the K subnetworks,
-            detached) when subnetworks ran.
+            The base task's dict: ``loss`` (its value is the base loss), ``output`` (full-network
+            logits) and its other terms, plus ``stim_kl``: the mean KL term over the K
+            subnetworks, a tensor filled in when ``loss.backward()`` has run.
         """
         result = super().forward(input, target)
         if not self.active:
             return result
         loss, output = result['loss'], result['output']
-
-        # Official order: the task loss first, so the full network's graph is freed before any
-        # subnetwork runs and at most one graph is alive at a time.
-        scale = self._loss_scale()
-        self._backward_now(loss, scale)
-        teacher = output.detach()
-        model = self.stimulator.model
+        plan = []
         height, width = input.shape[-2:]
-        kl_total = torch.zeros((), device=output.device)
-        self.last_subnets = []
         for _ in range(self.num_subnets):
             subnet = self.stimulator.sample(self.generator)
             size = sample_input_size(height, width, self.min_scale, self.max_scale, self.generator,
                                      self.size_multiple)
-            self.last_subnets.append((subnet, size))
+            plan.append((subnet, size))
+        self.last_subnets = list(plan)
+        stim_kl = torch.zeros((), device=output.device)
+        if isinstance(self.trainable_module, DistributedDataParallel):
+            # Zero-valued, through every parameter: its backward fires DDP's reducer once (see _backward_now).
+            trigger = sum(p.sum() for p in self._trainable_parameters()) * 0.0
+        else:
+            trigger = torch.zeros((), device=output.device, requires_grad=True)
+        deferred = _StimulativeBackward.apply(self, plan, input, output.detach(), stim_kl, [loss], trigger)
+        result = {key: (value.detach() if key not in ('loss', 'output') and isinstance(value, torch.Tensor)
+                        else value) for key, value in result.items()}
+        result.update(loss=deferred, output=output.detach(), stim_kl=stim_kl)
+        return result
+
+    def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The subnetwork forward and backward passes; returns the mean KL term (detached)."""
+        model = self.stimulator.model
+        kl_total = torch.zeros((), device=teacher.device)
+        for subnet, size in plan:
             with self.stimulator.activate(subnet):
                 student = model(resize_batch(input, size))
                 kl = stim_kl(student, teacher, self.temperature, self.normalize != 'none', self.amplitude)
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
-                self._backward_now(self.kl_weight * kl, scale)
+                self._backward_now(grad * (self.kl_weight * kl))
             kl_total += kl.detach()
-        result = dict(result, loss=self._finish(loss), output=teacher)
-        for key, value in result.items():
-            if key not in ('loss', 'output') and isinstance(value, torch.Tensor):
-                result[key] = value.detach()
-        result['stim_kl'] = kl_total / self.num_subnets
-        return result
+        return kl_total / max(len(plan), 1)
+
+
+class _StimulativeBackward(torch.autograd.Function):
+    """Identity on the base loss's value; its backward runs the base loss's and the subnetworks' backward.
+
+    Runs the passes inside the caller's backward so that they see exactly the gradient the
+    caller sends into the loss (loss scale, accumulation divisor, ...), under the autocast
+    state of the forward.
+
+    The base loss is held on the context, not passed as a differentiable input: the engine must
+    not walk into its graph after this backward has consumed and freed it. ``trigger`` is the
+    differentiable input that makes the output require grad (under DDP, a zero through every
+    parameter, whose backward then fires DDP's reducer).
+    """
+
+    @staticmethod
+    def forward(ctx, task, plan, input, teacher, stim_kl, loss_holder, trigger):
+        (loss,) = loss_holder  # in a list, so that autograd does not see it as an input
+        ctx.task, ctx.plan, ctx.stim_kl = task, plan, stim_kl
+        ctx.input, ctx.teacher, ctx.loss = input, teacher, loss
+        device = input.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return loss.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        task = ctx.task
+        with torch.enable_grad():
+            task._backward_now(ctx.loss * grad)
+            ctx.loss = None  # the full network's graph is freed before any subnetwork runs
+            device, enabled, dtype = ctx.autocast
+            with torch.autocast(device_type=device, dtype=dtype, enabled=enabled):
+                ctx.stim_kl.copy_(task._stimulate(ctx.plan, ctx.input, ctx.teacher, grad))
+        ctx.input = ctx.teacher = None
+        return None, None, None, None, None, None, torch.zeros_like(grad)
 
 
 class StimulativeTask(StimulativeMixin, ClassificationTask):
@@ -387,13 +405,16 @@ class StimulativeTask(StimulativeMixin, ClassificationTask):
         criterion: task loss (any timm criterion; soft mixup targets work). Created from
             ``criterion_kwargs`` by timm when None.
         criterion_kwargs: arguments for ``timm.loss.create_classification_loss``.
-        **stim_and_task_kwargs: the stimulative options of ``StimulativeMixin`` (``num_subnets``,
-            ``space``, ``min_scale``, ``normalize``, ...) and ``device``, ``dtype``, ``verbose``.
+        device, dtype, verbose: as timm's ``ClassificationTask``.
+        **stim: the stimulative options of ``StimulativeMixin`` (``num_subnets``, ``space``,
+            ``min_scale``, ``normalize``, ``temperature``, ...).
     """
 
     def __init__(self, model: nn.Module, criterion: Optional[Union[nn.Module, Callable]] = None,
-                 criterion_kwargs: Optional[Dict[str, Any]] = None, **stim_and_task_kwargs):
-        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, **stim_and_task_kwargs)
+                 criterion_kwargs: Optional[Dict[str, Any]] = None, *, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None, verbose: bool = True, **stim):
+        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
+                         verbose=verbose, stim=stim)
 
 
 _STIMULATIVE_CLASSES: Dict[type, type] = {ClassificationTask: StimulativeTask}
@@ -402,7 +423,9 @@ _STIMULATIVE_CLASSES: Dict[type, type] = {ClassificationTask: StimulativeTask}
 def stimulative_task_class(base: type) -> type:
     """The stimulative version of a timm task class (e.g. ``LogitDistillationTask``).
 
-    The class takes the base class's arguments plus ``StimulativeMixin``'s keyword options.
+    The class takes the base class's arguments plus ``stim``, a dict of ``StimulativeMixin``'s
+    options (a dict, as e.g. ``temperature`` means the teacher's in timm's distillation tasks):
+    ``stimulative_task_class(LogitDistillationTask)(model, 'resnet50', stim={'num_subnets': 2})``.
     The base task's result must hold ``loss`` and the full network's logits in ``output``.
     """
     if not (isinstance(base, type) and issubclass(base, TrainingTask)):

@@ -1,0 +1,287 @@
+"""A training run's files and lifecycle: output folder, safe resume, mid-epoch progress, interruption.
+
+* ``check_output_dir``: a fresh run never writes into a non-empty experiment folder; an
+  output path that is a file or cannot be written is refused before any work.
+* ``read_resume_point``: reads a ``--resume`` checkpoint safely (``weights_only``, as timm's
+  own loader) and checks it against the model before anything else is loaded or written.
+* ``ProgressCheckpointSaver``: timm's ``CheckpointSaver`` whose recovery checkpoints also
+  record how far into the epoch they were taken and the epoch's running averages, so a
+  resumed run continues that epoch exactly.
+* ``trim_summary`` / ``remove_recovery_files``: a resumed run keeps one header and one row per
+  epoch in summary.csv, and drops recovery files it no longer needs.
+* ``InterruptRequest``: Ctrl-C stops the run at the next step boundary, with a recovery
+  checkpoint, instead of in the middle of an optimizer step.
+"""
+import csv
+import glob
+import logging
+import os
+import pickle
+import re
+import signal
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from timm import utils
+
+from .errors import InputError
+
+__all__ = [
+    'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
+    'remove_recovery_files', 'InterruptRequest', 'UNSAFE_CHECKPOINT_HINT',
+]
+
+_logger = logging.getLogger(__name__)
+
+PROGRESS_KEY = 'timm_stim_progress'
+
+UNSAFE_CHECKPOINT_HINT = (
+    'Loading it would have to run code stored in the file, which timm_stim never does. If you trust the '
+    'file, convert it once: `python -c "import torch; c = torch.load(\'IN\', weights_only=False); '
+    'torch.save({\'state_dict\': c.get(\'state_dict\', c)}, \'OUT.pth.tar\')"`, then pass OUT.pth.tar.')
+
+
+def describe_load_error(path: str, err: BaseException) -> str:
+    """A user-facing reason why ``torch.load(path, weights_only=True)`` failed."""
+    cause = err.__cause__ or err
+    if isinstance(cause, pickle.UnpicklingError) or 'weights_only' in str(err):
+        unsafe = ''
+        if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):
+            try:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                unsafe = f' ({", ".join(names)})' if names else ''
+            except Exception:
+                pass
+        return f'{path} holds objects that are not allowed in a checkpoint{unsafe}. {UNSAFE_CHECKPOINT_HINT}'
+    return (f'{path} could not be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}); '
+            f'it may be truncated (e.g. the copy or the run that wrote it was interrupted) or not a torch checkpoint.')
+
+
+def load_checkpoint_safely(path: str) -> Any:
+    """A checkpoint read as timm reads training checkpoints (``weights_only=True``, tensors memory-mapped).
+
+    Raises:
+        InputError: the file is truncated, not a checkpoint, or holds objects outside torch's and
+            timm's allow-list (loading them could run code).
+    """
+    from timm.utils.checkpoint_saver import load_checkpoint_metadata
+    try:
+        return load_checkpoint_metadata(path)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            AttributeError, KeyError) as e:
+        raise InputError(describe_load_error(path, e)) from None
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues.
+
+    Attributes:
+        path: the checkpoint.
+        epoch: the epoch to run next (the checkpoint's epoch + 1, or its own epoch when it was
+            taken inside it).
+        batches_done: batches of ``epoch`` already trained (0 at an epoch boundary).
+        updates_done: optimizer updates of ``epoch`` already made.
+        meters: the epoch's running sums and counts of the logged train metrics at that point.
+        train_args: the options the checkpoint was trained with (its ``args``), if recorded.
+    """
+    path: str
+    epoch: int
+    batches_done: int = 0
+    updates_done: int = 0
+    meters: Dict[str, List[float]] = field(default_factory=dict)
+    train_args: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.batches_done > 0
+
+
+def _state_dict_of(checkpoint: Any) -> Optional[Dict[str, Any]]:
+    if isinstance(checkpoint, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(checkpoint.get(key), dict):
+                return checkpoint[key]
+        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            return checkpoint
+    return None
+
+
+def check_fits_model(state_dict: Dict[str, Any], model: nn.Module, path: str, model_name: str,
+                     trained_as: Optional[str] = None) -> None:
+    """``InputError`` unless ``state_dict`` has exactly the model's keys and shapes (DDP prefixes ignored)."""
+    from timm.models import clean_state_dict
+    state_dict = clean_state_dict(state_dict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
+              if k in state_dict and hasattr(state_dict[k], 'shape') and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing keys (e.g. {", ".join(missing[:3])})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected keys (e.g. {", ".join(unexpected[:3])})')
+    if shapes:
+        parts.append(f'{len(shapes)} shape mismatches (e.g. {"; ".join(shapes[:2])})')
+    origin = f' It was trained as --model {trained_as}.' if trained_as and trained_as != model_name else ''
+    raise InputError(f'--resume {path} does not fit --model {model_name} with these options: {", ".join(parts)}.'
+                     f'{origin} Pass the options the checkpoint was trained with (its args.yaml via -c).')
+
+
+def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoint:
+    """Check a ``--resume`` checkpoint before any data is loaded or file written, and say where to continue.
+
+    Raises:
+        InputError: missing, unreadable, truncated or unsafe file, or weights of another model.
+    """
+    if not os.path.exists(path):
+        raise InputError(f'--resume {path}: no such file.')
+    if not os.path.isfile(path):
+        raise InputError(f'--resume {path} is a folder; pass a checkpoint in it (e.g. {os.path.join(path, "last.pth.tar")}).')
+    checkpoint = load_checkpoint_safely(path)
+    state_dict = _state_dict_of(checkpoint)
+    if state_dict is None:
+        raise InputError(f'--resume {path} holds no model weights (no state_dict); expected a checkpoint written by '
+                         f'train_stim.py or timm\'s train.py.')
+    train_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    train_args = vars(train_args) if hasattr(train_args, '__dict__') else dict(train_args or {})
+    check_fits_model(state_dict, model, path, model_name, trained_as=train_args.get('model'))
+    epoch = 0
+    if isinstance(checkpoint, dict) and 'epoch' in checkpoint:
+        epoch = int(checkpoint['epoch']) + (1 if checkpoint.get('version', 1) > 1 else 0)
+    progress = (checkpoint.get('saver') or {}).get(PROGRESS_KEY) if isinstance(checkpoint, dict) else None
+    if progress:
+        return ResumePoint(path, int(progress['epoch']), int(progress['batches_done']), int(progress['updates_done']),
+                           dict(progress.get('meters') or {}), train_args)
+    return ResumePoint(path, epoch, train_args=train_args)
+
+
+def check_output_dir(output_dir: str, resuming: bool) -> None:
+    """Refuse, before any work, an output folder a run must not write into.
+
+    A fresh run never writes into a non-empty folder (its checkpoints and summary would mix with
+    another run's); ``--resume`` continues in place. A path that is a file, or a folder that
+    cannot be created or written, is refused too.
+    """
+    if os.path.isfile(output_dir):
+        raise InputError(f'output folder {output_dir} is a file; pass another --output / --experiment.')
+    probe = output_dir
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe.rstrip(os.sep)) or '.'
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.isfile(probe):
+        raise InputError(f'output folder {output_dir} cannot be created: {probe} is a file.')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f'output folder {output_dir} cannot be written ({probe} is not writable); pass another '
+                         f'--output.')
+    if os.path.isdir(output_dir) and not resuming:
+        entries = sorted(os.listdir(output_dir))
+        if entries:
+            shown = ', '.join(entries[:6]) + (', ...' if len(entries) > 6 else '')
+            raise InputError(
+                f'output folder {output_dir} already holds another run ({len(entries)} entries: {shown}). A new run '
+                f'never writes into it: continue that run with --resume {os.path.join(output_dir, "last.pth.tar")}, '
+                f'or pass another --experiment (or --output).')
+
+
+class ProgressCheckpointSaver(utils.CheckpointSaver):
+    """timm's ``CheckpointSaver``; recovery checkpoints also carry the epoch's progress.
+
+    Set ``progress`` (``epoch``, ``batches_done``, ``updates_done``, ``meters``) before
+    ``save_recovery``; epoch checkpoints carry none (the epoch is complete).
+    """
+
+    progress: Optional[Dict[str, Any]] = None
+
+    def state_dict(self, epoch=None, metric=None):
+        state = super().state_dict(epoch, metric)
+        if self.progress is not None:
+            state[PROGRESS_KEY] = self.progress
+        return state
+
+    def save_recovery(self, epoch, batch_idx=0, progress: Optional[Dict[str, Any]] = None):
+        self.progress = progress
+        try:
+            super().save_recovery(epoch, batch_idx=batch_idx)
+        finally:
+            self.progress = None
+        return self.curr_recovery_file
+
+
+def trim_summary(filename: str, start_epoch: int) -> None:
+    """Keep summary.csv's header and its rows before ``start_epoch``, dropping a row cut short by a kill."""
+    if not os.path.exists(filename):
+        return
+    with open(filename, newline='') as f:
+        rows = list(csv.reader(f))
+    if rows:
+        header = rows[0]
+        body = [r for r in rows[1:] if len(r) == len(header) and r[0] != 'epoch']
+        if len(body) != len(rows) - 1:
+            with open(filename, 'w', newline='') as f:
+                csv.writer(f).writerows([header] + body)
+    utils.trim_summary(filename, start_epoch)
+
+
+_RECOVERY = re.compile(r'recovery-(\d+)-(\d+)\.pth\.tar$')
+
+
+def remove_recovery_files(output_dir: str, up_to_epoch: int, keep: Optional[str] = None) -> List[str]:
+    """Delete recovery checkpoints of epochs ``<= up_to_epoch`` (their epoch checkpoint supersedes them)."""
+    removed = []
+    for path in glob.glob(os.path.join(output_dir, 'recovery-*.pth.tar')):
+        match = _RECOVERY.search(os.path.basename(path))
+        if match and int(match.group(1)) <= up_to_epoch and path != keep:
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError as e:
+                _logger.warning(f'Could not remove {path}: {e}')
+    return removed
+
+
+class InterruptRequest:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop at the next step boundary.
+
+    A second Ctrl-C interrupts at once, as usual. Use as a context manager around training; in
+    a thread other than the main one (where signal handlers cannot be set) it does nothing.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        _logger.warning('Ctrl-C: stopping after this step, with a checkpoint to resume from '
+                        '(press Ctrl-C again to stop at once).')
+
+    def __enter__(self) -> 'InterruptRequest':
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def poll(self, distributed: bool = False, device: Optional[torch.device] = None) -> bool:
+        """Whether to stop now; with ``distributed``, whether any rank was asked to (all ranks agree)."""
+        if not distributed:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
