@@ -68,7 +68,7 @@ def test_no_extra_options_outside_timm_stim_groups(parser):
     stim = {a.dest for a in add_stim_args(argparse.ArgumentParser(add_help=False))._actions}
     assert extra - stim == {
         'help', 'config', 'lighting_std', 'uniform_augment', 'uniform_augment_ops',
-        'push_to_hub', 'hub_private', 'hub_revision', 'hub_which'}
+        'push_to_hub', 'hub_private', 'hub_revision', 'hub_which', 'hub_create_pr', 'hub_replace_card'}
 
 
 @pytest.mark.parametrize('row', ROWS, ids=[r['dest'] for r in ROWS])
