@@ -409,12 +409,13 @@ def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:
 
 
 def _seeded_subset(dataset, num_images: int, seed: int):
-    """``num_images`` images of a map-style dataset, drawn with ``seed``, in index order.
+    """``num_images`` images of a map-style dataset drawn with ``seed``, in the drawn (fixed, mixed) order.
 
-    Image folders list images class by class: the first N would hold only the first classes.
+    Image folders list images class by class: the first N would hold only the first classes, and
+    batches of one class would bias BatchNorm re-estimation.
     """
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images]
-    return torch.utils.data.Subset(dataset, sorted(order.tolist()))
+    return torch.utils.data.Subset(dataset, order.tolist())
 
 
 def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
@@ -452,7 +453,9 @@ class _BatchProgress:
         self.loader = loader
         self.desc = desc
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # only called for names this wrapper lacks
+        if name == 'loader':
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def __iter__(self):

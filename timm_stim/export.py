@@ -143,9 +143,10 @@ def export_subnet(model: nn.Module, subnet_or_depths: Union[Subnet, Sequence[int
             stim.check_subnet(subnet)
         except ValueError as e:
             raise InputError(str(e)) from None
+        stages = stim.adapter.stages(stim.model)
         for s, dropped in enumerate(subnet.dropped(stim.stage_depths)):
             for b in dropped:
-                if stim._skip[s][b] is not identity:
+                if stim.adapter.skip_function(stim.model, s, b, stages[s][b]) is not identity:
                     raise InputError(
                         f'block {b} of stage {s} ends in an activation that is not the identity on its input, so '
                         f'a model without the block computes something else than the subnetwork; it cannot be '
@@ -162,7 +163,7 @@ def export_subnet(model: nn.Module, subnet_or_depths: Union[Subnet, Sequence[int
         names = {id(m): n for n, m in model.named_modules()}
         small_names = {id(m): n for n, m in small.named_modules()}
         rename: Dict[str, Optional[str]] = {}  # block prefix in the original -> in the small model (None: dropped)
-        for s, blocks in enumerate(stim._stages):
+        for s, blocks in enumerate(stages):
             kept = subnet.blocks[s]
             for b, block in enumerate(blocks):
                 rename[names[id(block)] + '.'] = (small_names[id(small_stages[s][kept.index(b)])] + '.'

@@ -35,7 +35,8 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .checkpoints import ARGS_FILE, CHECKPOINT_EXTS, LoadedModel, data_config_from_args, load_model, read_train_args
+from .checkpoints import (ARGS_FILE, CHECKPOINT_EXTS, LOCAL_DIR, LoadedModel, data_config_from_args, load_model,
+                          read_train_args)
 from .errors import CommandFailed, InputError, command_main
 from .modelcard import DEFAULT_LICENSE, build_model_card, is_unedited, public_train_args, stamp
 from .summary import CURVES_FILE, SUMMARY_FILE, plot_training_curves, read_summary
@@ -468,7 +469,7 @@ def _load_folder(request: PushRequest) -> LoadedModel:
         raise InputError(f'{source} is already in timm\'s Hub format (its config.json holds the labels and '
                          f'preprocessing); --use-ema, --label-names and the preprocessing options apply to '
                          f'checkpoint files only.')
-    return load_model(f'local-dir:{os.path.abspath(source)}', request.model, request.num_classes)
+    return load_model(f'{LOCAL_DIR}{os.path.abspath(source)}', request.model, request.num_classes)
 
 
 def prepare_push_folder(request: PushRequest, folder: str) -> None:
