@@ -2,7 +2,10 @@
 
 It implements the endpoints that huggingface_hub 2.x calls to create a repository, create a
 branch, upload a folder (``validate-yaml``, ``preupload`` answered in the regular, non-LFS
-mode, ``commit`` with base64 ndjson files), read repository info and download files
+mode, ``commit`` with base64 ndjson files), open pull requests (``discussions`` with
+``pullRequest``, whose ``refs/pr/N`` branch later commits go to, as huggingface_hub's hf_xet
+upload pipeline does; or ``commit?create_pr=1`` as its legacy path does), read repository info
+and download files
 (``HEAD``/``GET /{repo}/resolve/{revision}/{path}`` with the ``ETag`` / ``X-Repo-Commit``
 headers ``hf_hub_download`` needs). Files live in memory, one snapshot per commit.
 
@@ -22,7 +25,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -45,6 +48,7 @@ class Repo:
         self.commits: Dict[str, Dict[str, bytes]] = {first: {'.gitattributes': gitattributes}}
         self.branches: Dict[str, str] = {'main': first}
         self.messages: Dict[str, str] = {first: 'initial commit'}
+        self.pull_requests: List[str] = []  # branch of each pull request (refs/pr/1, ...)
 
     def resolve(self, revision: str) -> Optional[str]:
         if revision in self.branches:
@@ -117,6 +121,17 @@ class HubServer:
             repo = self.repos.get(repo_id)
             return repo.files(revision) if repo else {}
 
+    def edit(self, repo_id: str, path: str, content: bytes, revision: str = 'main') -> None:
+        """Commit ``content`` as ``path`` to ``revision``, as a user editing a file on the Hub would."""
+        with self._lock:
+            repo = self.repos[repo_id]
+            parent = repo.branches[revision]
+            snapshot = {**repo.commits[parent], path: content}
+            oid = _commit_oid(repo_id, parent, 'edit', time.time(), sorted(snapshot))
+            repo.commits[oid] = snapshot
+            repo.messages[oid] = f'Update {path}'
+            repo.branches[revision] = oid
+
     def _take_failure(self, path: str) -> Optional[int]:
         with self._lock:
             for i, (fragment, status) in enumerate(self._failures):
@@ -169,7 +184,9 @@ def _make_handler(server: HubServer):
             self._json(status, {'error': message}, headers)
 
         def _handle(self):
-            path = unquote(urlsplit(self.path).path)
+            url = urlsplit(self.path)
+            path = unquote(url.path)
+            self.query = parse_qs(url.query)
             authorized = self.headers.get('Authorization') == f'Bearer {server.token}'
             with server._lock:
                 server.requests.append((self.command, path, authorized))
@@ -212,6 +229,10 @@ def _make_handler(server: HubServer):
                     return self._commit(repo, '/'.join(rest[1:]), body)
                 if self.command == 'POST' and rest[0] == 'branch':
                     return self._branch(repo, '/'.join(rest[1:]), json.loads(body or b'{}'))
+                if self.command == 'POST' and rest == ['discussions']:
+                    return self._open_pull_request(repo, json.loads(body or b'{}'))
+                if self.command == 'GET' and len(rest) == 2 and rest[0] == 'discussions':
+                    return self._pull_request(repo, int(rest[1]))
             if self.command in ('GET', 'HEAD') and len(parts) >= 5 and parts[2] == 'resolve':
                 return self._resolve(f'{parts[0]}/{parts[1]}', parts[3], '/'.join(parts[4:]))
             return self._error(404, f'no such endpoint: {self.command} {path}')
@@ -277,6 +298,8 @@ def _make_handler(server: HubServer):
                 parent = repo.resolve(revision)
                 if parent is None or revision not in repo.branches:
                     return self._error(404, f'Invalid rev id: {revision}', 'RevisionNotFound')
+                if self.query.get('create_pr') == ['1']:  # the commit goes to a new pull-request branch
+                    revision = self._new_pull_request_branch(repo, parent)
                 snapshot = dict(repo.commits[parent])
                 summary = ''
                 for item in lines:
@@ -298,8 +321,32 @@ def _make_handler(server: HubServer):
                 repo.commits[oid] = snapshot
                 repo.messages[oid] = summary
                 repo.branches[revision] = oid
-            self._json(200, {'success': True, 'commitOid': oid,
-                             'commitUrl': f'{server.url}/{repo.repo_id}/commit/{oid}'})
+            answer = {'success': True, 'commitOid': oid, 'commitUrl': f'{server.url}/{repo.repo_id}/commit/{oid}'}
+            if revision.startswith('refs/pr/'):
+                answer['pullRequestUrl'] = f'{server.url}/{repo.repo_id}/discussions/{revision.split("/")[-1]}'
+            self._json(200, answer)
+
+        def _new_pull_request_branch(self, repo: Repo, start: str) -> str:
+            with server._lock:
+                branch = f'refs/pr/{len(repo.pull_requests) + 1}'
+                repo.pull_requests.append(branch)
+                repo.branches[branch] = start
+            return branch
+
+        def _open_pull_request(self, repo: Repo, payload):
+            if not payload.get('pullRequest'):
+                return self._error(400, 'this test server opens pull requests only')
+            branch = self._new_pull_request_branch(repo, repo.branches['main'])
+            self._json(200, {'num': int(branch.split('/')[-1])})
+
+        def _pull_request(self, repo: Repo, num: int):
+            if not 1 <= num <= len(repo.pull_requests):
+                return self._error(404, 'Discussion not found')
+            self._json(200, {
+                'title': f'pull request {num}', 'num': num, 'author': {'name': server.user},
+                'createdAt': '2026-01-01T00:00:00.000Z', 'status': 'draft',
+                'repo': {'name': repo.repo_id, 'type': 'model'}, 'isPullRequest': True,
+                'changes': {'base': 'refs/heads/main'}, 'filesWithConflicts': [], 'events': [], 'diff': ''})
 
         def _resolve(self, repo_id: str, revision: str, filename: str):
             repo = server.repos.get(repo_id)

@@ -102,27 +102,54 @@ def test_labels_tell_checkpoints_apart():
     (['--model', 'resnet1888'], "'resnet1888' is not a timm model"),
     (['--num-classes', '7'], 'does not fit --model resnet18 with 7 classes'),
 ])
-def test_bad_arguments_are_refused_before_evaluation(tmp_path, capsys, extra, message):
+def test_bad_arguments_are_refused_before_evaluation(tmp_path, caplog, extra, message):
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(_model().state_dict(), ckpt)
     args = [str(ckpt), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'out'), *extra]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert message in err, err
+    _refused(args, message, caplog)
     assert not (tmp_path / 'out').exists()
 
 
-def test_missing_checkpoint_and_data_are_refused(tmp_path, capsys):
-    assert main([str(tmp_path / 'none.pth.tar'), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'o')]) == 2
-    assert 'does not exist' in capsys.readouterr().err
+def _refused(argv, message, caplog):
+    caplog.clear()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in caplog.text, caplog.text
+
+
+def test_missing_checkpoint_and_data_are_refused(tmp_path, caplog):
+    _refused([str(tmp_path / 'none.pth.tar'), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'o')],
+             'does not exist', caplog)
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(_model().state_dict(), ckpt)
-    assert main([str(ckpt), '--model', 'resnet18', '--data-dir', str(tmp_path / 'nodata'), '--out',
-                 str(tmp_path / 'o')]) == 2
-    assert 'nodata' in capsys.readouterr().err
-    assert main([str(ckpt), *DATA, '--out', str(tmp_path / 'o')]) == 2  # no --model, no args.yaml
-    assert '--model is required' in capsys.readouterr().err
+    _refused([str(ckpt), '--model', 'resnet18', '--data-dir', str(tmp_path / 'nodata'), '--out', str(tmp_path / 'o')],
+             'nodata', caplog)
+    _refused([str(ckpt), *DATA, '--out', str(tmp_path / 'o')], '--model is required', caplog)  # nor args.yaml
     assert not (tmp_path / 'o').exists()
+
+
+def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
+    """--amp evaluates in bfloat16 on CPU, --channels-last feeds channels_last inputs, --val-num-samples counts."""
+    ckpt = tmp_path / 'm.pth.tar'
+    torch.save(_model().state_dict(), ckpt)
+    seen = []  # (output dtype, batch, input channels_last) of every classifier / stem call
+
+    def hook(module, inputs, output):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and inputs[0].shape[0] > 1:
+            seen.append((type(module).__name__, output.dtype, inputs[0].shape[0],
+                         inputs[0].dim() == 4 and inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        assert main([str(ckpt), '--model', 'resnet18', '--subnets', '0', '--bn-recal', '0', '--amp',
+                     '--channels-last', '--val-num-samples', '40', '--out', str(tmp_path / 'out'), *DATA]) == 0
+    finally:
+        handle.remove()
+    heads = [s for s in seen if s[0] == 'Linear']
+    assert {dtype for _, dtype, _, _ in heads} == {torch.bfloat16}
+    assert sum(batch for _, _, batch, _ in heads) == 5 * 40  # full + 4 one-block-removed networks, 40 images each
+    assert all(cl for name, _, _, cl in seen if name == 'Conv2d')
+    assert len(_read(tmp_path / 'out' / 'analyze.csv')) == 5
 
 
 def test_command_line_dispatch(tmp_path):

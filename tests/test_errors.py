@@ -60,7 +60,7 @@ def test_bad_task_arguments_leave_model_untouched(kwargs, match):
 
 
 def test_create_model_unknown_name_suggests():
-    with pytest.raises(ValueError, match="Unknown timm model 'resnet5'.*resnet50"):
+    with pytest.raises(ValueError, match="model_name 'resnet5' is not a timm model.*resnet50"):
         timm_stim.create_model('resnet5')
 
 

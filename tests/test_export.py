@@ -8,7 +8,7 @@ import torch
 
 import timm_stim
 from timm_stim import Subnet
-from timm_stim.checkpoints import InputError
+from timm_stim.errors import InputError
 from timm_stim.export import export_subnet, main, parse_blocks, parse_depths, save_exported
 
 from conftest import make_input
@@ -92,25 +92,29 @@ def test_export_command_round_trip(tmp_path, capsys):
     (['--blocks', '0,1;0,2;0;0'], 'stage 1 has blocks 0..1, cannot keep block 2'),
     (['--depths', '1,1,1,1', '--push-to-hub', 'not a repo'], 'is not a Hub repository id'),
     (['--depths', '1,1,1,1', '--num-classes', '3'], 'does not fit --model resnet18 with 3 classes'),
+    (['--depths', '1,1,1,1', '--push-to-hub', 'u/r', '--hub-revision', 'dev', '--hub-create-pr'],
+     'a pull request is opened against main'),
 ])
-def test_bad_arguments_are_refused_before_writing(tmp_path, capsys, extra, message):
+def test_bad_arguments_are_refused_before_writing(tmp_path, caplog, extra, message):
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(timm.create_model('resnet18', num_classes=10).state_dict(), ckpt)
     out = tmp_path / 'out'
-    assert main([str(ckpt), '--model', 'resnet18', '--out', str(out), *extra]) == 2
-    err = capsys.readouterr().err
-    assert message in err and 'Nothing was written' in err, err
+    with pytest.raises(SystemExit) as info:
+        main([str(ckpt), '--model', 'resnet18', '--out', str(out), *extra])
+    assert info.value.code == 2
+    assert message in caplog.text and 'Nothing was written' in caplog.text, caplog.text
     assert sorted(os.listdir(tmp_path)) == ['m.pth.tar']
 
 
-def test_existing_out_dir_and_unsupported_models_are_refused(tmp_path, capsys):
+def test_existing_out_dir_and_unsupported_models_are_refused(tmp_path, caplog):
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(timm.create_model('resnet18', num_classes=10).state_dict(), ckpt)
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'keep.txt').write_text('mine')
-    assert main([str(ckpt), '--model', 'resnet18', '--depths', '1,1,1,1', '--out', str(out)]) == 2
-    assert 'already exists' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main([str(ckpt), '--model', 'resnet18', '--depths', '1,1,1,1', '--out', str(out)])
+    assert info.value.code == 2 and 'already exists' in caplog.text
     assert os.listdir(out) == ['keep.txt']
     with pytest.raises(InputError, match='Export supports'):
         export_subnet(timm.create_model('resnetv2_50x1_bit', num_classes=3), (3, 4, 6, 2))
@@ -142,7 +146,11 @@ def test_export_publishes_to_the_hub_and_analyze_reads_it(hub_env, hub_server, t
                  '--push-to-hub', repo, '--input-size', '3', '16', '16']) == 0
     assert f'Published to {hub_server.url}/{repo}' in capsys.readouterr().out
     card = ModelCard(hub_server.files(repo)['README.md'].decode())
-    assert card.data.library_name == 'timm' and 'Exported subnetwork' in card.text
+    # The template's named section, in its place: after the model details, before the citation.
+    assert card.data.library_name == 'timm'
+    assert card.text.index('## Model details') < card.text.index('## Exported subnetwork') < card.text.index(
+        '## Citation')
+    assert 'keeps blocks `0;0,1;0;0`' in card.text
     published = timm.create_model(f'hf-hub:{repo}', pretrained=True).eval()
     x = make_input(2, 16)
     with torch.no_grad():

@@ -15,11 +15,16 @@ import tempfile
 import pytest
 import timm
 import torch
+import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
 import timm_stim.hub as hub
+from timm_stim.errors import InputError
+from timm_stim.modelcard import base_model_of, is_unedited
+from timm_stim.summary import read_summary
+from timm_stim.args import parse_args as train_parse_args
 from timm_stim.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,8 +108,14 @@ def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, cap
     out = result['output_dir']
     assert result['hub_url'] == f'{hub_server.url}/{repo}'
     files = hub_server.files(repo)
-    assert {'model.safetensors', 'config.json', 'README.md', 'training_curves.png'} <= set(files)
+    assert {'model.safetensors', 'config.json', 'README.md', 'training_curves.png', 'args.yaml',
+            'summary.csv'} <= set(files)
     assert files['training_curves.png'].startswith(PNG_MAGIC)
+    # The run's records beside the weights: summary.csv as written, args.yaml without local paths.
+    assert files['summary.csv'] == (tmp_path / 'out' / 'run' / 'summary.csv').read_bytes()
+    published_args = yaml.safe_load(files['args.yaml'])
+    assert published_args['stim_subnets'] == 2 and published_args['output'] == 'out'
+    assert str(tmp_path).encode() not in files['args.yaml']
 
     # Loads anywhere through timm's own hf-hub path, with the local best checkpoint's logits.
     published = timm.create_model(f'hf-hub:{repo}', pretrained=True)
@@ -120,7 +131,7 @@ def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, cap
     card = ModelCard(files['README.md'].decode())
     assert card.data.library_name == 'timm' and card.data.license == 'apache-2.0'
     assert {'image-classification', 'stimulative-training', 'timm'} <= set(card.data.tags)
-    summary = hub.read_summary(os.path.join(out, 'summary.csv'))
+    summary = read_summary(os.path.join(out, 'summary.csv'))
     metrics = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert metrics['Top-1 accuracy (%)'] == pytest.approx(summary[0]['eval_top1'], abs=1e-3)
     assert metrics['Top-5 accuracy (%)'] == pytest.approx(summary[0]['eval_top5'], abs=1e-3)
@@ -130,6 +141,8 @@ def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, cap
     assert 'stage_depths: [2, 2, 2, 2]' in card.text and 'depth_choices:' in card.text
     assert '![Training curves](training_curves.png)' in card.text and 'train_stim_kl' in card.text
     assert 'batch_size: 32' in card.text and str(tmp_path) not in card.text  # no local paths
+    assert card.data.base_model is None  # trained from scratch: no model tree parent
+    assert is_unedited(files['README.md'].decode())  # stamped: the next push may update it
 
     # The token is nowhere: uploaded files, output dir, logs.
     token = hub_server.token.encode()
@@ -188,7 +201,7 @@ def load_file_from_bytes(content, tmp_path):
 
 @pytest.mark.parametrize('extra,message', [
     (['--push-to-hub', 'not-a-repo-id'], "--push-to-hub: 'not-a-repo-id' is not a Hub repository id"),
-    (['--push-to-hub', 'tester/bad--name'], 'cannot contain "--"'),
+    (['--push-to-hub', 'tester/bad--name'], "is not a valid Hub repository id: Cannot have -- or .."),
     (['--push-to-hub', 'tester/ok', '--hub-which', 'ema'], '--hub-which ema publishes the EMA weights, but '
                                                              '--model-ema is off'),
 ])
@@ -256,14 +269,14 @@ def test_push_command_takes_ema_weights_and_hub_format_folders(hub_env, hub_serv
 @pytest.mark.parametrize('case,message', [
     ('missing', 'does not exist'),
     ('bad_repo', "'tester' is not a Hub repository id"),
-    ('bad_repo_chars', 'may only contain letters'),
+    ('bad_repo_chars', "'tester/a b' is not a valid Hub repository id: Repo id must use alphanumeric chars"),
     ('unknown_model', "--model 'resnet5000' is not a timm model. Did you mean"),
     ('no_model', '--model is required'),
     ('wrong_classes', 'does not fit --model test_resnet with 10 classes'),
     ('no_ema', 'holds no EMA weights'),
     ('not_hub_folder', 'a folder without config.json'),
 ])
-def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_server, tmp_path, capsys, case,
+def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_server, tmp_path, caplog, case,
                                                                 message):
     checkpoint = tmp_path / 'plain.pth'
     torch.save(timm.create_model('test_resnet', num_classes=4).state_dict(), checkpoint)
@@ -277,9 +290,10 @@ def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_ser
         'no_ema': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--num-classes', '4', '--use-ema'],
         'not_hub_folder': [str(tmp_path), 'tester/x'],
     }[case]
-    assert hub.main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and 'Nothing was sent to the Hub' in err
+    with pytest.raises(SystemExit) as info:
+        hub.main(argv)
+    assert info.value.code == 2
+    assert message in caplog.text and 'Nothing was sent to the Hub' in caplog.text
     assert hub_server.requests == []
 
 
@@ -295,16 +309,20 @@ def _small_folder(tmp_path):
     return folder
 
 
-def test_transient_server_error_is_retried(hub_env, hub_server, tmp_path, caplog):
+def test_creation_is_retried_by_us_and_uploads_by_huggingface_hub(hub_env, hub_server, tmp_path, caplog):
     folder = _small_folder(tmp_path)
-    hub_server.fail_next('/api/repos/create', 500)  # retried by timm_stim.hub
-    hub_server.fail_next('/commit/main', 503)  # retried by huggingface_hub's own backoff (or ours without hf_xet)
+    hub_server.fail_next('/api/repos/create', 500)  # not retried by huggingface_hub: retried by timm_stim.hub
+    # Retried by huggingface_hub's own http_backoff (1 s wait each); the commit too, with hf_xet's pipeline.
+    hub_server.fail_next('/preupload/main', 503)
+    hub_server.fail_next('/commit/main', 503)
     url = hub.push_folder(str(folder), 'tester/flaky')
     assert url == f'{hub_server.url}/tester/flaky'
     paths = [p for _, p, _ in hub_server.requests]
-    assert paths.count('/api/repos/create') == 2 and paths.count('/api/models/tester/flaky/commit/main') == 2
+    assert paths.count('/api/repos/create') == 2 and paths.count('/api/models/tester/flaky/preupload/main') == 2
+    assert paths.count('/api/models/tester/flaky/commit/main') == 2
     assert set(hub_server.files('tester/flaky')) >= {'config.json', 'README.md'}
-    assert 'answered 500' in caplog.text and 'Retrying' in caplog.text
+    ours = [r.getMessage() for r in caplog.records if r.name == 'timm_stim.hub' and 'Retrying' in r.getMessage()]
+    assert len(ours) == 1 and ours[0].startswith('creating tester/flaky: the Hub answered 500')
 
 
 def test_push_folder_failures_are_clear_and_token_free(hub_env, hub_server, tmp_path, monkeypatch):
@@ -345,3 +363,85 @@ def test_push_folder_private_repo_on_a_branch(hub_env, hub_server, tmp_path):
     assert repo.private
     assert 'config.json' in repo.files('v1') and 'config.json' not in repo.files('main')
     assert repo.messages[repo.branches['v1']] == 'first'
+
+
+# ---------------------------------------------------------------------------------------------
+# What Hub users expect: base_model, a card edited on the Hub survives, pull requests
+# ---------------------------------------------------------------------------------------------
+
+def _fake_run(folder, top1s, **train_args):
+    """A train_stim.py-like output folder: last.pth.tar, args.yaml and summary.csv with one row per top-1."""
+    folder.mkdir(exist_ok=True)
+    model = timm.create_model('test_resnet', num_classes=3)
+    torch.save({'epoch': len(top1s) - 1, 'state_dict': model.state_dict()}, folder / 'last.pth.tar')
+    args = {'model': 'test_resnet', 'num_classes': 3, 'input_size': [3, 32, 32], 'output': str(folder.parent),
+            'stim_subnets': 1, **train_args}
+    (folder / 'args.yaml').write_text(yaml.safe_dump(args))
+    lines = ['epoch,train_loss,eval_loss,eval_top1,eval_top5,lr']
+    lines += [f'{e},1.5,1.4,{top1},{top1 + 20},0.1' for e, top1 in enumerate(top1s)]
+    (folder / 'summary.csv').write_text('\n'.join(lines) + '\n')
+    return model
+
+
+def _card(hub_server, repo, revision='main'):
+    return ModelCard(hub_server.files(repo, revision)['README.md'].decode())
+
+
+def _top1(card):
+    return {r.metric_name: r.metric_value for r in card.data.eval_results}['Top-1 accuracy (%)']
+
+
+def test_push_keeps_a_card_edited_on_the_hub_unless_asked(hub_env, hub_server, tmp_path, caplog):
+    repo, run = 'tester/kept-card', tmp_path / 'run'
+    _fake_run(run, [30.0], pretrained=True)
+    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    files = hub_server.files(repo)
+    assert {'args.yaml', 'summary.csv', 'training_curves.png', 'model.safetensors', 'config.json'} <= set(files)
+    card = _card(hub_server, repo)
+    # Trained from timm's pretrained test_resnet: the Hub's model tree shows the parent.
+    assert card.data.base_model == 'timm/test_resnet.r160_in1k' == base_model_of({'model': 'test_resnet',
+                                                                                  'pretrained': True})
+    assert _top1(card) == 30.0
+
+    # A card timm-stim wrote and nobody edited follows the new weights.
+    _fake_run(run, [30.0, 40.0], pretrained=True)
+    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert _top1(_card(hub_server, repo)) == 40.0
+
+    # Edited on the Hub: kept, said so; the other files are still updated.
+    edited = hub_server.files(repo)['README.md'].replace(b'# Model card for kept-card', b'# My own words')
+    hub_server.edit(repo, 'README.md', edited)
+    _fake_run(run, [30.0, 40.0, 50.0], pretrained=True)
+    caplog.clear()
+    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert hub_server.files(repo)['README.md'] == edited
+    assert hub_server.files(repo)['summary.csv'] == (run / 'summary.csv').read_bytes()
+    assert 'Keeping the model card of tester/kept-card' in caplog.text and '--replace-card' in caplog.text
+
+    # Asked to replace it: replaced.
+    assert hub.main([str(run / 'last.pth.tar'), repo, '--replace-card']) == 0
+    assert _top1(_card(hub_server, repo)) == 50.0 and b'My own words' not in hub_server.files(repo)['README.md']
+
+
+def test_push_opens_a_pull_request(hub_env, hub_server, tmp_path, capsys):
+    repo, run = 'tester/with-pr', tmp_path / 'run'
+    _fake_run(run, [30.0])
+    assert hub.main([str(run / 'last.pth.tar'), repo, '--create-pr']) == 0
+    assert f'Published to {hub_server.url}/{repo}/discussions/1' in capsys.readouterr().out
+    assert 'model.safetensors' not in hub_server.files(repo)  # main is untouched
+    assert {'model.safetensors', 'README.md', 'args.yaml'} <= set(hub_server.files(repo, 'refs/pr/1'))
+    assert _card(hub_server, repo, 'refs/pr/1').data.base_model is None  # not --pretrained
+
+
+def test_training_push_takes_create_pr_and_replace_card_as_objects(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(hub, 'push', lambda request: seen.append(request) or 'url')
+    args = train_parse_args(['--model', 'resnet18', '--num-classes', '10', '--push-to-hub', 'tester/x',
+                             '--hub-create-pr', '--hub-replace-card', '--hub-private'])[0]
+    assert hub.push_after_training(args, str(tmp_path), None) == 'url'
+    request, = seen
+    assert (request.checkpoint, request.repo_id) == (str(tmp_path / 'model_best.pth.tar'), 'tester/x')
+    assert (request.create_pr, request.replace_card, request.private, request.model) == (True, True, True, 'resnet18')
+    assert hub.retry_command(request).endswith('--model resnet18 --num-classes 10 --private --create-pr --replace-card')
+    with pytest.raises(InputError, match='a pull request is opened against main'):
+        hub.check_push_options('tester/x', 'dev', create_pr=True)

@@ -22,7 +22,8 @@ import csv
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -30,10 +31,11 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import InputError, LoadedModel, copy_train_options, load_model
+from .checkpoints import LOCAL_DIR, LoadedModel, copy_train_options, hub_repo_of, load_model
+from .errors import InputError, command_main
 from .stimulator import MODES, Stimulator, attach
 from .subnet import Subnet
-from .train import recalibrate_bn
+from .train_additions import recalibrate_bn
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
            'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',
@@ -47,8 +49,9 @@ KINDS = ('full', 'drop1', 'sampled')
 
 # train_stim.py options analyze takes with the same names, defaults and meaning.
 _TRAIN_OPTIONS = ('--dataset', '--data-dir', '--train-split', '--val-split', '--class-map', '--input-img-mode',
+                  '--input-key', '--target-key', '--dataset-trust-remote-code', '--val-num-samples',
                   '--num-classes', '--img-size', '--input-size', '--crop-pct', '--mean', '--std', '--interpolation',
-                  '-b', '--workers', '--seed')
+                  '-b', '--workers', '--seed', '--amp', '--amp-dtype', '--channels-last')
 
 
 @dataclass(frozen=True)
@@ -123,24 +126,36 @@ def preserved_bn_stats(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: Any = 'cpu') -> Tuple[float, float]:
-    """(top-1, top-5) accuracy in percent of ``model`` in eval mode over ``loader``; weighted by images."""
-    from timm.utils import accuracy
+def evaluate(model: nn.Module, loader: Iterable, device: Any = 'cpu', amp_autocast: Callable = nullcontext,
+             channels_last: bool = False) -> Tuple[float, float]:
+    """(top-1, top-5) accuracy in percent of ``model`` in eval mode over ``loader``, weighted by images.
+
+    Accumulated by timm's ``timm.task.ClassificationEvaluator``, as training's validation is
+    (top-5 is top-min(5, classes)).
+
+    Args:
+        model: the model (its current mode is set to eval).
+        loader: (input, target) batches.
+        device: where the model is.
+        amp_autocast: context manager the forward passes run in (e.g. ``torch.autocast``).
+        channels_last: pass inputs in the channels_last memory layout.
+    """
+    from timm.task import ClassificationEvaluator, evaluation_sample_limit
+    evaluator = ClassificationEvaluator(device, max_samples=evaluation_sample_limit(loader))
     model.eval()
-    correct1 = correct5 = 0.0
-    seen = 0
     for input, target in loader:
         input, target = input.to(device), target.to(device)
-        output = model(input)
+        if channels_last:
+            input = input.contiguous(memory_format=torch.channels_last)
+        with amp_autocast():
+            output = model(input)
         if isinstance(output, (tuple, list)):
             output = output[0]
-        top1, top5 = accuracy(output, target, topk=(1, min(5, output.shape[-1])))
-        correct1 += top1.item() * input.shape[0]
-        correct5 += top5.item() * input.shape[0]
-        seen += input.shape[0]
-    if not seen:
+        evaluator.update(output, target)
+    if not evaluator.num_samples:
         raise InputError('the validation split holds no images.')
-    return correct1 / seen, correct5 / seen
+    metrics = evaluator.compute()
+    return metrics['top1'], metrics['top5']
 
 
 def collect_batches(loader: Iterable, num_images: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -166,6 +181,8 @@ def evaluate_subnets(
         recal_batches: Optional[Sequence[Tuple[torch.Tensor, torch.Tensor]]] = None,
         input_size: Sequence[int] = (3, 224, 224),
         device: Any = 'cpu',
+        amp_autocast: Callable = nullcontext,
+        channels_last: bool = False,
         progress: Optional[Callable[[int, int, SubnetResult], None]] = None,
 ) -> List[SubnetResult]:
     """Evaluate subnetworks of one model on ``loader``.
@@ -183,6 +200,8 @@ def evaluate_subnets(
         recal_batches: training (input, target) batches for BN re-estimation; None or [] to skip.
         input_size: C, H, W for counting FLOPs.
         device: where the model is.
+        amp_autocast: context manager the forward passes run in (e.g. ``torch.autocast``).
+        channels_last: pass inputs in the channels_last memory layout.
         progress: called as ``progress(done, total, result)`` after each subnetwork.
 
     Returns:
@@ -203,8 +222,9 @@ def evaluate_subnets(
             with preserved_bn_stats(model), stim.activate(subnet):
                 flops = count_flops(model, input_size, device)
                 if recal:
-                    recalibrate_bn(model, recal_batches, recal_images, torch.device(device))
-                top1, top5 = evaluate(model, loader, device)
+                    recalibrate_bn(model, recal_batches, recal_images, torch.device(device), amp_autocast,
+                                   channels_last)
+                top1, top5 = evaluate(model, loader, device, amp_autocast, channels_last)
             done[key] = (flops, top1, top5, recal_images if recal else 0)
         flops, top1, top5, used = done[key]
         results.append(SubnetResult(kind, subnet, flops, top1, top5, used))
@@ -300,10 +320,9 @@ def checkpoint_labels(sources: Sequence[str]) -> List[str]:
     """Short, unique names for sources: the fewest trailing path components that tell them apart."""
     prefixes, parts = [], []
     for source in sources:
-        prefix = 'local-dir:' if source.startswith('local-dir:') else ''
-        path = source[len(prefix):]
+        prefix = LOCAL_DIR if source.startswith(LOCAL_DIR) else ''
         prefixes.append(prefix)
-        parts.append([source] if source.startswith(('hf-hub:', 'hf_hub:')) else path.rstrip('/').split('/'))
+        parts.append([source] if hub_repo_of(source) else source[len(prefix):].rstrip('/').split('/'))
     for k in range(1, max((len(p) for p in parts), default=1) + 1):
         labels = [prefix + '/'.join(p[-k:]) for prefix, p in zip(prefixes, parts)]
         if len(set(labels)) == len(labels):
@@ -320,7 +339,8 @@ def create_analyze_parser() -> argparse.ArgumentParser:
         prog='python -m timm_stim analyze',
         description='Evaluate the full network, every network with one block removed and sampled subnetworks of '
                     'timm checkpoints on the validation split (network loafing); write analyze.csv and analyze.png '
-                    'and print a summary. Model and data options are train_stim.py\'s.')
+                    'and print a summary. Model and data options are train_stim.py\'s; --val-num-samples also '
+                    'takes a seeded subset of map-style datasets (image folders, torch/, hfds/).')
     parser.add_argument('checkpoints', nargs='+', metavar='CHECKPOINT',
                         help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
@@ -367,11 +387,35 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f'--bn-recal {args.bn_recal}: expected a number of images >= 0 (0 skips re-estimation).')
     if args.batch_size < 1:
         raise InputError(f'-b/--batch-size {args.batch_size}: expected >= 1.')
+    if args.val_num_samples is not None and args.val_num_samples < 1:
+        raise InputError(f'--val-num-samples {args.val_num_samples}: expected a number of images >= 1.')
+    if args.amp_dtype not in ('float16', 'bfloat16'):
+        raise InputError(f'--amp-dtype {args.amp_dtype!r}: expected float16 or bfloat16.')
     if args.labels is not None and len(args.labels.split(',')) != len(args.checkpoints):
         raise InputError(f'--labels {args.labels!r} gives {len(args.labels.split(","))} names for '
                          f'{len(args.checkpoints)} checkpoints; give one name per checkpoint, comma-separated.')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise InputError(f'--out {args.out!r} is a file; expected a folder.')
+
+
+def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:
+    """``torch.autocast`` as training uses it for ``--amp`` (bfloat16 on CPU), or ``nullcontext``."""
+    if not args.amp:
+        return nullcontext
+    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' or device.type == 'cpu' else torch.float16
+    print(f'Evaluating in mixed precision ({dtype}{", as autocast on CPU supports" if device.type == "cpu" else ""})',
+          flush=True)
+    return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def _seeded_subset(dataset, num_images: int, seed: int):
+    """``num_images`` images of a map-style dataset drawn with ``seed``, in the drawn (fixed, mixed) order.
+
+    Image folders list images class by class: the first N would hold only the first classes, and
+    batches of one class would bias BatchNorm re-estimation.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images]
+    return torch.utils.data.Subset(dataset, order.tolist())
 
 
 def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
@@ -383,7 +427,9 @@ def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torc
 
     def loader(split: str, num_images: Optional[int] = None):
         dataset = create_dataset(dataset_name, root=root, split=split, is_training=False, class_map=args.class_map,
-                                 batch_size=args.batch_size, input_img_mode=img_mode)
+                                 batch_size=args.batch_size, input_img_mode=img_mode, input_key=args.input_key,
+                                 target_key=args.target_key, num_samples=num_images,
+                                 trust_remote_code=args.dataset_trust_remote_code)
         dataset = with_image_mode(dataset, dataset_name, img_mode)
         loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
                                is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
@@ -391,19 +437,36 @@ def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torc
                                crop_mode=data_config.get('crop_mode'), num_workers=args.workers, device=device,
                                use_prefetcher=False)
         if num_images is None or not hasattr(dataset, '__getitem__'):
-            return loader
-        # Image folders list images class by class: the first N would give one class's statistics.
-        # A seeded random subset, in a fixed order, with the eval transform create_loader set.
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[:num_images]
-        return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order.tolist()),
+            return loader  # iterable datasets stop at num_samples themselves
+        # A seeded subset, with the eval transform create_loader set on the dataset.
+        return torch.utils.data.DataLoader(_seeded_subset(dataset, min(num_images, len(dataset)), args.seed),
                                            batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
 
     recal = collect_batches(loader(args.train_split, args.bn_recal), args.bn_recal) if args.bn_recal > 0 else []
-    return loader(args.val_split), recal
+    return loader(args.val_split, args.val_num_samples), recal
+
+
+class _BatchProgress:
+    """Iterates ``loader`` under a transient progress bar (on a terminal only); other attributes are the loader's."""
+
+    def __init__(self, loader: Iterable, desc: str):
+        self.loader = loader
+        self.desc = desc
+
+    def __getattr__(self, name: str) -> Any:  # only called for names this wrapper lacks
+        if name == 'loader':
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        from tqdm import tqdm
+        total = len(self.loader) if hasattr(self.loader, '__len__') else None
+        yield from tqdm(self.loader, desc=self.desc, total=total, leave=False, disable=None, unit='batch')
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
+    from tqdm import tqdm
     from .data import resolve_dataset
     _check_args(args)
     try:
@@ -429,6 +492,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                   if args.bn_recal else 'the checkpoints\' BN statistics')
     print(f'Evaluating {total} networks of {len(loaded)} checkpoint(s) on the {args.val_split!r} split ({recal_text})',
           flush=True)
+    amp_autocast = _amp_autocast(args, device)
     loaders: Dict[str, Any] = {}  # (validation loader, recal batches) per data config
     for _, _, data_config in loaded:
         key = repr(sorted(data_config.items()))
@@ -440,25 +504,32 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                                  f'{args.dataset or args.data_dir}: {type(e).__name__}: {e}') from None
     os.makedirs(args.out, exist_ok=True)
     rows: List[Dict[str, Any]] = []
-    done_before = 0
     start = time.time()
-    for (item, stim, data_config), plan, label in zip(loaded, plans, labels):
-        val_loader, recal_batches = loaders[repr(sorted(data_config.items()))]
+    done = 0
+    # One bar over all networks on a terminal (tqdm disables itself otherwise); a line per network always.
+    with tqdm(total=total, desc='networks', unit='net', disable=None, file=sys.stderr) as bar:
+        for (item, stim, data_config), plan, label in zip(loaded, plans, labels):
+            val_loader, recal_batches = loaders[repr(sorted(data_config.items()))]
 
-        def progress(done: int, _total: int, result: SubnetResult, offset: int = done_before,
-                     label: str = label) -> None:
-            depths = ','.join(map(str, result.subnet.depths))
-            print(f'[{offset + done}/{total}] {label} {result.kind:<7} depths {depths}'
-                  f'  {result.flops / 1e6:.1f} MFLOPs  top-1 {result.top1:.2f}  top-5 {result.top5:.2f}'
-                  f'  ({time.time() - start:.0f} s)', flush=True)
+            def progress(_done: int, _total: int, result: SubnetResult, label: str = label) -> None:
+                nonlocal done
+                done += 1
+                bar.update(1)
+                depths = ','.join(map(str, result.subnet.depths))
+                tqdm.write(f'[{done}/{total}] {label} {result.kind:<7} depths {depths}'
+                           f'  {result.flops / 1e6:.1f} MFLOPs  top-1 {result.top1:.2f}  top-5 {result.top5:.2f}'
+                           f'  ({time.time() - start:.0f} s)', file=sys.stdout)
 
-        item.model.to(device)
-        results = evaluate_subnets(item.model, val_loader, plan, recal_batches=recal_batches,
-                                   input_size=data_config['input_size'], device=device, progress=progress)
-        rows += [result_row(item.source, label, item.architecture, r) for r in results]
-        item.model.to('cpu')
-        done_before += len(plan)
-        write_csv(rows, os.path.join(args.out, CSV_FILE))  # partial results survive an interruption
+            item.model.to(device)
+            if args.channels_last:
+                item.model.to(memory_format=torch.channels_last)
+            results = evaluate_subnets(item.model, _BatchProgress(val_loader, f'{label} validation'), plan,
+                                       recal_batches=recal_batches, input_size=data_config['input_size'],
+                                       device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
+                                       progress=progress)
+            rows += [result_row(item.source, label, item.architecture, r) for r in results]
+            item.model.to('cpu')
+            write_csv(rows, os.path.join(args.out, CSV_FILE))  # partial results survive an interruption
 
     plot_results(rows, os.path.join(args.out, PLOT_FILE), x=args.plot_x)
     print(summary_table(rows))
@@ -467,13 +538,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m timm_stim analyze``: 0 done, 2 bad input (reported before any evaluation)."""
-    args = create_analyze_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        run(args)
-    except InputError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    """``timm-stim analyze``: 0 done; exits 2 on bad input (reported before any evaluation)."""
+    command_main(lambda args: run(create_analyze_parser().parse_args(args)), argv)
     return 0
 
 

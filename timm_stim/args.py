@@ -554,6 +554,11 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument('--hub-which', type=str, default='best', choices=('best', 'last', 'ema'),
                        help='which weights to publish: best (model_best.pth.tar), last (last.pth.tar) or ema '
                             '(the EMA weights of last.pth.tar, needs --model-ema) (default: best)')
+    group.add_argument('--hub-create-pr', action='store_true', default=False,
+                       help='open a pull request with the files instead of committing to the branch')
+    group.add_argument('--hub-replace-card', action='store_true', default=False,
+                       help='replace the model card on the Hub even when it was edited there (default: keep an '
+                            'edited card; a card timm-stim wrote and nobody changed is updated)')
     return parser
 
 

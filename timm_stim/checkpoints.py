@@ -1,27 +1,55 @@
-"""Load any trained timm model for ``analyze`` and ``export``: checkpoint files or timm Hub folders.
+"""Read trained timm models safely: checkpoint files and timm Hub folders, for ``analyze``, ``export`` and ``push``.
 
 A source is a timm checkpoint (``.pth.tar``, ``.pth``, ``.safetensors``, ...; written by
 ``train_stim.py``, timm's ``train.py`` or ``torch.save``) or a model in timm's Hugging Face
-format (``hf-hub:USER/REPO`` or ``local-dir:DIR``). The reading itself is ``timm_stim.hub``'s
-(the same code ``python -m timm_stim push`` uses): weights are loaded strictly, so a wrong
-``--model`` / ``--num-classes`` is reported instead of silently re-initializing layers.
+format (``hf-hub:USER/REPO`` or ``local-dir:DIR``).
+
+Loading never executes code from a file: ``.safetensors`` hold tensors only, and every pickle
+goes through timm's own ``timm.models.load_state_dict`` (``torch.load(weights_only=True)`` with
+``argparse.Namespace`` allowed, as timm's training checkpoints carry one), which also picks
+``state_dict`` / ``state_dict_ema`` / ``model`` and strips wrapper prefixes. A file that holds
+other Python objects is refused with a message saying how to convert a file you trust.
+Weights are loaded strictly, so a wrong ``--model`` / ``--num-classes`` is reported instead of
+silently re-initializing layers.
 """
 import argparse
 import os
+import pickle
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 
-from . import hub
+from .errors import InputError, check_model_name, is_hub_name
 
-__all__ = ['InputError', 'LoadedModel', 'load_model', 'check_source', 'is_hub_source', 'copy_train_options']
+__all__ = [
+    'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
+    'read_checkpoint_info',
+    'read_state_dict', 'create_model_from_args', 'load_weights', 'data_config_from_args', 'check_source',
+    'load_model', 'copy_train_options',
+]
 
-_HUB_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:')
+CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
+ARGS_FILE = 'args.yaml'
+LOCAL_DIR = 'local-dir:'  # the one HUB_PREFIXES entry that names a local folder
+
+# What a timm training checkpoint may hold besides tensors and plain data (timm allows the same).
+SAFE_GLOBALS = (argparse.Namespace,)
+# Preprocessing keys of args.yaml / a Hub config that describe how the weights expect their input.
+DATA_CONFIG_KEYS = ('input_size', 'img_size', 'in_chans', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
 
 
-class InputError(ValueError):
-    """Bad command-line input, found before any expensive work or any file is written."""
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file says about itself besides its weights.
+
+    Attributes:
+        epoch: the epoch stored in a timm training checkpoint, or None.
+        has_ema: whether it holds EMA weights (``state_dict_ema`` / ``model_ema``).
+    """
+    epoch: Optional[int] = None
+    has_ema: bool = False
 
 
 @dataclass
@@ -35,35 +63,169 @@ class LoadedModel:
         train_args: the training run's ``args.yaml`` beside a checkpoint file ({} when none).
         data_config: preprocessing the weights were trained / published with (args.yaml or the
             Hub config), as ``timm.data.resolve_data_config`` args; CLI options override it.
+        info: epoch / EMA of a checkpoint file (empty for Hub sources).
+        use_ema: whether the model holds the checkpoint's EMA weights.
     """
     model: nn.Module
     source: str
     architecture: str
     train_args: Dict[str, Any] = field(default_factory=dict)
     data_config: Dict[str, Any] = field(default_factory=dict)
+    info: CheckpointInfo = field(default_factory=CheckpointInfo)
+    use_ema: bool = False
 
 
-def is_hub_source(source: str) -> bool:
-    """Whether ``source`` names a model in timm's Hub format (``hf-hub:``, ``local-dir:``) rather than a file."""
-    return source.startswith(_HUB_PREFIXES)
+def hub_repo_of(source: str) -> Optional[str]:
+    """The Hub repository of an ``hf-hub:ORG/NAME`` source; None for ``local-dir:`` folders and files."""
+    return source.split(':', 1)[1] if is_hub_name(source) and not source.startswith(LOCAL_DIR) else None
 
 
-def check_source(source: str) -> None:
-    """Cheap check that ``source`` can be a model source; raise ``InputError`` naming it otherwise."""
-    if is_hub_source(source):
-        if source.startswith('local-dir:') and not os.path.isfile(os.path.join(source[len('local-dir:'):],
-                                                                                'config.json')):
-            raise InputError(f'{source}: no config.json in that folder; expected a folder in timm\'s Hub format '
-                             f'(config.json + model.safetensors, e.g. written by `python -m timm_stim export`).')
-        return
-    if os.path.isdir(source):
-        raise InputError(f'{source} is a folder; pass it as local-dir:{source} if it is in timm\'s Hub format, or '
-                         f'pass a checkpoint file inside it.')
-    if not os.path.isfile(source):
-        raise InputError(f'checkpoint {source!r} does not exist.')
-    if not source.endswith(hub._CHECKPOINT_EXTS):
-        raise InputError(f'checkpoint {source!r}: expected a {", ".join(hub._CHECKPOINT_EXTS)} file, or '
-                         f'hf-hub:USER/REPO / local-dir:DIR.')
+def read_train_args(folder: str) -> Dict[str, Any]:
+    """The ``args.yaml`` of a training run in ``folder`` as a dict ({} when there is none).
+
+    Raises:
+        InputError: the file exists but is not YAML.
+    """
+    import yaml
+    path = os.path.join(folder, ARGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f'{path} could not be read as YAML: {e}') from None
+    return data if isinstance(data, dict) else {}
+
+
+def _convert_hint(path: str) -> str:
+    converted = (path[:-len('.pth.tar')] if path.endswith('.pth.tar') else os.path.splitext(path)[0]) + '_weights.pth'
+    return (f'If you trust this file (and only then), convert it once to a plain state dict and pass that file:\n'
+            f'  python -c "import torch; c = torch.load({path!r}, map_location=\'cpu\', weights_only=False); '
+            f'torch.save(c.get(\'state_dict\', c) if isinstance(c, dict) else c.state_dict(), {converted!r})"')
+
+
+def _unreadable(path: str, err: BaseException) -> InputError:
+    """The ``InputError`` for a checkpoint that ``torch.load(weights_only=True)`` refused or could not read."""
+    unsafe: List[str] = []
+    if isinstance(err, pickle.UnpicklingError):
+        try:
+            allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+        except Exception:  # not a zip checkpoint (legacy or damaged): say what torch said instead
+            unsafe = []
+    if unsafe:
+        return InputError(
+            f'{path} holds Python objects that are not allowed in a checkpoint ({", ".join(unsafe)}). timm-stim, '
+            f'like timm, reads checkpoints with torch.load(weights_only=True), which loads tensors and plain data '
+            f'only, so that a file cannot run code; nothing of it was executed.\n{_convert_hint(path)}')
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return InputError(f'{path} could not be read as a checkpoint ({type(err).__name__}: {reason[:300]}). It may be '
+                      f'truncated or damaged (copy it again), or hold objects that weights_only loading refuses.\n'
+                      f'{_convert_hint(path)}')
+
+
+def read_checkpoint_info(path: str) -> CheckpointInfo:
+    """Epoch and EMA presence of a checkpoint file, read safely; also proves the file is readable.
+
+    ``.pth`` files are memory-mapped (only the pickle is read; tensors stay on disk) where
+    their format allows it.
+
+    Raises:
+        InputError: the file is truncated, damaged or holds objects that are not allowed.
+    """
+    if path.endswith('.safetensors'):
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework='pt') as f:
+                f.keys()
+        except Exception as e:
+            raise InputError(f'{path} could not be read as safetensors ({type(e).__name__}: {e}). It may be '
+                             f'truncated or damaged: copy it again.') from None
+        return CheckpointInfo()
+    checkpoint = None
+    for mmap in (True, False):  # mmap needs the zip format of torch >= 1.6; older files are read whole
+        try:
+            with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+                checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+            break
+        except Exception as e:
+            if not mmap or isinstance(e, pickle.UnpicklingError):
+                raise _unreadable(path, e) from None
+    if not isinstance(checkpoint, dict):
+        raise InputError(f'{path} does not hold a state dict (got a {type(checkpoint).__name__}).')
+    epoch = checkpoint.get('epoch')
+    return CheckpointInfo(epoch=epoch if isinstance(epoch, int) else None,
+                          has_ema=any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema')))
+
+
+def read_state_dict(path: str, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], CheckpointInfo]:
+    """The weights of a checkpoint file, read as timm reads them (``timm.models.load_state_dict``).
+
+    Args:
+        path: a ``.safetensors`` file or a ``torch.save`` file (a state dict, or a dict with
+            ``state_dict`` / ``state_dict_ema`` / ``model`` as timm's saver writes).
+        use_ema: take the EMA weights; refused when the file has none.
+
+    Returns:
+        (state dict with wrapper prefixes removed, what the file says about itself).
+
+    Raises:
+        InputError: unreadable or unsafe file, missing EMA weights, or no tensors where weights belong.
+    """
+    from timm.models import load_state_dict
+    info = read_checkpoint_info(path)  # first: refuses unsafe or damaged files with a clear message
+    if use_ema and not info.has_ema:
+        if path.endswith('.safetensors'):
+            raise InputError(f'--use-ema: {path} is a .safetensors file holding one set of weights; pass the '
+                             f'.pth.tar checkpoint that holds state_dict_ema.')
+        raise InputError(f'--use-ema: {path} holds no EMA weights (state_dict_ema); train with --model-ema or drop '
+                         f'--use-ema.')
+    try:
+        state_dict = load_state_dict(path, use_ema=use_ema, device='cpu', weights_only=True)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+    if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise InputError(f'{path} does not look like a timm checkpoint: no state_dict / model entry of tensors.')
+    return state_dict, info
+
+
+def create_model_from_args(name: str, train_args: Dict[str, Any], num_classes: Optional[int]) -> nn.Module:
+    """``timm.create_model(name)`` (random weights) with the model options of a run's ``args.yaml``.
+
+    Raises:
+        InputError: naming the options timm could not build the model with.
+    """
+    import timm
+    kwargs = dict(num_classes=num_classes if num_classes is not None else train_args.get('num_classes'),
+                  in_chans=train_args.get('in_chans'), global_pool=train_args.get('gp'),
+                  bn_eps=train_args.get('bn_eps'), bn_momentum=train_args.get('bn_momentum'))
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.update(train_args.get('model_kwargs') or {})
+    if 'in_chans' not in kwargs and train_args.get('input_size'):
+        kwargs['in_chans'] = int(train_args['input_size'][0])
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as e:
+        raise InputError(f'could not create --model {name} with {kwargs}: {type(e).__name__}: {e}') from None
+
+
+def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: str, name: str) -> None:
+    """Load ``state_dict`` strictly; ``InputError`` naming the model and classes when it does not fit."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        details = ' '.join(line.strip() for line in lines[1:4])
+        raise InputError(f'{path} does not fit --model {name} with {model.num_classes} classes: {details} '
+                         f'(set --model / --num-classes to those of the training run).') from None
+
+
+def data_config_from_args(train_args: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The preprocessing of a run's ``args.yaml`` (``DATA_CONFIG_KEYS``), with non-None ``overrides`` on top."""
+    config = {k: train_args.get(k) for k in DATA_CONFIG_KEYS}
+    config.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return {k: v for k, v in config.items() if v not in (None, '')}
 
 
 def _classes_in(state_dict: Dict[str, Any], architecture: str) -> Optional[int]:
@@ -77,51 +239,71 @@ def _classes_in(state_dict: Dict[str, Any], architecture: str) -> Optional[int]:
     return int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else None
 
 
-def load_model(source: str, model_name: Optional[str] = None, num_classes: Optional[int] = None) -> LoadedModel:
-    """Build the timm model of ``source`` and load its weights (strictly).
+def check_source(source: str) -> None:
+    """Cheap check that ``source`` can be a model source; raise ``InputError`` naming it otherwise."""
+    if is_hub_name(source):
+        if source.startswith(LOCAL_DIR) and not os.path.isfile(os.path.join(source[len(LOCAL_DIR):], 'config.json')):
+            raise InputError(f'{source}: no config.json in that folder; expected a folder in timm\'s Hub format '
+                             f'(config.json + model.safetensors, e.g. written by `timm-stim export`).')
+        return
+    if os.path.isdir(source):
+        raise InputError(f'{source} is a folder; pass it as local-dir:{source} if it is in timm\'s Hub format, or '
+                         f'pass a checkpoint file inside it.')
+    if not os.path.isfile(source):
+        raise InputError(f'checkpoint {source!r} does not exist.')
+    if not source.endswith(CHECKPOINT_EXTS):
+        raise InputError(f'checkpoint {source!r}: expected a {", ".join(CHECKPOINT_EXTS)} file, or '
+                         f'hf-hub:USER/REPO / local-dir:DIR.')
+
+
+def load_model(source: str, model_name: Optional[str] = None, num_classes: Optional[int] = None, *,
+               use_ema: bool = False) -> LoadedModel:
+    """Build the timm model of ``source`` and load its weights (strictly, and safely).
 
     Args:
         source: a checkpoint file, ``hf-hub:USER/REPO`` or ``local-dir:DIR``.
         model_name: timm architecture of a checkpoint file (default: ``model`` of the
-            ``args.yaml`` beside it). Ignored for Hub sources, which name their architecture.
-        num_classes: classes of the checkpoint (default: the rows of its classifier weight).
+            ``args.yaml`` beside it). For Hub sources it must match the one they name.
+        num_classes: classes of the checkpoint (default: the rows of its classifier weight, else args.yaml).
+        use_ema: take a checkpoint file's EMA weights.
 
     Returns:
         A ``LoadedModel`` with the model in eval mode on the CPU.
 
     Raises:
-        InputError: the source is missing or unreadable, or does not fit the model / classes.
+        InputError: the source is missing, unreadable or unsafe, or does not fit the model / classes.
     """
     import timm
     check_source(source)
-    if is_hub_source(source):
+    if is_hub_name(source):
+        if use_ema:
+            raise InputError(f'--use-ema: {source} is in timm\'s Hub format, which holds one set of weights.')
         try:
             model = timm.create_model(source, pretrained=True)
         except Exception as e:
             raise InputError(f'timm cannot load {source}: {type(e).__name__}: {e}') from None
+        architecture = model.pretrained_cfg.get('architecture') or model_name or ''
+        if model_name and model_name != architecture:
+            raise InputError(f'--model {model_name} but {source} holds a {architecture}; drop --model.')
         if num_classes is not None and num_classes != model.num_classes:
             raise InputError(f'--num-classes {num_classes} but {source} has {model.num_classes} classes; '
                              f'drop --num-classes.')
-        architecture = model.pretrained_cfg.get('architecture') or model_name or ''
         keys = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
         data_config = {k: model.pretrained_cfg[k] for k in keys if model.pretrained_cfg.get(k) is not None}
         return LoadedModel(model.eval(), source, architecture, {}, data_config)
 
-    train_args = hub._load_yaml(os.path.join(os.path.dirname(os.path.abspath(source)), hub.ARGS_FILE)) or {}
+    train_args = read_train_args(os.path.dirname(os.path.abspath(source)))
     name = model_name or train_args.get('model')
     if not name:
-        raise InputError(f'--model is required: {source} has no {hub.ARGS_FILE} beside it to read the '
+        raise InputError(f'--model is required: {source} has no {ARGS_FILE} beside it to read the '
                          f'architecture from.')
-    try:
-        hub._check_model_name(name)
-        state_dict, _, _ = hub._read_checkpoint(source, use_ema=False)
-        if num_classes is None:
-            num_classes = _classes_in(state_dict, name)
-        model = hub._create_model(name, train_args, num_classes)
-        hub._load_into(model, state_dict, source, name)
-    except hub.PushInputError as e:
-        raise InputError(str(e)) from None
-    return LoadedModel(model.eval(), source, name, train_args, hub._data_config(train_args, {}))
+    check_model_name(name)
+    state_dict, info = read_state_dict(source, use_ema=use_ema)
+    if num_classes is None:  # the checkpoint's own classifier says best (args.yaml may be of another run)
+        num_classes = _classes_in(state_dict, name)
+    model = create_model_from_args(name, train_args, num_classes)
+    load_weights(model, state_dict, source, name)
+    return LoadedModel(model.eval(), source, name, train_args, data_config_from_args(train_args), info, use_ema)
 
 
 def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str], title: str) -> None:

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 
 from .adapters import identity
-from .checkpoints import InputError, copy_train_options, load_model
+from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_model
+from .errors import CommandFailed, InputError, command_main
 from .stimulator import Stimulator, attach, get_stimulator
 from .subnet import Subnet
 
@@ -46,7 +47,7 @@ EXPORT_FAMILIES = {
 }
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(CommandFailed):
     """The exported model does not compute what the subnetwork computes (nothing is written)."""
 
 
@@ -142,9 +143,10 @@ def export_subnet(model: nn.Module, subnet_or_depths: Union[Subnet, Sequence[int
             stim.check_subnet(subnet)
         except ValueError as e:
             raise InputError(str(e)) from None
+        stages = stim.adapter.stages(stim.model)
         for s, dropped in enumerate(subnet.dropped(stim.stage_depths)):
             for b in dropped:
-                if stim._skip[s][b] is not identity:
+                if stim.adapter.skip_function(stim.model, s, b, stages[s][b]) is not identity:
                     raise InputError(
                         f'block {b} of stage {s} ends in an activation that is not the identity on its input, so '
                         f'a model without the block computes something else than the subnetwork; it cannot be '
@@ -161,7 +163,7 @@ def export_subnet(model: nn.Module, subnet_or_depths: Union[Subnet, Sequence[int
         names = {id(m): n for n, m in model.named_modules()}
         small_names = {id(m): n for n, m in small.named_modules()}
         rename: Dict[str, Optional[str]] = {}  # block prefix in the original -> in the small model (None: dropped)
-        for s, blocks in enumerate(stim._stages):
+        for s, blocks in enumerate(stages):
             kept = subnet.blocks[s]
             for b, block in enumerate(blocks):
                 rename[names[id(block)] + '.'] = (small_names[id(small_stages[s][kept.index(b)])] + '.'
@@ -237,21 +239,22 @@ def _check_out_dir(out_dir: str) -> None:
                          f'remove it.')
 
 
-def _model_card(repo_id: str, exported: nn.Module, architecture: str, data_config: Dict[str, Any],
-                model_config: Dict[str, Any], source: str, depths: Subnet, original_depths: Sequence[int]) -> str:
-    """timm_stim.hub's model card, plus a section saying which subnetwork this is."""
-    from .hub import build_model_card
-    card = build_model_card(
-        repo_id, architecture=architecture, num_classes=int(exported.num_classes), pretrained_cfg=data_config,
+def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_config: Dict[str, Any],
+                model_config: Dict[str, Any], subnet: Subnet, original_depths: Sequence[int]):
+    """The model card of an exported subnetwork: ``timm_stim.modelcard``'s, with an "Exported subnetwork" section."""
+    from .modelcard import base_model_of, build_model_card
+    source = loaded.source
+    section = (f'This model is a subnetwork of a `{loaded.architecture}` with stage depths '
+               f'{", ".join(map(str, original_depths))}, exported by `timm-stim export`: it keeps blocks '
+               f'`{";".join(",".join(map(str, s)) for s in subnet.blocks)}` of the stages (depths '
+               f'{", ".join(map(str, subnet.depths))}, `model_args.layers` in config.json). Its logits equal those '
+               f'of the same subnetwork of the original model.')
+    return build_model_card(
+        repo_id, architecture=loaded.architecture, num_classes=int(exported.num_classes), pretrained_cfg=data_config,
         published=f'subnetwork of `{os.path.basename(source)}`',
-        num_params=sum(p.numel() for p in exported.parameters()), label_names=model_config.get('label_names'))
-    text = str(card)
-    section = (f'## Exported subnetwork\n\nThis model is a subnetwork of a `{architecture}` with stage '
-               f'depths {", ".join(map(str, original_depths))}, exported by `python -m timm_stim export`: it keeps '
-               f'blocks `{";".join(",".join(map(str, s)) for s in depths.blocks)}` of the stages (depths '
-               f'{", ".join(map(str, depths.depths))}, `model_args.layers` in config.json). Its logits equal those '
-               f'of the same subnetwork of the original model.\n\n')
-    return text.replace('## Citation', section + '## Citation', 1)
+        base_model=hub_repo_of(source) or base_model_of(loaded.train_args),
+        num_params=sum(p.numel() for p in exported.parameters()), label_names=model_config.get('label_names'),
+        sections={'Exported subnetwork': section})
 
 
 def create_export_parser() -> argparse.ArgumentParser:
@@ -272,7 +275,8 @@ def create_export_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', required=True, metavar='DIR', help='new folder for the exported model')
     copy_train_options(parser, ('--num-classes', '--input-size', '--mean', '--std', '--crop-pct'),
                        'Model and preprocessing (as in train_stim.py; default: from the checkpoint)')
-    copy_train_options(parser, ('--push-to-hub', '--hub-private', '--hub-revision'),
+    copy_train_options(parser, ('--push-to-hub', '--hub-private', '--hub-revision', '--hub-create-pr',
+                                '--hub-replace-card'),
                        'Publishing to the Hugging Face Hub (as in train_stim.py; token from HF_TOKEN or hf auth login)')
     return parser
 
@@ -280,11 +284,11 @@ def create_export_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> str:
     """Everything ``main`` does after parsing; return the output folder."""
     from timm.data import resolve_data_config
-    from .hub import HubPushError, check_repo_id, push_folder
+    from .hub import HubPushError, PushRequest, check_push_options, push
     if args.push_to_hub:
         try:
-            check_repo_id(args.push_to_hub)
-        except ValueError as e:
+            check_push_options(args.push_to_hub, args.hub_revision, args.hub_create_pr)
+        except InputError as e:
             raise InputError(f'--push-to-hub: {e}') from None
     _check_out_dir(args.out)
     loaded = load_model(args.checkpoint, args.model, args.num_classes)
@@ -302,14 +306,14 @@ def run(args: argparse.Namespace) -> str:
     diff = max_logit_diff(model, exported, subnet, data_config['input_size'])
     if diff != 0.0:
         raise ExportMismatchError(f'the exported model\'s logits differ from the subnetwork\'s by up to {diff:g}; '
-                           f'nothing was written.')
+                                  f'nothing was written.')
     model_config = {}
     if model.pretrained_cfg.get('label_names'):
         model_config['label_names'] = model.pretrained_cfg['label_names']
     card = None
     if args.push_to_hub:
-        card = _model_card(args.push_to_hub, exported, loaded.architecture, data_config, model_config,
-                           args.checkpoint, subnet, stim.stage_depths)
+        card = _model_card(args.push_to_hub, exported, loaded, data_config, model_config, subnet,
+                           stim.stage_depths)
     save_exported(exported, args.out, data_config=data_config, model_config=model_config, model_card=card)
     params = sum(p.numel() for p in exported.parameters()) / 1e6
     print(f'Exported blocks {";".join(",".join(map(str, s)) for s in subnet.blocks)} (depths '
@@ -319,30 +323,29 @@ def run(args: argparse.Namespace) -> str:
     print(f'Load it with: timm.create_model("local-dir:{os.path.abspath(args.out)}", pretrained=True)')
     if args.push_to_hub:
         try:
-            url = push_folder(args.out, args.push_to_hub, private=args.hub_private, revision=args.hub_revision,
-                              commit_message='Upload subnetwork exported with timm-stim')
+            url = push(PushRequest(args.out, args.push_to_hub, private=args.hub_private, revision=args.hub_revision,
+                                   create_pr=args.hub_create_pr, replace_card=args.hub_replace_card,
+                                   commit_message='Upload subnetwork exported with timm-stim'))
         except HubPushError as e:
-            raise HubPushError(f'{e} The exported model is saved in {args.out}.', repo_id=args.push_to_hub,
-                               retry_command=f'python -m timm_stim push {args.out} {args.push_to_hub}') from None
+            e.saved_in = args.out
+            raise
+        except InputError as e:  # the folder is written: what remains is a failed publication
+            raise HubPushError(str(e), repo_id=args.push_to_hub, saved_in=args.out) from None
         print(f'Published to {url}')
     return args.out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m timm_stim export``: 0 done, 2 bad input (nothing written), 1 the Hub push failed."""
-    from .hub import HubPushError
-    args = create_export_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def _export_command(argv: Sequence[str]) -> str:
+    args = create_export_parser().parse_args(argv)
     try:
-        run(args)
+        return run(args)
     except InputError as e:
-        print(f'error: {e}\nNothing was written.', file=sys.stderr)
-        return 2
-    except HubPushError as e:
-        print(e.report().replace('No local file was changed.\n', ''), file=sys.stderr)
-        return 1
-    except ExportMismatchError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        raise InputError(f'{e}\nNothing was written.') from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``timm-stim export``: 0 done; exits 2 on bad input (nothing written), 1 when the check or the Hub push failed."""
+    command_main(_export_command, argv)
     return 0
 
 

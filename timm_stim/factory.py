@@ -1,10 +1,10 @@
 """``timm_stim.create_model``: ``timm.create_model`` plus ``attach``."""
-import difflib
 from typing import Any
 
 import timm
 import torch.nn as nn
 
+from .errors import check_model_name
 from .spaces import SpaceSpec
 from .stimulator import BN_MODES, MODES, attach
 
@@ -30,10 +30,7 @@ def create_model(
         The timm model itself (same class, same state_dict keys); its ``Stimulator`` is
         ``timm_stim.get_stimulator(model)``.
     """
-    if not timm.is_model(model_name) and not model_name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
-        hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise ValueError(f'Unknown timm model {model_name!r}.{hint}')
+    check_model_name(model_name, option='model_name')
     # Cheap checks first so a bad setting fails before the model is built.
     if stim_mode not in MODES:
         raise ValueError(f'Invalid stim_mode {stim_mode!r}: expected one of {MODES}.')

@@ -33,7 +33,8 @@ def stim_kl(
 
     ``T^2 * KL(softmax(t / T) || softmax(u / T))`` with batch-mean reduction, where ``t`` and
     ``u`` are the teacher and student logits, both KL- normalized when ``normalize``. Computed
-    in float32 whatever the input dtype, so it is stable under autocast.
+    in at least float32 (float16 / bfloat16 logits are upcast, so it is stable under autocast;
+    float64 logits stay float64).
 
     The teacher is NOT detached here: pass ``teacher_logits.detach()`` to keep gradients out
     of the teacher, as Stimulative Training does (``StimulativeTask`` does so).
@@ -53,8 +54,10 @@ def stim_kl(
                          f'{tuple(teacher_logits.shape)} must have the same shape.')
     if temperature <= 0:
         raise ValueError(f'stim_kl: temperature must be > 0, got {temperature}.')
-    student = student_logits.float()
-    teacher = teacher_logits.float()
+    # At least float32 (stable under autocast); float64 inputs stay float64.
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    student = student_logits.to(dtype)
+    teacher = teacher_logits.to(dtype)
     if normalize:
         student = logit_norm(student, amplitude)
         teacher = logit_norm(teacher, amplitude)

@@ -811,7 +811,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
             results, key=lambda x: x.get('validation', x.get('train')).get(eval_metric, 0), reverse=decreasing_metric)
         print(f'--result\n{json.dumps(display_results[-10:], indent=4)}')
 
-    hub_url = None if interrupted else stim.after_training(output_dir, dataset_train, interrupted=False)
+    hub_url = stim.after_training(output_dir, dataset_train, interrupted=interrupted)
     return {'best_metric': best_metric, 'best_epoch': best_epoch, 'output_dir': output_dir, 'epochs': results,
             'hub_url': hub_url, 'interrupted': interrupted}
 

@@ -115,11 +115,11 @@ def check_args(args) -> None:
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
     if args.push_to_hub is not None:
-        from .hub import check_repo_id
+        from .hub import check_push_options
         try:
-            check_repo_id(args.push_to_hub)
-        except ValueError as e:
-            raise InputError(f'--push-to-hub: {e}') from None
+            check_push_options(args.push_to_hub, args.hub_revision, args.hub_create_pr)
+        except InputError as e:
+            raise InputError(f'--push-to-hub {args.push_to_hub}: {e}') from None
         if args.hub_which == 'ema' and not args.model_ema:
             raise InputError('--hub-which ema publishes the EMA weights, but --model-ema is off: add --model-ema '
                              'or use --hub-which best / last.')
