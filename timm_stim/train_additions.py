@@ -119,7 +119,7 @@ def check_args(args) -> None:
         try:
             check_push_options(args.push_to_hub, args.hub_revision, args.hub_create_pr)
         except InputError as e:
-            raise InputError(f'--push-to-hub {args.push_to_hub}: {e}') from None
+            raise InputError(f'--push-to-hub: {e}') from None
         if args.hub_which == 'ema' and not args.model_ema:
             raise InputError('--hub-which ema publishes the EMA weights, but --model-ema is off: add --model-ema '
                              'or use --hub-which best / last.')
