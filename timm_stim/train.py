@@ -161,16 +161,24 @@ def create_train_criterion(args, mixup_active: bool) -> nn.Module:
         jsd_splits=args.aug_splits if args.jsd_loss else 0)
 
 
-def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torch.device):
-    """A ``StimulativeTask`` when ``--stim-subnets > 0``, else timm's own task for the options."""
+def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torch.device,
+                      data_config: Optional[Dict[str, Any]] = None):
+    """A ``StimulativeTask`` when ``--stim-subnets > 0``, else timm's own task for the options.
+
+    ``data_config`` (timm's resolved data config; resolved from ``args`` and the model when None)
+    gives the mean / std that ``--stim-resize official`` normalizes subnetwork inputs with.
+    """
     if args.stim_subnets > 0:
+        data_config = data_config or resolve_data_config(vars(args), model=model, verbose=False)
         return StimulativeTask(
             model, criterion,
             num_subnets=args.stim_subnets,
             min_scale=args.stim_min_scale, max_scale=args.stim_max_scale,
+            resize=args.stim_resize, antialias=args.stim_antialias,
+            input_mean=tuple(data_config['mean']), input_std=tuple(data_config['std']),
             kl_weight=args.stim_weight, normalize=args.stim_norm, amplitude=args.stim_amplitude,
             temperature=args.stim_temperature, start_epoch=args.stim_start_epoch,
-            weight_sched=args.stim_weight_sched,
+            weight_sched=args.stim_weight_sched, weight_sched_step=args.stim_weight_sched_step,
             seed=args.seed,  # not rank dependent: every rank draws the same subnets and sizes
             device=device, verbose=utils.is_primary(args),
         )
@@ -886,8 +894,9 @@ def apply_stim_transforms(loader, args, data_config) -> None:
     if not args.lighting_std and not args.uniform_augment:
         return
     from .transforms import add_stim_transforms
-    add_stim_transforms(loader, lighting_std=args.lighting_std, uniform_augment=args.uniform_augment,
-                        uniform_augment_ops=args.uniform_augment_ops, mean=data_config['mean'],
+    add_stim_transforms(loader, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
+                        uniform_augment=args.uniform_augment, uniform_augment_ops=args.uniform_augment_ops,
+                        uniform_augment_variant=args.uniform_augment_variant, mean=data_config['mean'],
                         std=data_config['std'])
 
 
