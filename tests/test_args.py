@@ -156,6 +156,8 @@ def test_stim_defaults_are_plain_timm():
     assert (args.stim_min_scale, args.stim_max_scale) == (1.0, 1.0)  # subnetworks see full-size inputs
     assert (args.stim_start_epoch, args.stim_bn_recal) == (0, 0)
     assert (args.lighting_std, args.uniform_augment, args.uniform_augment_ops) == (0.0, False, 2)
+    assert (args.lighting_mode, args.uniform_augment_variant) == ('tensor', 'trivialaugment')
+    assert (args.stim_resize, args.stim_antialias, args.stim_weight_sched_step) == ('independent', None, 'batch')
     assert (args.push_to_hub, args.hub_private, args.hub_revision, args.hub_which) == (None, False, None, 'best')
 
 
@@ -175,8 +177,18 @@ def test_stim_options_parse():
     assert (args.push_to_hub, args.hub_private, args.hub_revision, args.hub_which) == ('me/repo', True, 'dev', 'ema')
 
 
+def test_reproduction_options_parse():
+    args, _ = parse_args(['--stim-resize', 'official', '--no-stim-antialias', '--stim-weight-sched-step', 'epoch',
+                          '--lighting-mode', 'pil-uint8', '--uniform-augment-variant', 'lim2020'])
+    assert (args.stim_resize, args.stim_antialias, args.stim_weight_sched_step) == ('official', False, 'epoch')
+    assert (args.lighting_mode, args.uniform_augment_variant) == ('pil-uint8', 'lim2020')
+    assert parse_args(['--stim-antialias'])[0].stim_antialias is True
+
+
 @pytest.mark.parametrize('argv', [['--stim-mode', 'blocks'], ['--stim-norm', 'yes'], ['--stim-subnets', '1.5'],
-                                  ['--hub-which', 'first'], ['--stim-weight-sched', 'cos']])
+                                  ['--hub-which', 'first'], ['--stim-weight-sched', 'cos'],
+                                  ['--stim-resize', 'compound'], ['--stim-weight-sched-step', 'update'],
+                                  ['--lighting-mode', 'official'], ['--uniform-augment-variant', 'ta']])
 def test_stim_bad_values_refused(argv):
     with pytest.raises(SystemExit) as info:
         parse_args(argv)

@@ -1,7 +1,6 @@
 """train_stim.py end to end on the embedded digits (CPU, tiny runs)."""
 import csv
 import math
-import glob
 import os
 import subprocess
 import sys
@@ -100,20 +99,6 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
     for a, b in zip(full['epochs'][1:], resumed['epochs']):
         assert a['train'] == pytest.approx(b['train'], rel=1e-5)
         assert a['validation'] == pytest.approx(b['validation'], rel=1e-5)
-
-
-RECIPES = sorted(glob.glob(os.path.join(ROOT, 'hparams', '*.yaml')))
-
-
-@pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.basename(r) for r in RECIPES])
-def test_every_recipe_runs(tmp_path, recipe):
-    # The recipe's own settings, with data, size, length and hardware overridden.
-    overrides = ['-c', recipe, '--dataset', 'embedded/digits', '--data-dir', '', '--num-classes', '10',
-                 '--input-size', '3', '16', '16', '--train-img-sizes', '16', '-b', '16', '--epochs', '1',
-                 '--train-batches-per-epoch', '2', '--workers', '0', '--device', 'cpu', '--no-prefetcher',
-                 '--output', str(tmp_path), '--experiment', 'r', '--stim-bn-recal', '32']
-    result = main(overrides)
-    assert os.path.exists(os.path.join(result['output_dir'], 'model_best.pth.tar'))
 
 
 def test_command_line_entry_point(tmp_path):

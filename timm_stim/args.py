@@ -480,11 +480,21 @@ def add_stim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument('--stim-weight-sched', type=str, default='const', choices=('const', 'cos-up', 'cos-down'),
                        help='KL weight over training: constant, cosine up from 0 or cosine down to 0 '
                             '(official kl_cos / kl_rcos) (default: const)')
+    group.add_argument('--stim-weight-sched-step', type=str, default='batch', choices=('batch', 'epoch'),
+                       help='move the KL weight schedule every batch, or once per epoch as the official code '
+                            '(default: batch)')
     # Scales < 1 feed subnetworks random smaller inputs (ST++); both 1.0 keeps the full size.
     group.add_argument('--stim-min-scale', type=float, default=1.0, metavar='F',
                        help='smallest subnetwork input side as a fraction of the training size (ST++: 0.43)')
     group.add_argument('--stim-max-scale', type=float, default=1.0, metavar='F',
                        help='largest subnetwork input side as a fraction of the training size (ST++: 1)')
+    group.add_argument('--stim-resize', type=str, default='independent', choices=('independent', 'official'),
+                       help='how smaller subnetwork inputs are made: independent (each subnetwork resizes the '
+                            'original batch) or official (each resizes the previous subnetwork\'s input and '
+                            'normalizes it again with --mean/--std, as the authors\' code) (default: independent)')
+    group.add_argument('--stim-antialias', action=argparse.BooleanOptionalAction, default=None,
+                       help='antialiased resizing of smaller subnetwork inputs (default: on for --stim-resize '
+                            'independent, off for official, as the official runs)')
     group.add_argument('--stim-start-epoch', type=int, default=0, metavar='E',
                        help='first epoch that trains subnetworks (default: 0)')
     group.add_argument('--stim-bn', type=str, default='freeze', choices=('freeze', 'update'),
@@ -508,10 +518,19 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group('Extra train transforms (timm_stim)')
     group.add_argument('--lighting-std', type=float, default=0.0, metavar='STD',
                        help='alphastd of AlexNet PCA lighting noise; 0 => off (official ImageNet recipe: 0.1)')
+    group.add_argument('--lighting-mode', type=str, default='tensor', choices=('tensor', 'pil-uint8'),
+                       help='tensor: PCA noise on the [0, 1] image after ToTensor (fb.resnet.torch); pil-uint8: as '
+                            'the ST authors\' code, on the uint8 image before ToTensor, truncated, which moves '
+                            'each channel by 0 or -1 level (default: tensor)')
     group.add_argument('--uniform-augment', action='store_true', default=False,
-                       help='apply UniformAugment to the training images')
+                       help='apply UniformAugment to the training images (see --uniform-augment-variant)')
     group.add_argument('--uniform-augment-ops', type=int, default=2, metavar='N',
                        help='UniformAugment operations per image (default: 2)')
+    group.add_argument('--uniform-augment-variant', type=str, default='trivialaugment',
+                       choices=('trivialaugment', 'lim2020'),
+                       help='trivialaugment: the TrivialAugment code\'s UniAugment (fixed_standard space, after '
+                            'color jitter), as the ST authors ran it; lim2020: Lim et al.\'s op list (invert, '
+                            'translate up to 0.45), after crop and flip (default: trivialaugment)')
     return parser
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask, TrainingTask
 
 from .losses import logit_norm, stim_kl
@@ -18,12 +19,15 @@ from .subnet import Subnet
 __all__ = [
     'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class', 'NORMALIZE_CHOICES', 'WEIGHT_SCHEDULES',
     'kl_weight_at', 'sample_input_size', 'round_to_multiple', 'resize_batch', 'NormalizedLogitsLoss',
+    'RESIZE_MODES', 'WEIGHT_SCHED_STEPS', 'renormalize_batch',
 ]
 
 _logger = logging.getLogger(__name__)
 
 NORMALIZE_CHOICES = ('none', 'kl', 'all')
 WEIGHT_SCHEDULES = ('const', 'cos-up', 'cos-down')
+RESIZE_MODES = ('independent', 'official')
+WEIGHT_SCHED_STEPS = ('batch', 'epoch')
 
 
 def kl_weight_at(base: float, schedule: str, progress: float) -> float:
@@ -88,15 +92,60 @@ def round_to_multiple(size: Sequence[int], multiple: int) -> Tuple[int, ...]:
     return tuple(max(multiple, s - s % multiple) for s in size)
 
 
-def resize_batch(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of an already normalized batch (no second normalization)."""
+def resize_batch(x: torch.Tensor, size: Tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of an already normalized batch (no second normalization).
+
+    Args:
+        x: (B, C, H, W) batch.
+        size: (height, width) to resize to; ``x`` itself is returned when it already has it.
+        antialias: low-pass filter when shrinking (torch's ``antialias=True``). Without it a
+            bilinear shrink below half size samples only some input pixels (aliasing); the
+            official runs had none (torchvision < 0.17 resized tensors without antialias).
+
+    Returns:
+        The resized batch, in ``x``'s memory format.
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    out = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
+    out = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=antialias)
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+def renormalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel: the official small-input branch's second normalization.
+
+    The official code applies torchvision's ``Normalize`` (built for [0, 1] images) to the
+    already normalized, resized batch, in the same arithmetic as here (subtract, then divide).
+
+    Args:
+        x: (B, C, H, W) batch.
+        mean, std: one value per channel (the dataset's normalization).
+
+    Returns:
+        A new tensor.
+    """
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub(mean_t).div(std_t)
+
+
+def _check_resize_options(resize, antialias, input_mean, input_std, weight_sched_step) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f'resize={resize!r}: expected one of {RESIZE_MODES}.')
+    if antialias not in (None, True, False):
+        raise ValueError(f'antialias={antialias!r}: expected True, False or None (None: on for independent, '
+                         f'off for official).')
+    for name, values in (('input_mean', input_mean), ('input_std', input_std)):
+        if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, (int, float)) for v in values):
+            raise ValueError(f'{name}={values!r}: expected one number per input channel.')
+    if len(input_mean) != len(input_std) or not all(v > 0 for v in input_std):
+        raise ValueError(f'input_mean={input_mean!r}, input_std={input_std!r}: expected as many means as stds, '
+                         f'every std > 0.')
+    if weight_sched_step not in WEIGHT_SCHED_STEPS:
+        raise ValueError(f'weight_sched_step={weight_sched_step!r}: expected one of {WEIGHT_SCHED_STEPS}.')
 
 
 class NormalizedLogitsLoss(nn.Module):
@@ -133,7 +182,8 @@ def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude,
 
 
 _STIM_OPTIONS = ('num_subnets', 'stimulator', 'space', 'mode', 'bn', 'min_scale', 'max_scale', 'kl_weight',
-                 'weight_sched', 'normalize', 'amplitude', 'temperature', 'start_epoch', 'seed')
+                 'weight_sched', 'weight_sched_step', 'resize', 'antialias', 'input_mean', 'input_std', 'normalize',
+                 'amplitude', 'temperature', 'start_epoch', 'seed')
 
 
 class StimulativeMixin:
@@ -167,6 +217,18 @@ class StimulativeMixin:
             (ST++: 0.43, 1.0).
         kl_weight: weight of each subnetwork's KL term (total KL weight is K * kl_weight).
         weight_sched: 'const', 'cos-up' or 'cos-down' over training (see ``kl_weight_at``).
+        weight_sched_step: 'batch' (the schedule moves every batch) or 'epoch' (it moves once
+            per epoch, as the official ``kl_cos`` / ``kl_rcos``).
+        resize: how smaller subnetwork inputs are made (only when ``min_scale`` or
+            ``max_scale`` < 1). 'independent': each subnetwork resizes the original batch.
+            'official': as the authors' loop, each subnetwork resizes the previous
+            subnetwork's input (the first one the original batch) and normalizes the result
+            again with ``input_mean`` / ``input_std``.
+        antialias: antialiased resizing; None means on for 'independent' (a smaller input that
+            looks like a smaller photo, not an aliased one) and off for 'official' (as the
+            official runs).
+        input_mean, input_std: the dataset normalization, used by ``resize='official'``
+            (default: ImageNet's, as the official code).
         normalize: 'none' (plain KL), 'kl' (KL-), 'all' (KL-, and the task criterion sees the
             normalized logits as in the official ST++ code).
         amplitude: KL- amplitude.
@@ -196,6 +258,11 @@ class StimulativeMixin:
             max_scale: float = 1.0,
             kl_weight: float = 1.0,
             weight_sched: str = 'const',
+            weight_sched_step: str = 'batch',
+            resize: str = 'independent',
+            antialias: Optional[bool] = None,
+            input_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            input_std: Sequence[float] = IMAGENET_DEFAULT_STD,
             normalize: str = 'none',
             amplitude: float = 1.0,
             temperature: float = 1.0,
@@ -205,6 +272,7 @@ class StimulativeMixin:
         # Validate everything before anything is built or attached (a teacher can be expensive).
         _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
                             weight_sched, start_epoch)
+        _check_resize_options(resize, antialias, input_mean, input_std, weight_sched_step)
         model = base_kwargs.get('model', base_kwargs.get('student_model', base_args[0] if base_args else None))
         if not isinstance(model, nn.Module):
             raise ValueError('StimulativeMixin: the base task\'s first argument must be the model to train.')
@@ -231,6 +299,11 @@ class StimulativeMixin:
         self.max_scale = float(max_scale)
         self.base_kl_weight = float(kl_weight)
         self.weight_sched = weight_sched
+        self.weight_sched_step = weight_sched_step
+        self.resize = resize
+        self.antialias = (resize == 'independent') if antialias is None else bool(antialias)
+        self.input_mean = tuple(float(v) for v in input_mean)
+        self.input_std = tuple(float(v) for v in input_std)
         self.kl_weight = float(kl_weight) if weight_sched == 'const' else kl_weight_at(kl_weight, weight_sched, 0.0)
         self.normalize = normalize
         self.amplitude = float(amplitude)
@@ -255,7 +328,8 @@ class StimulativeMixin:
     def set_progress(self, epoch: int, batch_idx: int = 0) -> None:
         """Tell the task which batch of which epoch comes next (KL weight schedule, start epoch)."""
         self.epoch = int(epoch)
-        progress = (epoch + batch_idx / self._batches_per_epoch) / self._epochs
+        within_epoch = 0.0 if self.weight_sched_step == 'epoch' else batch_idx / self._batches_per_epoch
+        progress = (epoch + within_epoch) / self._epochs
         self.kl_weight = kl_weight_at(self.base_kl_weight, self.weight_sched, progress)
 
     def set_epoch(self, epoch: int) -> None:
@@ -309,6 +383,20 @@ class StimulativeMixin:
         else:
             loss.backward()
 
+    def subnet_input(self, input: torch.Tensor, previous: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """A subnetwork's input of ``size``: ``input`` resized, or (official) ``previous`` resized and re-normalized.
+
+        Args:
+            input: the full network's (normalized) input batch.
+            previous: the previous subnetwork's input in this step (``input`` for the first).
+            size: (height, width) drawn for this subnetwork.
+        """
+        if self.min_scale == 1.0 and self.max_scale == 1.0:
+            return input  # small inputs off: every subnetwork sees the full network's input (official too)
+        if self.resize == 'independent':
+            return resize_batch(input, size, self.antialias)
+        return renormalize_batch(resize_batch(previous, size, self.antialias), self.input_mean, self.input_std)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The base task's result; its ``loss`` back-propagates the subnetwork terms too.
 
@@ -352,9 +440,11 @@ class StimulativeMixin:
         """The subnetwork forward and backward passes; returns the mean KL term (detached)."""
         model = self.stimulator.model
         kl_total = torch.zeros((), device=teacher.device)
+        subnet_input = input  # resize='official': each subnetwork resizes the previous one's input
         for subnet, size in plan:
             with self.stimulator.activate(subnet):
-                student = model(resize_batch(input, size))
+                subnet_input = self.subnet_input(input, subnet_input, size)
+                student = model(subnet_input)
                 kl = stim_kl(student, teacher, self.temperature, self.normalize != 'none', self.amplitude)
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
                 self._backward_now(grad * (self.kl_weight * kl))

@@ -627,7 +627,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
     train_loss_fn = create_train_criterion(args, mixup_active, num_aug_splits).to(device=device)
     validate_loss_fn = nn.CrossEntropyLoss().to(device=device)
 
-    task = stim.create_task(model, train_loss_fn, device)
+    task = stim.create_task(model, train_loss_fn, device, data_config)
     if task is None:
         task = ClassificationTask(model=model, criterion=train_loss_fn, device=device, dtype=model_dtype,
                                   verbose=utils.is_primary(args))

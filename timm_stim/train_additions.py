@@ -360,8 +360,9 @@ class TrainAdditions:
         args = self.args
         if args.lighting_std or args.uniform_augment:
             from .transforms import add_stim_transforms
-            add_stim_transforms(loader, lighting_std=args.lighting_std, uniform_augment=args.uniform_augment,
-                                uniform_augment_ops=args.uniform_augment_ops, mean=data_config['mean'],
+            add_stim_transforms(loader, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
+                                uniform_augment=args.uniform_augment, uniform_augment_ops=args.uniform_augment_ops,
+                                uniform_augment_variant=args.uniform_augment_variant, mean=data_config['mean'],
                                 std=data_config['std'])
         if not self.per_sample:
             return
@@ -390,8 +391,13 @@ class TrainAdditions:
                              f'--train-batch-sizes the epoch cannot be continued exactly. Resume from the last epoch '
                              f'checkpoint instead (last.pth.tar in the same folder).')
 
-    def create_task(self, model: nn.Module, criterion: nn.Module, device: torch.device):
-        """The training task: timm's (classification / distillation), with ST when ``--stim-subnets > 0``."""
+    def create_task(self, model: nn.Module, criterion: nn.Module, device: torch.device,
+                    data_config: Dict[str, Any]):
+        """The training task: timm's (classification / distillation), with ST when ``--stim-subnets > 0``.
+
+        ``data_config`` (timm's resolved data config) gives the mean / std that
+        ``--stim-resize official`` normalizes subnetwork inputs with again.
+        """
         args = self.args
         verbose = utils.is_primary(args)
         base, kwargs = None, {}
@@ -412,6 +418,8 @@ class TrainAdditions:
         if args.stim_subnets > 0:
             stim_kwargs = dict(
                 num_subnets=args.stim_subnets, min_scale=args.stim_min_scale, max_scale=args.stim_max_scale,
+                resize=args.stim_resize, antialias=args.stim_antialias, input_mean=tuple(data_config['mean']),
+                input_std=tuple(data_config['std']), weight_sched_step=args.stim_weight_sched_step,
                 kl_weight=args.stim_weight, weight_sched=args.stim_weight_sched, normalize=args.stim_norm,
                 amplitude=args.stim_amplitude, temperature=args.stim_temperature, start_epoch=args.stim_start_epoch,
                 seed=args.seed)  # not rank dependent: every rank draws the same subnets and sizes

@@ -2,12 +2,14 @@
 
 Each ``*.yaml`` beside this file is a recipe; its name is the file name without ``.yaml``
 (``-c resnet50_imagenet_stpp`` is ``-c .../recipes/resnet50_imagenet_stpp.yaml``). The file
-starts with a comment block; two of its lines are read as metadata:
+starts with a comment block; three of its lines are read as metadata:
 
-    # title: ResNet-50 on ImageNet, ST++ (200 epochs)
-    # published: 80.50 top-1 (ImageNet val; Ye et al., arXiv 2305.02507, Table X)
+    # title: ResNet-50 on ImageNet, ST++ (...), 200 epochs
+    # published: 80.50 top-1 (ImageNet val; the authors' log: 80.496, epoch 199)
+    # command: python train.py --exp ... (the authors' command for that row of their README)
 
-Everything else in the file is ``train_stim.py`` options, keyed by their dest.
+Everything else in the file is ``train_stim.py`` options, keyed by their dest. The recipes that
+reproduce a row of the authors' README, and what still differs, are listed in docs/reproduction.md.
 """
 import os
 import re
@@ -100,10 +102,11 @@ def main(argv=None) -> int:
         with open(recipe.path) as f:
             print(f.read(), end='')
         return 0
-    recipes = list_recipes()
-    width = max(len(r.name) for r in recipes)
-    for r in recipes:
-        published = f'  [published: {r.published}]' if r.published else ''
-        print(f'{r.name:<{width}}  {r.title}{published}')
-    print('\nRun one with: timm-stim train -c NAME [--data-dir DIR ...] (or python train_stim.py -c NAME)')
+    for r in list_recipes():
+        print(f'{r.name}: {r.title or "(no title)"}')
+        print(f'    published: {r.published or "- (a recipe of our own)"}')
+        if r.command:
+            print(f"    authors' command: {r.command}")
+    print('\nRun one with: timm-stim train -c NAME [--data-dir DIR ...] (or python train_stim.py -c NAME).')
+    print('What each reproduction recipe still does differently from the authors\' run: docs/reproduction.md.')
     return 0
