@@ -12,7 +12,8 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 
 from timm_stim.args import parse_args
 from timm_stim.recipes import get_recipe, list_recipes, main as recipes_main
-from timm_stim.train import create_train_model, create_train_task, main as train_main
+from timm_stim.train import create_train_model, main as train_main
+from timm_stim.train_additions import TrainAdditions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, 'hparams', '*.yaml')))
@@ -135,19 +136,26 @@ def test_paper_recipe_init_and_weight_decay_are_the_authors():
     assert (group['weight_decay'], group['momentum'], group['nesterov'], group['lr']) == (1e-4, 0.9, True, 0.2)
 
 
+def _create_task(args):
+    from timm.data import resolve_data_config
+    model = create_train_model(args)
+    return TrainAdditions(args).create_task(model, nn.CrossEntropyLoss(), torch.device('cpu'),
+                                            resolve_data_config(vars(args), model=model, verbose=False))
+
+
 def test_training_script_passes_the_reproduction_options_to_the_task():
     args, _ = parse_args(['-c', 'resnet50_imagenet_stpp', '--mean', '0.5', '0.4', '0.3', '--std', '0.2', '0.25', '0.3',
                           '--stim-weight-sched', 'cos-up', '--stim-weight-sched-step', 'epoch'])
     args.model_kwargs = dict(args.model_kwargs, channels=(8, 16, 32, 64), stem_width=8)
     args.rank = 0  # set by timm's init_distributed_device in a run
-    task = create_train_task(args, create_train_model(args), nn.CrossEntropyLoss(), torch.device('cpu'))
+    task = _create_task(args)
     assert (task.resize, task.antialias, task.min_scale, task.num_subnets) == ('official', False, 0.43, 6)
     assert (task.input_mean, task.input_std) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))  # --mean / --std
     assert (task.weight_sched, task.weight_sched_step) == ('cos-up', 'epoch')
     args, _ = parse_args(['-c', 'resnet50_imagenet_st_norm_snet6_dtrans7', '--stim-resize', 'independent'])
     args.model_kwargs = dict(args.model_kwargs, channels=(8, 16, 32, 64), stem_width=8)
     args.rank = 0
-    task = create_train_task(args, create_train_model(args), nn.CrossEntropyLoss(), torch.device('cpu'))
+    task = _create_task(args)
     assert (task.resize, task.antialias) == ('independent', True)  # antialiased unless --no-stim-antialias
 
 
