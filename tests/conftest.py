@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# One intra-op thread in the test process and in the programs it starts: the tests run tiny
+# models, for which a second thread mostly waits, and data-loader workers need the other core.
+os.environ['OMP_NUM_THREADS'] = '1'
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

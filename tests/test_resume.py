@@ -1,0 +1,214 @@
+"""Trustworthy runs: --resume repeats the uninterrupted run exactly, whatever stopped it and wherever.
+
+Every comparison is bit for bit (CPU): final weights, EMA weights and every summary.csv row.
+"""
+import argparse
+import csv
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import timm_stim.runs as runs_mod
+from timm_stim.train import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def _args(out, workers, *extra):
+    # ST++ with EMA, augmentations in the workers (random crop, flip, erasing on the prefetcher),
+    # 2 epochs of 4 batches, a recovery checkpoint every 2 updates.
+    return ['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
+            '--input-size', '3', '16', '16', '--mean', '0.5', '0.5', '0.5', '--std', '0.5', '0.5', '0.5',
+            '-b', '16', '--workers', str(workers), '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '2',
+            '--train-batches-per-epoch', '4', '--scale', '0.5', '1', '--reprob', '0.25', '--drop-path', '0.1',
+            '--stim-subnets', '2', '--stim-space', 'stpp', '--stim-norm', 'all', '--stim-min-scale', '0.5',
+            '--model-ema', '--model-ema-decay', '0.9', '--recovery-interval', '2', '--log-interval', '100',
+            '--val-split', 'validation', '--output', str(out), '--experiment', 'run', '--seed', '5', *extra]
+
+
+def _load(path):
+    with torch.serialization.safe_globals([argparse.Namespace]):  # timm checkpoints carry their args
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _weights(run_dir):
+    ckpt = _load(os.path.join(run_dir, 'last.pth.tar'))
+    return {**{'m.' + k: v for k, v in ckpt['state_dict'].items()},
+            **{'ema.' + k: v for k, v in ckpt['state_dict_ema'].items()}}
+
+
+def _rows(run_dir):
+    with open(os.path.join(run_dir, 'summary.csv'), newline='') as f:
+        return list(csv.reader(f))
+
+
+def _assert_same_run(run_dir, reference_dir):
+    assert _rows(run_dir) == _rows(reference_dir)  # one header, one row per epoch, same values
+    got, expected = _weights(run_dir), _weights(reference_dir)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    assert not glob.glob(os.path.join(run_dir, 'recovery-*.pth.tar'))  # superseded by the epoch checkpoints
+
+
+@pytest.fixture(scope='module')
+def references(tmp_path_factory):
+    """Uninterrupted runs, per number of workers."""
+    refs = {}
+    for workers in (0, 2):
+        out = tmp_path_factory.mktemp(f'reference{workers}')
+        refs[workers] = main(_args(out, workers))['output_dir']
+    return refs
+
+
+def test_augmentations_do_not_depend_on_the_number_of_workers(references):
+    assert _rows(references[0]) == _rows(references[2])
+    _assert_same_run(references[2], references[0])
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_resume_inside_an_epoch_repeats_the_uninterrupted_run(tmp_path, monkeypatch, references, workers):
+    # Ctrl-C in epoch 1 after 3 batches: a recovery checkpoint at that step, exit code 130;
+    # resuming from it finishes the epoch as if nothing had happened.
+    calls = {'n': 0}
+
+    def poll(self, distributed=False, device=None):
+        calls['n'] += 1
+        return calls['n'] == 4 + 3  # epoch 0 has 4 updates, then the 3rd update of epoch 1
+
+    original = runs_mod.InterruptRequest.poll
+    monkeypatch.setattr(runs_mod.InterruptRequest, 'poll', poll)
+    with pytest.raises(SystemExit) as info:
+        main(_args(tmp_path, workers))
+    assert info.value.code == 130
+    recovery = os.path.join(tmp_path, 'run', 'recovery-1-2.pth.tar')
+    assert os.path.exists(recovery)
+    monkeypatch.setattr(runs_mod.InterruptRequest, 'poll', original)
+    result = main(_args(tmp_path, workers, '--resume', recovery))
+    assert [e['epoch'] for e in result['epochs']] == [1]
+    _assert_same_run(result['output_dir'], references[workers])
+
+
+def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, references):
+    # Interrupted after epoch 0 with 2 workers, resumed with 0: the same run.
+    import timm_stim.train as train_mod
+
+    def stop(epoch, output_dir):
+        if epoch == 0:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, '_after_epoch', stop)
+    with pytest.raises(SystemExit) as info:
+        main(_args(tmp_path, 2))
+    assert info.value.code == 130
+    monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
+    main(_args(tmp_path, 0, '--resume', os.path.join(tmp_path, 'run', 'last.pth.tar')))
+    _assert_same_run(os.path.join(tmp_path, 'run'), references[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# A real process, killed
+# ---------------------------------------------------------------------------------------------
+
+# Loaded into the training process (PYTHONPATH): SIGKILL in the middle of the N-th checkpoint
+# write, after half of the file is on disk.
+KILL_DURING_SAVE = '''
+import os, signal, torch
+_save, _count = torch.save, [0]
+def _dying_save(obj, f, *args, **kwargs):
+    _count[0] += 1
+    if _count[0] == int(os.environ['KILL_AT_SAVE']):
+        import io
+        buffer = io.BytesIO()
+        _save(obj, buffer, *args, **kwargs)
+        with open(f, 'wb') as out:
+            out.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+            out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *args, **kwargs)
+torch.save = _dying_save
+'''
+
+_RECOVERY = re.compile(r'recovery-(\d+)-(\d+)\.pth\.tar$')
+
+
+def _newest_checkpoint(run_dir):
+    """What a user resumes from after a crash: the newest complete checkpoint of the folder."""
+    candidates = []
+    for path in glob.glob(os.path.join(run_dir, '*.pth.tar')):
+        match = _RECOVERY.search(path)
+        try:
+            ckpt = _load(path)
+        except Exception:
+            continue  # cut short by the kill
+        if match:
+            candidates.append(((int(match.group(1)), int(match.group(2)) + 1), path))
+        elif os.path.basename(path) == 'last.pth.tar':
+            candidates.append(((ckpt['epoch'] + 1, 0), path))
+    return max(candidates)[1] if candidates else None
+
+
+def _run_and_kill(out, workers, env, kill_after_seconds=None):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_args(out, workers)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after_seconds is None:
+        _, err = proc.communicate(timeout=600)
+        return proc.returncode, err
+    last = os.path.join(out, 'run', 'last.pth.tar')
+    deadline = time.time() + 300
+    while not os.path.exists(last) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(kill_after_seconds)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize('workers,kill', [(0, 'save:3'), (2, 'save:5'), (2, 'time:0.5')],
+                         ids=['w0-during-3rd-save', 'w2-during-5th-save', 'w2-0.5s-after-first-checkpoint'])
+def test_killed_process_resumes_to_the_uninterrupted_run(tmp_path, references, workers, kill):
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=str(torch.get_num_threads()))
+    kill_after = None
+    if kill.startswith('save:'):
+        (tmp_path / 'hook').mkdir()
+        (tmp_path / 'hook' / 'sitecustomize.py').write_text(KILL_DURING_SAVE)
+        env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), ROOT]), KILL_AT_SAVE=kill.split(':')[1])
+    else:
+        kill_after = float(kill.split(':')[1])
+    code, err = _run_and_kill(tmp_path, workers, env, kill_after)
+    assert code == -signal.SIGKILL, err[-2000:]
+    resume_from = _newest_checkpoint(os.path.join(tmp_path, 'run'))
+    assert resume_from is not None
+    main(_args(tmp_path, workers, '--resume', resume_from))
+    _assert_same_run(os.path.join(tmp_path, 'run'), references[workers])
+
+
+def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_exits_130(tmp_path, references):
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_args(tmp_path, 2)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = os.path.join(tmp_path, 'run', 'last.pth.tar')
+    deadline = time.time() + 300
+    while not os.path.exists(last) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert 'Traceback' not in err
+    resume_line = [line for line in err.splitlines() if 'Training was interrupted' in line]
+    assert len(resume_line) == 1
+    resume_from = resume_line[0].split('--resume ')[1].strip()
+    assert os.path.exists(resume_from)
+    main(_args(tmp_path, 2, '--resume', resume_from))
+    _assert_same_run(os.path.join(tmp_path, 'run'), references[2])
