@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import signal
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -179,9 +180,13 @@ def check_output_dir(output_dir: str, resuming: bool) -> None:
         probe = parent
     if os.path.isfile(probe):
         raise InputError(f'output folder {output_dir} cannot be created: {probe} is a file.')
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f'output folder {output_dir} cannot be written ({probe} is not writable); pass another '
-                         f'--output.')
+    try:  # permissions alone do not tell (root, read-only mounts): try it, leaving nothing behind
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f'output folder {output_dir} cannot be written (no file can be created in {probe}: '
+                         f'{e.strerror}); pass another '
+                         f'--output.') from None
     if os.path.isdir(output_dir) and not resuming:
         entries = sorted(os.listdir(output_dir))
         if entries:
