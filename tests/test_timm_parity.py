@@ -1,0 +1,100 @@
+"""With --stim-subnets 0 and --seed-scheme timm, train_stim.py is timm's train.py.
+
+tests/data/timm_parity/records.json holds what timm's own train.py printed and wrote for each
+configuration (see record.py there; timm's pip package ships no train.py to run here). Each test
+runs train_stim.py with the same options and compares: every summary.csv value, args.yaml, the
+--result JSON and the format of every Train:/Test: log line. It fails when timm's behaviour or
+formats move away from the record, or ours from timm's.
+"""
+import csv
+import json
+import os
+import re
+import sys
+
+import pytest
+import timm
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'data', 'timm_parity'))
+import record  # noqa: E402
+
+with open(os.path.join(HERE, 'data', 'timm_parity', 'records.json')) as f:
+    RECORDS = json.load(f)
+
+# Float values are equal up to the last bits of CPU arithmetic on another machine.
+REL = 1e-4
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    from timm_stim.data import materialize_embedded
+    work = tmp_path_factory.mktemp('parity')
+    return materialize_embedded('digits', str(work / 'cache')), record.make_teacher(str(work / 'teacher'))
+
+
+def _numbers(values):
+    return [float(v) for v in values]
+
+
+# A log line with its numbers replaced by a placeholder: the format, not the values (timings vary,
+# and so does the padding of right-aligned numbers).
+def _shape(line):
+    return re.sub(r' +', ' ', re.sub(r'-?\d+(\.\d+)?(e[-+]\d+)?', '#', line))
+
+
+def test_record_is_for_the_installed_timm():
+    assert RECORDS['timm_version'] == timm.__version__, (
+        f'records.json was made with timm {RECORDS["timm_version"]}, timm {timm.__version__} is installed: '
+        f'run tests/data/timm_parity/record.py with that version\'s train.py.')
+    assert RECORDS['common'] == record.COMMON and set(RECORDS['configs']) == set(record.CONFIGS)
+
+
+@pytest.mark.parametrize('name', list(record.CONFIGS))
+def test_train_stim_is_timm_train(tmp_path, capsys, setup, name):
+    from timm_stim.train import main
+    data, teacher = setup
+    expected = RECORDS['configs'][name]
+    out = str(tmp_path / 'out')
+    main([*record.config_argv(name, data, out, teacher), '--seed-scheme', 'timm'])
+    printed = capsys.readouterr()  # timm's console logging goes to stderr, --result to stdout
+    got = record.read_run(os.path.join(out, name), printed.err + printed.out,
+                          [(teacher, '{TEACHER}'), (data, '{DATA}'), (out, '{OUT}')])
+
+    # summary.csv: timm's columns with timm's values. timm's distillation task also returns its
+    # task and distillation terms, which our task-agnostic loop logs as train_* columns too.
+    header, want_header = got['summary'][0], expected['summary'][0]
+    extra = [c for c in header if c not in want_header]
+    assert extra == (['train_task_loss', 'train_kd_loss'] if name == 'distill' else [])
+    assert [c for c in header if c in want_header] == want_header
+    assert len(got['summary']) == len(expected['summary'])
+    for row, want in zip(got['summary'][1:], expected['summary'][1:]):
+        row = dict(zip(header, row))
+        assert _numbers(row[c] for c in want_header) == pytest.approx(_numbers(want), rel=REL)
+
+    # args.yaml: timm's keys with timm's values; ours only add our own options
+    timm_keys = set(expected['args_yaml'])
+    assert timm_keys <= set(got['args_yaml'])
+    for key in timm_keys:
+        assert got['args_yaml'][key] == expected['args_yaml'][key], key
+    from timm_stim.args import add_hub_args, add_recipe_args, add_run_args, add_stim_args
+    import argparse
+    ours = set()
+    for add in (add_stim_args, add_recipe_args, add_run_args, add_hub_args):
+        ours |= {a.dest for a in add(argparse.ArgumentParser(add_help=False))._actions}
+    assert set(got['args_yaml']) - timm_keys <= ours
+
+    # --result JSON: same structure and values
+    assert len(got['result']) == len(expected['result'])
+    for mine, theirs in zip(got['result'], expected['result']):
+        assert mine['epoch'] == theirs['epoch']
+        for part in ('train', 'validation'):
+            terms = {'task_loss', 'kd_loss'} if name == 'distill' and part == 'train' else set()
+            assert set(mine.get(part, {})) == set(theirs.get(part, {})) | terms
+            for key, value in theirs.get(part, {}).items():
+                assert mine[part][key] == pytest.approx(value, rel=REL), (part, key)
+
+    # log lines: the same lines in the same formats (plus the distillation terms, as above)
+    lines = [re.sub(r'(task_loss|kd_loss): \S+ \(\S+\) +', '', line) for line in got['log_lines']]
+    assert [_shape(line) for line in lines] == [_shape(line) for line in expected['log_lines']]
