@@ -74,7 +74,7 @@ def test_two_process_run_equals_single_process_on_concatenated_batch(single_run)
     code, err = _wait(_torchrun('--standalone', '--nproc_per_node', '2', os.path.join(ROOT, 'train_stim.py'),
                                 *_args(root / 'data', root / 'ddp', 4)))
     assert code == 0, err[-3000:]
-    assert 'distributed mode with 2 processes' in err
+    assert 'distributed mode with multiple processes, 1 device per process.Process 0, total 2' in err
     _assert_same_training(single, root / 'ddp' / 'run' / 'last.pth.tar')
     # And training moved the weights: the comparison is not between two untouched models.
     import timm
@@ -97,8 +97,8 @@ def test_two_node_torchrun_equals_single_process(single_run):
     results = [_wait(p) for p in procs]
     for code, err in results:
         assert code == 0, err[-3000:]
-    assert 'distributed mode with 2 processes, rank 0' in results[0][1]
-    assert 'distributed mode with 2 processes, rank 1' in results[1][1]
+    assert 'Process 0, total 2' in results[0][1]
+    assert 'Process 1, total 2' in results[1][1]
     _assert_same_training(single, root / 'node0' / 'run' / 'last.pth.tar')
     assert not (root / 'node1').exists()  # only the primary process writes
 

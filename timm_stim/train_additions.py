@@ -82,6 +82,12 @@ def check_args(args) -> None:
         if args.torchscript:
             raise InputError('--torchscript with --stim-subnets > 0: a scripted model cannot skip blocks; use '
                              '--torchcompile (full network only) or no compilation.')
+    if args.kd_model_name:
+        check_model_name(args.kd_model_name, '--kd-model-name')
+        folder = args.kd_model_name[len('local-dir:'):] if args.kd_model_name.startswith('local-dir:') else None
+        if folder is not None and not os.path.isfile(os.path.join(folder, 'config.json')):
+            raise InputError(f'--kd-model-name {args.kd_model_name}: no config.json in {folder}; expected a folder in '
+                             f'timm\'s Hub format (config.json + model.safetensors, e.g. timm.models.save_for_hf).')
     if args.model_dtype not in (None, '', 'float32', 'float16', 'bfloat16'):
         raise InputError(f'--model-dtype {args.model_dtype!r}: expected float32, float16 or bfloat16.')
     if args.amp and args.model_dtype not in (None, '', 'float32'):
