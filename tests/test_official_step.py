@@ -35,13 +35,6 @@ from timm_stim.task import StimulativeTask, kl_weight_at, renormalize_batch, res
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # A tiny model: one thread is fastest, and on a busy machine several threads spin-wait for seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_resnet50() -> nn.Module:

@@ -34,13 +34,6 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is fastest, and on a busy machine several threads spin-wait for seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _authors_args(command: str) -> dict:

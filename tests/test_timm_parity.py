@@ -6,7 +6,6 @@ runs train_stim.py with the same options and compares: every summary.csv value, 
 --result JSON and the format of every Train:/Test: log line. It fails when timm's behaviour or
 formats move away from the record, or ours from timm's.
 """
-import csv
 import json
 import os
 import re
@@ -14,7 +13,6 @@ import sys
 
 import pytest
 import timm
-import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'data', 'timm_parity'))

@@ -15,7 +15,6 @@ missing file and unknown keys instead of failing later or ignoring them.
 """
 import argparse
 import difflib
-import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml

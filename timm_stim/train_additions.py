@@ -27,7 +27,6 @@ import os
 from contextlib import nullcontext
 from typing import Any, Dict, Optional, Sequence
 
-import timm
 import torch
 import torch.nn as nn
 import yaml
