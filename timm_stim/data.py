@@ -14,6 +14,8 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence, Tuple
 
+from .errors import InputError, run_command
+
 __all__ = ['EMBEDDED_DATASETS', 'is_embedded', 'cache_root', 'materialize_embedded', 'resolve_dataset',
            'layout_fashion_mnist', 'FASHION_MNIST_SOURCES', 'ImageModeDataset', 'with_image_mode']
 
@@ -226,7 +228,8 @@ def layout_fashion_mnist(out_dir: str, source_dir: Optional[str] = None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m timm_stim.data', description=__doc__.split('\n\n')[0])
+    """``timm-stim data``: 0 done, 2 bad input (a missing source, a folder that cannot be written)."""
+    parser = argparse.ArgumentParser(prog='timm-stim data', description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     fm = sub.add_parser('fashion-mnist', help='lay out Fashion-MNIST for --dataset torch/fashion_mnist')
     fm.add_argument('dir', help='output folder, then pass it as --data-dir')
@@ -234,15 +237,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dg = sub.add_parser('digits', help='materialize the embedded digits image folder and print it')
     dg.add_argument('dir', nargs='?', default=None, help='cache folder (default: $TIMM_STIM_CACHE or ~/.cache)')
     args = parser.parse_args(argv)
-    try:
-        if args.command == 'fashion-mnist':
-            out = layout_fashion_mnist(args.dir, args.source)
-            print(f'Fashion-MNIST ready: --dataset torch/fashion_mnist --data-dir {out}')
-        else:
-            print(materialize_embedded('digits', args.dir))
-    except (OSError, ValueError) as e:
-        parser.exit(2, f'{parser.prog}: error: {e}\n')
-    return 0
+
+    def run() -> int:
+        try:
+            if args.command == 'fashion-mnist':
+                out = layout_fashion_mnist(args.dir, args.source)
+                print(f'Fashion-MNIST ready: --dataset torch/fashion_mnist --data-dir {out}')
+            else:
+                print(materialize_embedded('digits', args.dir))
+        except (OSError, ValueError) as e:  # a missing source, an unwritable folder: the user's to fix
+            raise InputError(str(e)) from None
+        return 0
+    return run_command(run)
 
 
 if __name__ == '__main__':
