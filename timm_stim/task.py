@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask, TrainingTask
+from timm.utils import unwrap_model
 
 from .losses import logit_norm, stim_kl
 from .spaces import SpaceSpec
 from .adapters import get_adapter
-from .stimulator import Stimulator, _unwrap, attach, get_stimulator
+from .stimulator import Stimulator, attach, get_stimulator
 from .subnet import Subnet
 
 __all__ = [
@@ -276,7 +277,7 @@ class StimulativeMixin:
         model = base_kwargs.get('model', base_kwargs.get('student_model', base_args[0] if base_args else None))
         if not isinstance(model, nn.Module):
             raise ValueError('StimulativeMixin: the base task\'s first argument must be the model to train.')
-        model = _unwrap(model)
+        model = unwrap_model(model)
         existing = get_stimulator(model)
         adapter = (stimulator or existing).adapter if (stimulator or existing) else get_adapter(model)
         adapter.check_input_scaling(model, min_scale, max_scale)
@@ -362,7 +363,7 @@ class StimulativeMixin:
             raise KeyError(f'Task state has no stim_generator_state (keys: {sorted(state)}).')
 
     def _trainable_parameters(self) -> List[nn.Parameter]:
-        return [p for p in _unwrap(self.trainable_module).parameters() if p.requires_grad]
+        return [p for p in unwrap_model(self.trainable_module).parameters() if p.requires_grad]
 
     def _backward_now(self, loss: torch.Tensor) -> None:
         """Back-propagate one term of the step into ``.grad`` (inside the returned loss's backward)."""
