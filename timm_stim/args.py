@@ -451,7 +451,13 @@ def add_stim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         'Stimulative Training (ST) and ST++ of residual networks: each step also trains K sampled '
         'subnetworks towards the full network (KL). Off unless --stim-subnets > 0.')
     group.add_argument('--stim-subnets', type=int, default=0, metavar='K',
-                       help='subnetworks per step; 0 turns stimulative training off (ST: 1, ST++: 6)')
+                       help='subnetworks per step; 0 turns stimulative training off unless --stim-budget is '
+                            'given (ST: 1, ST++: 6)')
+    group.add_argument('--stim-budget', type=float, default=None, metavar='B',
+                       help='instead of K: the expected extra cost per step, in full forward+backward passes, '
+                            'estimated from FLOPs of the space and the input sizes; K is the most subnetworks '
+                            'within it (printed and saved in args.yaml). 1: a step costs about two plain steps '
+                            '(default: None => --stim-subnets)')
     group.add_argument('--stim-space', type=str, default='uniform', metavar='S',
                        help='sampling space: uniform, stpp, keep:K, or the largest number of blocks each '
                             'stage may drop, e.g. "0,1,3,0" (default: uniform)')
