@@ -476,6 +476,10 @@ def add_stim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument('--stim-weight-sched', type=str, default='const', choices=('const', 'cos-up', 'cos-down'),
                        help='KL weight over training: constant, cosine up from 0 or cosine down to 0 '
                             '(official kl_cos / kl_rcos) (default: const)')
+    group.add_argument('--stim-weight-warmup', type=float, default=None, metavar='E',
+                       help='a stable start: the KL weight rises linearly from 0 over the first E epochs; 0 => off '
+                            '(default: --warmup-epochs + 1 when the learning rate warms up per epoch, 0 when it '
+                            'warms up per update (--sched-on-updates) or not at all)')
     # Scales < 1 feed subnetworks random smaller inputs (ST++); both 1.0 keeps the full size.
     group.add_argument('--stim-min-scale', type=float, default=1.0, metavar='F',
                        help='smallest subnetwork input side as a fraction of the training size (ST++: 0.43)')
