@@ -54,7 +54,7 @@ def sections(args) -> List[Dict[str, Any]]:
         compile_backend = 'eager'  # exercises the compiled path without inductor's minutes of codegen
         study = ['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]', 'stem_width=8',
                  '--size', '32', '--epochs', '1', '--batches-per-epoch', '2', '--seeds', '0',
-                 '--variants', 'baseline', 'stpp', '--jobs', '1', '--workers', '0']
+                 '--variants', 'baseline', 'stpp', '--jobs', '1', '--workers', '0', '--in-process']
         tests = ['--collect-only']  # no CUDA here: check that the marker selects the CUDA tests
     else:
         models = ['resnet50:224:128', 'resnet50:200:128']
@@ -144,7 +144,7 @@ def summarize(out: str, records: List[Dict[str, Any]], info: Dict[str, Any]) -> 
                   for r in data['results']]
     study_md = os.path.join(out, 'study', 'results.md')
     if os.path.exists(study_md):
-        lines += ['', '## Accuracy (Fashion-MNIST, all training images)', '', open(study_md).read()]
+        lines += ['', '## Accuracy study', '', open(study_md).read()]
     text = '\n'.join(lines) + '\n'
     with open(os.path.join(out, 'summary.md'), 'w') as f:
         f.write(text)

@@ -54,6 +54,19 @@ VARIANTS: Dict[str, List[str]] = {
 }
 
 
+def per_epoch_recipe(name: str, folder: str) -> str:
+    """A copy of the recipe whose schedule steps per epoch (the quick start now steps it per update)."""
+    import yaml
+    from timm_stim.recipes import resolve_config_path
+    with open(resolve_config_path(name)) as f:
+        config = yaml.safe_load(f)
+    config['sched_on_updates'] = False
+    path = os.path.join(folder, 'recipe.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
 def _flat_grad(params: List[torch.nn.Parameter]) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
 
@@ -61,8 +74,8 @@ def _flat_grad(params: List[torch.nn.Parameter]) -> torch.Tensor:
 def traced_run(argv: List[str], trace: bool = True) -> Dict[str, Any]:
     """Run ``train_stim.py argv`` in-process, recording every term's gradient norm; return the records.
 
-    ``@warmin=N`` in ``argv`` (a prototype, not a train_stim.py option) multiplies the KL weight by
-    ``min(1, epochs done / N)``, updated every batch. With ``trace=False`` nothing is recorded
+    ``@warmin=N`` in ``argv`` sets the task's KL weight warm-in to N epochs
+    (``weight_warmup_epochs``; without it, 0: no warm-in, whatever train_stim.py's default). With ``trace=False`` nothing is recorded
     per step (the run is as fast as train_stim.py).
     """
     warmin = [float(a.split('=', 1)[1]) for a in argv if a.startswith('@warmin=')]
@@ -82,10 +95,10 @@ def traced_run(argv: List[str], trace: bool = True) -> Dict[str, Any]:
         return original_kl(student, teacher, *args, **kwargs)
 
     class TracedTask(train_mod.StimulativeTask):
-        def set_progress(self, epoch, batch_idx=0):
-            super().set_progress(epoch, batch_idx)
-            if warmin:
-                self.kl_weight *= min(1.0, (epoch + batch_idx / self._batches_per_epoch) / warmin[0])
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # The script decides the warm-in, whatever train_stim.py's default is.
+            self.weight_warmup_epochs = warmin[0] if warmin else 0.0
 
         def forward(self, input, target):
             if not trace:
@@ -160,12 +173,30 @@ def epoch_summary(run: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+def seed_table(folder: str) -> List[str]:
+    """Markdown: per variant, validation top-1 after epoch 1 and after the last epoch, over the seeds run."""
+    import glob
+    by: Dict[str, Dict[int, List[float]]] = {}
+    for path in sorted(glob.glob(os.path.join(folder, '*-seed*.json'))):
+        name, seed = os.path.basename(path)[:-len('.json')].rsplit('-seed', 1)
+        by.setdefault(name, {})[int(seed)] = json.load(open(path))['top1']
+    lines = ['| variant | seeds | top-1 after epoch 1: mean | last epoch: per seed | mean ± std | min |',
+             '|---|---|---|---|---|---|']
+    for name, seeds in by.items():
+        last = [t[-1] for t in seeds.values()]
+        first = [t[1] for t in seeds.values()]
+        sd = statistics.stdev(last) if len(last) > 1 else 0.0
+        lines.append(f'| {name} | {", ".join(map(str, seeds))} | {statistics.mean(first):.1f} | '
+                     f'{", ".join(f"{t:.1f}" for t in last)} | {statistics.mean(last):.1f} ± {sd:.1f} | {min(last):.1f} |')
+    return lines
+
+
 def plot(runs: Dict[str, Dict[str, Any]], path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(10, 4), dpi=110)
+    fig = Figure(figsize=(14, 4), dpi=110)
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax1, ax2, ax3 = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
     for i, (name, run) in enumerate(runs.items()):
         colour = f'C{i % 10}'
         xs = list(range(len(run['steps'])))
@@ -174,6 +205,7 @@ def plot(runs: Dict[str, Dict[str, Any]], path: str) -> None:
             ax1.plot(xs, [s['kl_sum_grad'] for s in run['steps']], color=colour, lw=1, ls='--',
                      label=f'{name}: sum of KL terms')
         ax2.plot(xs, [s['loss'] for s in run['steps']], color=colour, lw=1, label=name)
+        ax3.plot(xs, [s['teacher_std'] for s in run['steps']], color=colour, lw=1, label=name)
     ax1.set_yscale('log')
     ax1.set_xlabel('step')
     ax1.set_ylabel('gradient norm')
@@ -181,7 +213,10 @@ def plot(runs: Dict[str, Dict[str, Any]], path: str) -> None:
     ax2.set_xlabel('step')
     ax2.set_ylabel('task loss')
     ax2.legend(fontsize=6)
-    for ax in (ax1, ax2):
+    ax3.set_xlabel('step')
+    ax3.set_ylabel('std of the full network\'s logits over classes')
+    ax3.legend(fontsize=6)
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -190,11 +225,16 @@ def plot(runs: Dict[str, Dict[str, Any]], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--variants', nargs='+', default=['baseline_traced', 'stpp'], choices=list(VARIANTS))
-    parser.add_argument('--recipe', default='quickstart', help='train_stim.py -c config (default: quickstart)')
+    parser.add_argument('--recipe', default='quickstart',
+                        help='train_stim.py -c config (default: quickstart); its learning rate schedule is made to '
+                             'step per epoch (sched_on_updates: false), as timm\'s default, and the _upd variants '
+                             'step it per update')
     parser.add_argument('--seeds', type=int, nargs='+', default=[42])
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--out', default=os.path.join(_common.ROOT, 'benchmarks', 'results', 'stable_start'))
     parser.add_argument('--plot', action='store_true')
+    parser.add_argument('--table', action='store_true', help='only print the per-variant table of the runs in --out')
+    parser.add_argument('--replot', action='store_true', help='only redraw the plot from the variants\' JSON in --out')
     parser.add_argument('--no-trace', dest='trace', action='store_false',
                         help='only train and validate (no per-step gradient norms; as fast as train_stim.py)')
     parser.add_argument('--extra', nargs=argparse.REMAINDER, default=[],
@@ -202,12 +242,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
+    if args.table:
+        print('\n'.join(seed_table(args.out)))
+        return
+    if args.replot:
+        plot({v: json.load(open(os.path.join(args.out, f'{v}.json'))) for v in args.variants},
+             os.path.join(args.out, 'grad_norms.png'))
+        return
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        recipe = per_epoch_recipe(args.recipe, tmp)
         for variant in args.variants:
             for seed in args.seeds:
                 name = variant if len(args.seeds) == 1 else f'{variant}-seed{seed}'
-                argv = ['-c', args.recipe, '--output', tmp, '--experiment', name, '--seed', str(seed),
+                argv = ['-c', recipe, '--output', tmp, '--experiment', name, '--seed', str(seed),
                         '--log-interval', '1000', *VARIANTS[variant], *args.extra]
                 run = traced_run(argv, args.trace)
                 run['epochs'] = epoch_summary(run) if run['steps'] else []

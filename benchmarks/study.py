@@ -93,7 +93,7 @@ def recipe(args, data: Dict[str, Any], seed: int, epochs: int) -> List[str]:
         '--opt', 'sgd', '--lr', str(args.lr), '--momentum', '0.9', '--weight-decay', '5e-4',
         '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1', '--warmup-lr', '0.01',
         '--smoothing', '0', '--epochs', str(epochs), '--seed', str(seed), '--checkpoint-hist', '1',
-        '--log-interval', '1000',
+        '--log-interval', '1000', '--val-interval', str(args.val_interval),
     ]
     if args.model_kwargs:
         argv += ['--model-kwargs', *args.model_kwargs]
@@ -264,10 +264,14 @@ def accuracy_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds
         diff, beyond = '', ''
         if base is not None and v != 'baseline':
             d = r['top1_mean'] - base['top1_mean']
-            # Beyond the seed-to-seed spread: the mean ± std intervals do not overlap.
-            beyond = 'yes' if abs(d) > r['top1_std'] + base['top1_std'] else 'no'
             diff = f'{d:+.2f}'
-            r.update(diff_vs_baseline=d, beyond_spread=beyond == 'yes')
+            r['diff_vs_baseline'] = d
+            if len(r['top1']) > 1 and len(base['top1']) > 1:
+                # Beyond the seed-to-seed spread: the mean ± std intervals do not overlap.
+                beyond = 'yes' if abs(d) > r['top1_std'] + base['top1_std'] else 'no'
+                r['beyond_spread'] = beyond == 'yes'
+            else:
+                beyond = '- (one seed)'
         lines.append(f'| {v} | {r["epochs"]} | {r["top1_mean"]:.2f} ± {r["top1_std"]:.2f} | '
                      f'{", ".join(f"{t:.2f}" for t in r["top1"])} | {diff} | {beyond} | {r["train_time_s_mean"]:.0f} |')
     return table, lines
@@ -394,6 +398,8 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--batches-per-epoch', type=int, default=None, help='cap (tests)')
     parser.add_argument('--lr', type=float, default=0.1)
+    parser.add_argument('--val-interval', type=int, default=3,
+                        help='validate every N epochs (the last one always; validation is not training time)')
     parser.add_argument('--workers', type=int, default=0)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true', help='bfloat16 AMP and channels-last (GPU)')
