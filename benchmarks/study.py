@@ -20,7 +20,7 @@ statistics re-estimated on ``--bn-recal`` training images. Writes into ``--out``
 against blocks removed, one curve per variant, error bars over seeds) and
 ``accuracy_vs_time.png``.
 
-    python benchmarks/study.py                                  # the CPU study (about 2 h on 2 cores)
+    python benchmarks/study.py                                  # the CPU study (about 2 h on 2 idle cores)
     python benchmarks/study.py --data fmnist --device cuda ...  # full Fashion-MNIST (see gpu.py)
 """
 import argparse
@@ -398,7 +398,7 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--batches-per-epoch', type=int, default=None, help='cap (tests)')
     parser.add_argument('--lr', type=float, default=0.1)
-    parser.add_argument('--val-interval', type=int, default=3,
+    parser.add_argument('--val-interval', type=int, default=5,
                         help='validate every N epochs (the last one always; validation is not training time)')
     parser.add_argument('--workers', type=int, default=0)
     parser.add_argument('--device', default='cpu')
@@ -409,7 +409,7 @@ def create_parser() -> argparse.ArgumentParser:
                         help='epochs of baseline_wall (default: from the first seed\'s stpp / baseline time ratio)')
     parser.add_argument('--jobs', type=int, default=2, help='runs at a time')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
-    parser.add_argument('--analyze-subnets', type=int, nargs=2, default=[16, 8], metavar=('UNIFORM', 'STPP'),
+    parser.add_argument('--analyze-subnets', type=int, nargs=2, default=[12, 6], metavar=('UNIFORM', 'STPP'),
                         help='subnetworks sampled per checkpoint from the uniform and the stpp space')
     parser.add_argument('--bn-recal', type=int, default=1000, help='images for BN re-estimation in analyze')
     parser.add_argument('--no-analyze', dest='analyze', action='store_false')
