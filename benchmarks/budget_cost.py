@@ -26,7 +26,7 @@ from timm.task import ClassificationTask
 
 from _common import describe, machine, resolve_device, sync, write_json
 from timm_stim import StimulativeTask, attach
-from timm_stim.budget import resolve_budget
+from timm_stim.budget import resolve_budget, subnet_cost
 
 MIN_SCALE = 0.43
 
@@ -80,10 +80,12 @@ def main() -> None:
     plain = ClassificationTask(plain_model, criterion, device=device, verbose=False)
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=1e-4, momentum=0.9)
     results: List[Dict[str, Any]] = []
+    # One subnetwork's expected cost depends on the space and sizes only: count it once.
+    cost, _ = subnet_cost(attach(copy.deepcopy(base), space='stpp'), (3, args.size, args.size), MIN_SCALE, 1.0)
     for budget in args.budgets:
         model = copy.deepcopy(base).train()
         stim = attach(model, space='stpp')
-        plan = resolve_budget(stim, (3, args.size, args.size), MIN_SCALE, 1.0, budget=budget)
+        plan = resolve_budget(stim, (3, args.size, args.size), MIN_SCALE, 1.0, budget=budget, cost=cost)
         model.to(device)
         task = StimulativeTask(model, criterion, num_subnets=plan.num_subnets, min_scale=MIN_SCALE,
                                normalize='kl', device=device, verbose=False, seed=0)

@@ -122,6 +122,8 @@ def test_budget_resolves_the_most_subnets_within_it(stpp_plan):
 def test_budget_agreeing_with_stim_subnets_is_accepted_and_no_budget_reports_the_cost(stpp_plan):
     stim, plan = stpp_plan
     assert affordable_subnets(plan.subnet_cost, 2.0, plan.num_subnets) == plan.num_subnets
+    # A cost counted before gives the same plan without counting every size again.
+    assert resolve_budget(stim, (3, 16, 16), 0.5, 1.0, budget=2.0, cost=plan.subnet_cost) == plan
     given = resolve_budget(stim, (3, 16, 16), 0.5, 1.0, budget=None, num_subnets=3)
     assert given.budget is None and given.num_subnets == 3
     assert given.expected_cost == pytest.approx(3 * plan.subnet_cost)
@@ -151,7 +153,7 @@ def test_budget_below_one_subnet_is_refused_with_the_smallest_budget(stpp_plan):
 
 def test_budget_contradicting_stim_subnets_is_refused():
     with pytest.raises(InputError, match=r'--stim-subnets 6 and --stim-budget 1 disagree: 6 subnetworks cost 1.800 '
-                                         r'full passes per step, the budget affords 3 \(0.900; each costs 0.300\)\. '
+                                         r'full passes per step, the budget affords 3 \(0.900\); each costs 0.300\. '
                                          r'Give one of them \(set --stim-subnets 0'):
         affordable_subnets(0.3, 1.0, 6)
 

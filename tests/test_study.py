@@ -106,3 +106,38 @@ def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_pat
     assert (out / 'loafing.png').stat().st_size > 0
     curves = json.load(open(out / 'results.json'))['blocks_removed']
     assert set(curves) == {'own', 'recal'} and '0' in curves['own']['baseline']
+
+
+def _write_idx(path, array):
+    import gzip
+    import numpy as np
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.tobytes())
+
+
+def test_fashion_mnist_subset_is_balanced_and_seeded(tmp_path):
+    import numpy as np
+    from _fmnist import balanced_subset, layout_subset, read_idx
+    source = tmp_path / 'idx'
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    train_labels = np.repeat(np.arange(10), 5)  # 50 training images, 5 per class
+    test_labels = np.repeat(np.arange(10), 3)
+    _write_idx(source / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (50, 28, 28)))
+    _write_idx(source / 'train-labels-idx1-ubyte.gz', train_labels)
+    _write_idx(source / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (30, 28, 28)))
+    _write_idx(source / 't10k-labels-idx1-ubyte.gz', test_labels)
+    assert read_idx(str(source / 'train-labels-idx1-ubyte.gz')).tolist() == train_labels.tolist()
+    out = layout_subset(str(tmp_path / 'fm'), 20, seed=3, source_dir=str(source), analyze_images=10)
+    for split, per_class in (('train', 2), ('test', 3), ('test2k', 1)):
+        counts = [len(os.listdir(os.path.join(out, split, str(c)))) for c in range(10)]
+        assert counts == [per_class] * 10, split
+    picked = sorted(int(f[:-4]) for c in range(10) for f in os.listdir(os.path.join(out, 'train', str(c))))
+    assert picked == balanced_subset(train_labels, 2, 3).tolist()
+    assert balanced_subset(train_labels, 2, 3).tolist() != balanced_subset(train_labels, 2, 4).tolist()
+    from PIL import Image
+    first = picked[0]
+    image = np.asarray(Image.open(os.path.join(out, 'train', str(train_labels[first]), f'{first:05d}.png')))
+    assert image.tolist() == read_idx(str(source / 'train-images-idx3-ubyte.gz'))[first].tolist()

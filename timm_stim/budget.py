@@ -209,13 +209,14 @@ def affordable_subnets(cost: float, budget: float, num_subnets: int = 0, what: s
     if num_subnets and num_subnets != affordable:
         raise InputError(f'--stim-subnets {num_subnets} and --stim-budget {budget:g} disagree: {num_subnets} subnetworks '
                          f'cost {num_subnets * cost:.3f} full passes per step, the budget affords {affordable} '
-                         f'({affordable * cost:.3f}; each costs {cost:.3f}{about}). Give one of them (set '
+                         f'({affordable * cost:.3f}); each costs {cost:.3f}{about}. Give one of them (set '
                          f'--stim-subnets 0, e.g. in a -c config, to let the budget choose).')
     return affordable
 
 
 def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0, max_scale: float = 1.0,
-                   budget: Optional[float] = None, num_subnets: int = 0) -> BudgetPlan:
+                   budget: Optional[float] = None, num_subnets: int = 0,
+                   cost: Optional[float] = None) -> BudgetPlan:
     """Subnetworks per step for a compute budget, and the expected cost of a step.
 
     With ``budget``: ``K = floor((1 + BUDGET_SLACK) * budget / subnet_cost)``, the most
@@ -229,6 +230,7 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
         min_scale, max_scale: subnetwork input size range.
         budget: extra cost per step in full forward+backward passes (``--stim-budget``), or None.
         num_subnets: ``--stim-subnets`` (0: not given).
+        cost: ``subnet_cost(...)[0]`` for the same model, space and sizes, when already counted.
 
     Returns:
         The ``BudgetPlan``.
@@ -238,7 +240,11 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
             contradicted by ``num_subnets``.
     """
     check_budget(budget)  # before any counting
-    cost, full_flops = subnet_cost(stimulator, input_size, min_scale, max_scale)
+    if cost is None:
+        cost, full_flops = subnet_cost(stimulator, input_size, min_scale, max_scale)
+    else:
+        from .flops import count_flops
+        full_flops = count_flops(shape_only_copy(stimulator.model), input_size, 'meta')
     height, width = (int(v) for v in input_size[-2:])
     scaled = (min_scale, max_scale) != (1.0, 1.0)
     sizes = input_size_choices(height, width, min_scale, max_scale,
