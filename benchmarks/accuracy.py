@@ -16,7 +16,6 @@ Writes ``results.json``, ``results.md`` and ``accuracy_vs_time.png`` into ``--ou
 import argparse
 import csv
 import json
-import math
 import os
 import statistics
 import subprocess

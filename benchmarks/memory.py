@@ -15,7 +15,9 @@ import os
 import resource
 import subprocess
 import sys
-from typing import Any, Dict
+from contextlib import nullcontext
+from functools import partial
+from typing import Dict
 
 import _common  # noqa: F401
 import torch
@@ -30,15 +32,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_variant(variant: str, model_name: str, size: int, batch: int, steps: int, device: torch.device) -> Dict:
+def run_variant(variant: str, model_name: str, size: int, batch: int, steps: int, device: torch.device,
+                amp: bool = False, channels_last: bool = False) -> Dict:
     import timm
     from timm.task import ClassificationTask
-    from timm_stim import StimulativeTask, attach, stim_kl
+    from timm_stim import StimulativeTask, stim_kl
     from timm_stim.task import resize_batch, sample_input_size
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=1000).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext
     y = torch.randint(0, 1000, (batch,), device=device)
     criterion = nn.CrossEntropyLoss()
     if variant == 'plain':
@@ -52,18 +59,21 @@ def run_variant(variant: str, model_name: str, size: int, batch: int, steps: int
         if variant == 'stpp_joint':
             # Naive: keep every subnetwork graph alive and back-propagate the sum once.
             task.generator.set_state(state)
-            output = model(x)
-            loss = criterion(output, y)
-            for _ in range(6):
-                subnet = task.stimulator.sample(task.generator)
-                sub_size = sample_input_size(size, size, 0.43, 1.0, task.generator)
-                with task.stimulator.activate(subnet):
-                    loss = loss + stim_kl(model(resize_batch(x, sub_size)), output.detach(), 1.0, True, 1.0)
+            with autocast():
+                output = model(x)
+                loss = criterion(output, y)
+                for _ in range(6):
+                    subnet = task.stimulator.sample(task.generator)
+                    sub_size = sample_input_size(size, size, 0.43, 1.0, task.generator)
+                    with task.stimulator.activate(subnet):
+                        loss = loss + stim_kl(model(resize_batch(x, sub_size)), output.detach(), 1.0, True, 1.0)
             loss.backward()
         else:
             if state is not None:
                 task.generator.set_state(state)
-            task(x, y)['loss'].backward()
+            with autocast():
+                loss = task(x, y)['loss']
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -91,19 +101,23 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=128)
     parser.add_argument('--batch', type=int, default=None, help='default: 16 on CPU, 128 on CUDA')
     parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
+    parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--out', default=None)
     parser.add_argument('--_child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = resolve_device(args.device)
     batch = args.batch or (128 if device.type == 'cuda' else 16)
     if args._child:
-        print(json.dumps(run_variant(args._child, args.model, args.size, batch, args.steps, device)))
+        print(json.dumps(run_variant(args._child, args.model, args.size, batch, args.steps, device, args.amp,
+                                     args.channels_last)))
         return
     results = {}
     for variant in VARIANTS:
         # A fresh process per variant: peak RSS (and the CUDA caching allocator) start clean.
         cmd = [sys.executable, os.path.abspath(__file__), '--_child', variant, '--device', str(device),
-               '--model', args.model, '--size', str(args.size), '--batch', str(batch), '--steps', str(args.steps)]
+               '--model', args.model, '--size', str(args.size), '--batch', str(batch), '--steps', str(args.steps),
+               *(['--amp'] if args.amp else []), *(['--channels-last'] if args.channels_last else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[variant] = json.loads(out)
         r = results[variant]
@@ -118,7 +132,7 @@ def main() -> None:
     print(f'# on {describe(info)}')
     out = args.out or f'{_common.ROOT}/benchmarks/results/memory_{device.type}.json'
     write_json(out, {'machine': info, 'model': args.model, 'size': args.size, 'batch': batch, 'steps': args.steps,
-                     'results': results, 'ratios': ratios})
+                     'amp': args.amp, 'channels_last': args.channels_last, 'results': results, 'ratios': ratios})
 
 
 if __name__ == '__main__':

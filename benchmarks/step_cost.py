@@ -13,9 +13,12 @@ measured / (plain step + those passes): the cost of the ST machinery itself.
     python benchmarks/step_cost.py                 # CPU (or CUDA when available)
     python benchmarks/step_cost.py --device cuda --amp
     python benchmarks/step_cost.py --quick         # resnet18 only, fewer repetitions
+    python benchmarks/step_cost.py --device cuda --amp --channels-last --models resnet50:224:128 resnet50:200:128
+    python benchmarks/step_cost.py ... --torchcompile inductor   # the full network compiled, as --torchcompile
 """
 import argparse
 import copy
+import time
 from contextlib import nullcontext
 from functools import partial
 from typing import Any, Dict, List
@@ -27,7 +30,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 from timm.task import ClassificationTask
 
-from _common import describe, machine, median_time, resolve_device, write_json
+from _common import describe, machine, median_time, resolve_device, sync, write_json
 from timm_stim import StimulativeTask, attach
 from timm_stim.task import resize_batch
 
@@ -61,6 +64,21 @@ def make_step(task, optimizer, x, y, autocast, generator_state=None):
     return step
 
 
+def compile_task(task, model, x, y, autocast, args):
+    """With ``--torchcompile``: compile the task's full network as train_stim.py does (subnetwork
+    passes stay eager) and run one step to trigger compilation; its seconds, else None."""
+    if not args.torchcompile:
+        return None
+    task.compile(backend=args.torchcompile)
+    start = time.perf_counter()
+    with autocast():
+        out = task(x, y)
+    out['loss'].backward()
+    model.zero_grad(set_to_none=True)
+    sync(x.device)
+    return time.perf_counter() - start
+
+
 def make_subnet_pass(model, stim, subnet, x, y, autocast):
     def run():
         with stim.activate(subnet):
@@ -69,6 +87,17 @@ def make_subnet_pass(model, stim, subnet, x, y, autocast):
             loss.backward()
         model.zero_grad(set_to_none=True)
     return run
+
+
+def parse_model(spec: str):
+    """``name`` (one of MODELS) or ``name:size:batch`` -> (name, size, CPU batch, CUDA batch)."""
+    parts = spec.split(':')
+    if len(parts) == 3:
+        return parts[0], int(parts[1]), int(parts[2]), int(parts[2])
+    known = [m for m in MODELS if m[0] == spec]
+    if len(parts) != 1 or not known:
+        raise SystemExit(f'--models {spec!r}: expected one of {", ".join(m[0] for m in MODELS)} or NAME:SIZE:BATCH')
+    return known[0]
 
 
 def bench_model(name: str, size: int, batch: int, device: torch.device, args) -> Dict[str, Any]:
@@ -86,8 +115,11 @@ def bench_model(name: str, size: int, batch: int, device: torch.device, args) ->
 
     model = copy.deepcopy(base).train()
     task = ClassificationTask(model, criterion, device=device, verbose=False)
+    compile_s = compile_task(task, model, x, y, autocast, args)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     result['plain'] = median_time(make_step(task, optimizer, x, y, autocast), device, args.warmup, args.repeats)
+    if compile_s is not None:
+        result['plain']['compile_s'] = compile_s
     full_flops = forward_flops(model, x)
     result['full_forward_gflops'] = full_flops / 1e9
 
@@ -96,9 +128,12 @@ def bench_model(name: str, size: int, batch: int, device: torch.device, args) ->
         kwargs = dict(kwargs)
         stim = attach(model, space=kwargs.pop('space'))
         task = StimulativeTask(model, criterion, device=device, verbose=False, seed=args.seed, **kwargs)
+        compile_s = compile_task(task, model, x, y, autocast, args)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         state = task.generator.get_state()
         timing = median_time(make_step(task, optimizer, x, y, autocast, state), device, args.warmup, args.repeats)
+        if compile_s is not None:
+            timing['compile_s'] = compile_s
         subnets = list(task.last_subnets)  # the fixed sequence every repetition ran
         ratios, standalone = [], []
         for subnet, sub_size in subnets:
@@ -128,12 +163,15 @@ def bench_model(name: str, size: int, batch: int, device: torch.device, args) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
-    parser.add_argument('--models', nargs='+', default=None, help='subset of ' + ', '.join(m[0] for m in MODELS))
+    parser.add_argument('--models', nargs='+', default=None,
+                        help='subset of ' + ', '.join(m[0] for m in MODELS) + ', or NAME:SIZE:BATCH')
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--torchcompile', default=None, metavar='BACKEND',
+                        help='torch.compile the full network with this backend (e.g. inductor; eager for a quick check)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the fixed subnet/size sequence')
     parser.add_argument('--quick', action='store_true', help='resnet18 only, 5 repetitions')
     parser.add_argument('--out', default=None, help='JSON file (default: benchmarks/results/step_cost_<device>.json)')
@@ -141,7 +179,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    models = [m for m in MODELS if args.models is None or m[0] in args.models]
+    models = list(MODELS) if args.models is None else [parse_model(m) for m in args.models]
     if args.quick:
         models, args.repeats, args.warmup = models[:1], 5, 2
     info = machine(device)
@@ -157,7 +195,8 @@ def main() -> None:
                            f"vs standalone passes {r[v]['measured_over_empirical']:.3f}"
                            for v in VARIANTS), flush=True)
     out = args.out or f'{_common.ROOT}/benchmarks/results/step_cost_{device.type}{"_quick" if args.quick else ""}.json'
-    write_json(out, {'machine': info, 'amp': args.amp, 'channels_last': args.channels_last, 'results': results})
+    write_json(out, {'machine': info, 'amp': args.amp, 'channels_last': args.channels_last,
+                     'torchcompile': args.torchcompile, 'results': results})
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoints import LOCAL_DIR, LoadedModel, copy_train_options, hub_repo_of, load_model
 from .errors import InputError, command_main
+from .flops import count_flops
 from .stimulator import MODES, Stimulator, attach
 from .subnet import Subnet
 from .train_additions import recalibrate_bn
@@ -91,24 +92,6 @@ def analysis_subnets(stim: Stimulator, num_sampled: int, seed: int = 42) -> List
     generator = torch.Generator().manual_seed(seed)
     subnets += [('sampled', stim.sample(generator)) for _ in range(num_sampled)]
     return subnets
-
-
-def count_flops(model: nn.Module, input_size: Sequence[int], device: Any = 'cpu') -> int:
-    """FLOPs of one forward pass of one image (``torch.utils.flop_counter.FlopCounterMode``).
-
-    Counts what torch's counter counts (matrix multiplications and convolutions, 2 per
-    multiply-add); runs in eval mode without gradients and leaves the model's mode as it was.
-    Inside ``stim.activate(subnet)`` it counts the subnetwork.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size, device=device))
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
 
 
 @contextmanager

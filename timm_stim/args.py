@@ -460,7 +460,13 @@ def add_stim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         'Stimulative Training (ST) and ST++ of residual networks: each step also trains K sampled '
         'subnetworks towards the full network (KL). Off unless --stim-subnets > 0.')
     group.add_argument('--stim-subnets', type=int, default=0, metavar='K',
-                       help='subnetworks per step; 0 turns stimulative training off (ST: 1, ST++: 6)')
+                       help='subnetworks per step; 0 turns stimulative training off unless --stim-budget is '
+                            'given (ST: 1, ST++: 6)')
+    group.add_argument('--stim-budget', type=float, default=None, metavar='B',
+                       help='instead of K: the expected extra cost per step, in full forward+backward passes, '
+                            'estimated from FLOPs of the space and the input sizes; K is the most subnetworks '
+                            'within it (printed and saved in args.yaml). 1: a step costs about two plain steps '
+                            '(default: None => --stim-subnets)')
     group.add_argument('--stim-space', type=str, default='uniform', metavar='S',
                        help='sampling space: uniform, stpp, keep:K, or the largest number of blocks each '
                             'stage may drop, e.g. "0,1,3,0" (default: uniform)')
@@ -482,6 +488,10 @@ def add_stim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument('--stim-weight-sched-step', type=str, default='batch', choices=('batch', 'epoch'),
                        help='move the KL weight schedule every batch, or once per epoch as the official code '
                             '(default: batch)')
+    group.add_argument('--stim-weight-warmup', type=float, default=None, metavar='E',
+                       help='a stable start: the KL weight rises linearly from 0 over the first E epochs; 0 => off '
+                            '(default: --warmup-epochs + 1 when the learning rate warms up per epoch, 0 when it '
+                            'warms up per update (--sched-on-updates) or not at all)')
     # Scales < 1 feed subnetworks random smaller inputs (ST++); both 1.0 keeps the full size.
     group.add_argument('--stim-min-scale', type=float, default=1.0, metavar='F',
                        help='smallest subnetwork input side as a fraction of the training size (ST++: 0.43)')

@@ -19,8 +19,8 @@ from .subnet import Subnet
 
 __all__ = [
     'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class', 'NORMALIZE_CHOICES', 'WEIGHT_SCHEDULES',
-    'kl_weight_at', 'sample_input_size', 'round_to_multiple', 'resize_batch', 'NormalizedLogitsLoss',
-    'RESIZE_MODES', 'WEIGHT_SCHED_STEPS', 'renormalize_batch',
+    'kl_weight_at', 'stable_start_epochs', 'sample_input_size', 'round_to_multiple', 'resize_batch',
+    'NormalizedLogitsLoss', 'RESIZE_MODES', 'WEIGHT_SCHED_STEPS', 'renormalize_batch',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -31,20 +31,47 @@ RESIZE_MODES = ('independent', 'official')
 WEIGHT_SCHED_STEPS = ('batch', 'epoch')
 
 
-def kl_weight_at(base: float, schedule: str, progress: float) -> float:
+def kl_weight_at(base: float, schedule: str, progress: float, warmup: float = 0.0) -> float:
     """Weight of each subnetwork's KL term at training progress in [0, 1].
 
     ``const`` keeps ``base``; ``cos-up`` rises from 0 to ``base`` and ``cos-down`` falls from
-    ``base`` to 0 along half a cosine (the official code's ``kl_cos`` / ``kl_rcos``).
+    ``base`` to 0 along half a cosine (the official code's ``kl_cos`` / ``kl_rcos``). With
+    ``warmup > 0`` (a fraction of training) the weight is also multiplied by
+    ``min(1, progress / warmup)``: a linear warm-in from 0, the stable start of
+    ``stable_start_epochs``.
     """
     progress = min(max(float(progress), 0.0), 1.0)
+    ramp = min(1.0, progress / warmup) if warmup > 0 else 1.0
     if schedule == 'const':
-        return base
+        return base * ramp
     if schedule == 'cos-up':
-        return base * 0.5 * (1.0 - math.cos(math.pi * progress))
+        return base * ramp * 0.5 * (1.0 - math.cos(math.pi * progress))
     if schedule == 'cos-down':
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return base * ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f'weight schedule {schedule!r}: expected one of {WEIGHT_SCHEDULES}.')
+
+
+def stable_start_epochs(lr_warmup_epochs: float, lr_per_update: bool) -> float:
+    """Epochs over which the KL weight warms in by default: a stable start (docs: "A stable start").
+
+    At initialization the logits spread little (std ~0.3), so each KL- term's gradient, which
+    the layer norm divides by that spread, is as large as the task loss's and K of them add up;
+    the first steps at a high learning rate then blow the logits up (measured, BENCHMARKS.md).
+    A learning rate that warms up per update lets the logits grow first: no warm-in is needed
+    (0). A warm-up stepped per epoch jumps to a high rate at once after its last epoch, so the
+    KL weight rises over the warm-up epochs plus one and is still partial at that jump. No
+    warm-up (the paper's recipes): 0, as the official code.
+
+    Args:
+        lr_warmup_epochs: the learning rate's warm-up epochs (``--warmup-epochs``).
+        lr_per_update: whether the schedule steps per update (``--sched-on-updates``).
+
+    Returns:
+        Epochs for ``StimulativeMixin(weight_warmup_epochs=...)``.
+    """
+    if lr_warmup_epochs <= 0 or lr_per_update:
+        return 0.0
+    return float(lr_warmup_epochs) + 1.0
 
 
 def check_scales(min_scale: float, max_scale: float) -> None:
@@ -164,6 +191,13 @@ class NormalizedLogitsLoss(nn.Module):
         return self.criterion(logit_norm(logits, self.amplitude), target)
 
 
+def _check_weight_warmup(weight_warmup_epochs) -> None:
+    if isinstance(weight_warmup_epochs, bool) or not isinstance(weight_warmup_epochs, (int, float)) \
+            or not weight_warmup_epochs >= 0 or math.isinf(weight_warmup_epochs):
+        raise ValueError(f'weight_warmup_epochs={weight_warmup_epochs!r}: expected a number of epochs >= 0 '
+                         f'(0: no warm-in of the KL weight).')
+
+
 def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
                         weight_sched, start_epoch) -> None:
     if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 0:
@@ -184,7 +218,7 @@ def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude,
 
 _STIM_OPTIONS = ('num_subnets', 'stimulator', 'space', 'mode', 'bn', 'min_scale', 'max_scale', 'kl_weight',
                  'weight_sched', 'weight_sched_step', 'resize', 'antialias', 'input_mean', 'input_std', 'normalize',
-                 'amplitude', 'temperature', 'start_epoch', 'seed')
+                 'amplitude', 'temperature', 'start_epoch', 'seed', 'weight_warmup_epochs')
 
 
 class StimulativeMixin:
@@ -236,6 +270,9 @@ class StimulativeMixin:
         temperature: KL temperature.
         start_epoch: first epoch (see ``set_progress``) with subnetwork terms.
         seed: seed of the task's own generator for subnets and sizes (same on every rank).
+        weight_warmup_epochs: the KL weight rises linearly from 0 over these first epochs,
+            batch by batch (``set_progress``), on top of ``weight_sched``; 0 (default) keeps
+            the official behaviour. See ``stable_start_epochs`` for when it is needed.
     """
 
     def __init__(self, *args, stim: Optional[Dict[str, Any]] = None, **kwargs):
@@ -269,11 +306,13 @@ class StimulativeMixin:
             temperature: float = 1.0,
             start_epoch: int = 0,
             seed: int = 0,
+            weight_warmup_epochs: float = 0.0,
     ) -> None:
         # Validate everything before anything is built or attached (a teacher can be expensive).
         _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
                             weight_sched, start_epoch)
         _check_resize_options(resize, antialias, input_mean, input_std, weight_sched_step)
+        _check_weight_warmup(weight_warmup_epochs)
         model = base_kwargs.get('model', base_kwargs.get('student_model', base_args[0] if base_args else None))
         if not isinstance(model, nn.Module):
             raise ValueError('StimulativeMixin: the base task\'s first argument must be the model to train.')
@@ -305,7 +344,9 @@ class StimulativeMixin:
         self.antialias = (resize == 'independent') if antialias is None else bool(antialias)
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
-        self.kl_weight = float(kl_weight) if weight_sched == 'const' else kl_weight_at(kl_weight, weight_sched, 0.0)
+        self.weight_warmup_epochs = float(weight_warmup_epochs)
+        self.kl_weight = (float(kl_weight) if weight_sched == 'const' and not weight_warmup_epochs
+                          else kl_weight_at(kl_weight, weight_sched, 0.0, float(weight_warmup_epochs)))
         self.normalize = normalize
         self.amplitude = float(amplitude)
         self.temperature = float(temperature)
@@ -318,7 +359,9 @@ class StimulativeMixin:
         self._batches_per_epoch = 1
         if self.verbose:
             _logger.info(f'{type(self).__name__}: K={num_subnets}, {stimulator!r}, scales=({min_scale}, {max_scale}), '
-                         f'normalize={normalize}, kl_weight={kl_weight} ({weight_sched}), T={temperature}')
+                         f'normalize={normalize}, kl_weight={kl_weight} ({weight_sched}'
+                         f'{f", warm-in over {weight_warmup_epochs:g} epochs" if weight_warmup_epochs else ""}), '
+                         f'T={temperature}')
 
     def configure_training(self, *, epochs: int = 1, batches_per_epoch: int = 1) -> None:
         """Tell the task, once, how long training is (the KL weight schedule spans ``epochs``)."""
@@ -329,9 +372,11 @@ class StimulativeMixin:
     def set_progress(self, epoch: int, batch_idx: int = 0) -> None:
         """Tell the task which batch of which epoch comes next (KL weight schedule, start epoch)."""
         self.epoch = int(epoch)
-        within_epoch = 0.0 if self.weight_sched_step == 'epoch' else batch_idx / self._batches_per_epoch
-        progress = (epoch + within_epoch) / self._epochs
-        self.kl_weight = kl_weight_at(self.base_kl_weight, self.weight_sched, progress)
+        batch_progress = (epoch + batch_idx / self._batches_per_epoch) / self._epochs
+        schedule_progress = epoch / self._epochs if self.weight_sched_step == 'epoch' else batch_progress
+        # The warm-in of a stable start moves batch by batch, whatever the schedule's step.
+        ramp = kl_weight_at(1.0, 'const', batch_progress, self.weight_warmup_epochs / self._epochs)
+        self.kl_weight = kl_weight_at(self.base_kl_weight, self.weight_sched, schedule_progress) * ramp
 
     def set_epoch(self, epoch: int) -> None:
         """``set_progress(epoch, 0)``."""

@@ -1,0 +1,531 @@
+"""Where stimulative training pays off: loafing, robustness and accuracy near convergence (BENCHMARKS.md 5-6).
+
+One recipe, seven variants, several seeds (defaults: the CPU regime chosen in BENCHMARKS.md):
+
+* ``baseline``; ``drop_path`` (timm's stochastic depth, ``--drop-path 0.1``);
+* ``st``: ST (K=1, uniform space, plain KL); ``stpp``: ST++ (K=3, stpp space, KL-, inputs
+  0.43-1 of the training size); ``stpp_budget1``: ST++ at ``--stim-budget 1`` (K resolved by
+  ``timm_stim.budget`` and passed as well, so train.py checks that they agree);
+* ``baseline_2x``: the baseline with twice the epochs (what ST++ at budget 1 costs);
+* ``baseline_wall``: the baseline with the epochs that take as long as ``stpp`` (from the first
+  seed's measured time ratio, or ``--wall-epochs``).
+
+Every run is a ``train_stim.py`` subprocess (``--jobs`` at a time, ``--threads`` torch threads
+each); finished runs are kept, so an interrupted study resumes where it stopped. Then
+``python -m timm_stim analyze`` evaluates the last checkpoints of the equal-epoch variants:
+the full network, every network with one block removed and sampled subnetworks of the
+uniform space and of the stpp space, with the checkpoint's BatchNorm statistics and with
+statistics re-estimated on ``--bn-recal`` training images. Writes into ``--out``:
+``results.md`` / ``results.json`` (accuracy table; loafing table), ``loafing.png`` (top-1
+against blocks removed, one curve per variant, error bars over seeds) and
+``accuracy_vs_time.png``.
+
+    python benchmarks/study.py                                  # the CPU study (about 2 h on 2 idle cores)
+    python benchmarks/study.py --data fmnist --device cuda ...  # full Fashion-MNIST (see gpu.py)
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import ROOT, describe, machine
+
+FMNIST_MEAN, FMNIST_STD = '0.2860', '0.3530'  # Fashion-MNIST training-set pixel statistics (grey, as RGB)
+
+# The CPU regime (BENCHMARKS.md): a half-width ResNet-34 (12 droppable blocks) at 28 px on a
+# class-balanced 10,000-image subset, 15 epochs.
+DEFAULT_MODEL = 'resnet34'
+DEFAULT_MODEL_KWARGS = ['channels=[32,64,128,256]', 'stem_width=32']
+STPP = ['--stim-space', 'stpp', '--stim-norm', 'kl', '--stim-min-scale', '0.43']
+
+# name -> (extra train_stim.py options, epochs: 1 = --epochs, 2 = twice, 'wall' = as long as stpp, analyzed)
+VARIANTS: Dict[str, Tuple[List[str], Any, bool]] = {
+    'baseline': ([], 1, True),
+    'drop_path': (['--drop-path', '0.1'], 1, True),
+    'st': (['--stim-subnets', '1', '--stim-space', 'uniform', '--stim-norm', 'none'], 1, True),
+    'stpp': (['--stim-subnets', '3', *STPP], 1, True),
+    'stpp_budget1': (['--stim-budget', '1', *STPP], 1, True),
+    'baseline_2x': ([], 2, False),
+    'baseline_wall': ([], 'wall', False),
+}
+ANALYZE_SPACES = ('uniform', 'stpp')
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and recipe
+# ---------------------------------------------------------------------------------------------
+
+def prepare_data(args) -> Dict[str, Any]:
+    """Lay out the data once; the train_stim.py data options and the splits analyze uses."""
+    if args.data == 'digits':
+        return {'train': ['--dataset', 'embedded/digits'], 'analyze': ['--dataset', 'embedded/digits'],
+                'val_split': 'validation', 'analyze_split': 'validation', 'mean': '0.5', 'std': '0.5'}
+    if args.data == 'fmnist':
+        from timm_stim.data import layout_fashion_mnist
+        data_dir = args.data_dir or os.path.expanduser('~/.cache/timm_stim/fashion-mnist')
+        if not os.path.exists(os.path.join(data_dir, 'FashionMNIST', 'raw', 't10k-labels-idx1-ubyte')):
+            layout_fashion_mnist(data_dir, args.fmnist_source)
+        spec = ['--dataset', 'torch/fashion_mnist', '--data-dir', data_dir]
+        return {'train': spec, 'analyze': spec, 'val_split': 'test', 'analyze_split': 'test',
+                'mean': FMNIST_MEAN, 'std': FMNIST_STD}
+    from _fmnist import layout_subset
+    data_dir = args.data_dir or os.path.expanduser(f'~/.cache/timm_stim/fmnist-{args.train_images}')
+    layout_subset(data_dir, args.train_images, source_dir=args.fmnist_source)
+    return {'train': ['--data-dir', data_dir], 'analyze': ['--data-dir', data_dir], 'val_split': 'test',
+            'analyze_split': 'test2k', 'mean': FMNIST_MEAN, 'std': FMNIST_STD}
+
+
+def recipe(args, data: Dict[str, Any], seed: int, epochs: int) -> List[str]:
+    """train_stim.py options shared by every variant."""
+    mean, std = [data['mean']] * 3, [data['std']] * 3
+    argv = [
+        *data['train'], '--train-split', 'train', '--val-split', data['val_split'],
+        '--model', args.model, '--num-classes', '10', '--device', args.device,
+        '--input-size', '3', str(args.size), str(args.size), '--mean', *mean, '--std', *std,
+        '--crop-pct', '1.0', '--interpolation', 'bilinear', '--scale', '0.6', '1.0', '--hflip', '0.5',
+        '-b', str(args.batch_size), '--validation-batch-size', '500', '--workers', str(args.workers),
+        '--opt', 'sgd', '--lr', str(args.lr), '--momentum', '0.9', '--weight-decay', '5e-4',
+        '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1', '--warmup-lr', '0.01',
+        '--smoothing', '0', '--epochs', str(epochs), '--seed', str(seed), '--checkpoint-hist', '1',
+        '--log-interval', '1000', '--val-interval', str(args.val_interval),
+    ]
+    if args.model_kwargs:
+        argv += ['--model-kwargs', *args.model_kwargs]
+    if args.batches_per_epoch:
+        argv += ['--train-batches-per-epoch', str(args.batches_per_epoch)]
+    if args.amp:
+        argv += ['--amp', '--amp-dtype', 'bfloat16', '--channels-last']
+    return argv
+
+
+def budget_subnets(args, budget: float) -> int:
+    """The K ``--stim-budget`` resolves to for the study's model, space and input sizes."""
+    import timm
+    import timm_stim
+    from timm_stim.budget import resolve_budget
+    kwargs = {}
+    for item in args.model_kwargs or []:
+        import ast
+        key, value = item.split('=', 1)
+        kwargs[key] = ast.literal_eval(value)
+    model = timm.create_model(args.model, num_classes=10, **kwargs)
+    stim = timm_stim.attach(model, space='stpp')
+    return resolve_budget(stim, (3, args.size, args.size), 0.43, 1.0, budget=budget).num_subnets
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+def run_dir(args, variant: str, seed: int) -> str:
+    return os.path.join(args.out, 'runs', f'{variant}-seed{seed}')
+
+
+def load_run(folder: str) -> Dict[str, Any]:
+    import yaml
+    with open(os.path.join(folder, 'summary.csv')) as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(folder, 'train_times.json')) as f:
+        times = json.load(f)
+    with open(os.path.join(folder, 'args.yaml')) as f:
+        resolved = (yaml.safe_load(f) or {}).get('stim_resolved') or {}
+    return {'epochs': len(times), 'validated_epochs': [int(r['epoch']) for r in rows],
+            'top1': [float(r['eval_top1']) for r in rows], 'train_s': [times[int(r['epoch'])] for r in rows],
+            'final_top1': float(rows[-1]['eval_top1']), 'train_time_s': times[-1], 'stim_resolved': resolved}
+
+
+class Job:
+    """One train_stim.py or analyze command; ``ready`` says when its inputs exist."""
+
+    def __init__(self, name: str, make_argv, ready=lambda: True, done_file: Optional[str] = None,
+                 kind: str = 'train', log: Optional[str] = None, variant: str = ''):
+        self.name, self.make_argv, self.ready, self.done_file, self.kind, self.log, self.variant = (
+            name, make_argv, ready, done_file, kind, log, variant)
+
+    @property
+    def done(self) -> bool:
+        return self.done_file is not None and os.path.exists(self.done_file)
+
+
+def run_jobs(jobs: List[Job], args) -> List[str]:
+    """Run jobs ``args.jobs`` at a time, in order as they become ready.
+
+    With ``args.time_limit``, a job starts only if the same variant's last run says it will end
+    within the limit (a variant not timed yet starts while the limit has not passed), and jobs
+    still running at the limit are stopped. Returns the names of the jobs that did not finish.
+    """
+    start = time.time()
+    pending = [j for j in jobs if not j.done]
+    running: List[Tuple[Job, subprocess.Popen, Any, float]] = []
+    durations: Dict[str, float] = {}
+    unfinished: List[str] = []
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep))
+
+    def fits(job: Job) -> bool:
+        if args.time_limit is None:
+            return True
+        elapsed = time.time() - start
+        return elapsed + 1.1 * durations.get(job.variant, 0.0) < args.time_limit
+
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= args.jobs:
+                break
+            if not job.ready() or not fits(job):
+                continue
+            pending.remove(job)
+            argv = job.make_argv()
+            os.makedirs(os.path.dirname(job.log), exist_ok=True)
+            if args.in_process:
+                began = time.time()
+                _run_in_process(job, argv)
+                durations[job.variant] = time.time() - began
+                continue
+            script = (os.path.join(ROOT, 'benchmarks', '_train_timed.py') if job.kind == 'train'
+                      else '-m timm_stim analyze')
+            cmd = [sys.executable, *script.split()] + argv
+            log = open(job.log, 'w')
+            running.append((job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
+                            time.time()))
+            print(f'[{time.time() - start:6.0f} s] start {job.name}', flush=True)
+        over = args.time_limit is not None and time.time() - start > args.time_limit
+        if over:
+            for job, proc, log, _ in running:
+                proc.terminate()
+                proc.wait()
+                log.close()
+                unfinished.append(job.name)
+            running = []
+        if not running and (over or not any(j.ready() and fits(j) for j in pending)):
+            if pending and args.time_limit is None:
+                raise SystemExit(f'jobs waiting for inputs that will not come: {", ".join(j.name for j in pending)}')
+            unfinished += [j.name for j in pending]
+            if unfinished:
+                print(f'time limit ({args.time_limit:.0f} s): not finished: {", ".join(unfinished)}', flush=True)
+            return unfinished
+        time.sleep(0.5 if running else 0)
+        for item in list(running):
+            job, proc, log, began = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode:
+                for other, p, _, _ in running:
+                    p.kill()
+                raise SystemExit(f'{job.name} failed (exit {proc.returncode}); see {job.log}')
+            open(job.done_file, 'w').close()
+            durations[job.variant] = time.time() - began
+            print(f'[{time.time() - start:6.0f} s] done  {job.name} ({durations[job.variant]:.0f} s)', flush=True)
+    return unfinished
+
+
+def _run_in_process(job: Job, argv: List[str]) -> None:
+    import _train_timed
+    from timm_stim.analyze import main as analyze_main
+    if job.kind == 'train':
+        _train_timed.run(argv)
+    elif analyze_main(argv) != 0:
+        raise SystemExit(f'{job.name} failed')
+    open(job.done_file, 'w').close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------------
+
+def mean_std(values: List[float]) -> Tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def accuracy_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds: List[int]) -> Tuple[Dict, List[str]]:
+    """Per variant: top-1 mean / std over seeds, difference to the baseline and whether it exceeds the spread."""
+    table: Dict[str, Dict[str, Any]] = {}
+    for v in variants:
+        rs = [runs[(v, s)] for s in seeds if (v, s) in runs]
+        if not rs:
+            continue
+        top1 = [r['final_top1'] for r in rs]
+        m, sd = mean_std(top1)
+        table[v] = {'epochs': rs[0]['epochs'], 'top1_mean': m, 'top1_std': sd, 'top1': top1,
+                    'train_time_s_mean': statistics.mean(r['train_time_s'] for r in rs),
+                    'subnets': rs[0]['stim_resolved'].get('subnets_per_step')}
+    lines = ['| run | epochs | top-1 mean ± std (%) | per seed | vs baseline | beyond the spread? | training time (s) |',
+             '|---|---|---|---|---|---|---|']
+    base = table.get('baseline')
+    for v, r in table.items():
+        diff, beyond = '', ''
+        if base is not None and v != 'baseline':
+            d = r['top1_mean'] - base['top1_mean']
+            diff = f'{d:+.2f}'
+            r['diff_vs_baseline'] = d
+            if len(r['top1']) > 1 and len(base['top1']) > 1:
+                # Beyond the seed-to-seed spread: the mean ± std intervals do not overlap.
+                beyond = 'yes' if abs(d) > r['top1_std'] + base['top1_std'] else 'no'
+                r['beyond_spread'] = beyond == 'yes'
+            else:
+                beyond = '- (one seed)'
+        lines.append(f'| {v} | {r["epochs"]} | {r["top1_mean"]:.2f} ± {r["top1_std"]:.2f} | '
+                     f'{", ".join(f"{t:.2f}" for t in r["top1"])} | {diff} | {beyond} | {r["train_time_s_mean"]:.0f} |')
+    return table, lines
+
+
+def read_analyze(path: str) -> List[Dict[str, Any]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def loafing_table(rows_by: Dict[Tuple[str, str, int], List[Dict]], variants: List[str], seeds: List[int]
+                  ) -> Tuple[Dict, List[str]]:
+    """Per variant and BN setting: full, one-block-removed mean / min, sampled means (mean ± std over seeds)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    lines = ['| run | BN statistics | full top-1 | one block removed: mean | min | sampled, uniform space: mean '
+             '| sampled, stpp space: mean |', '|---|---|---|---|---|---|---|']
+    for v in variants:
+        for recal in ('own', 'recal'):
+            per_seed: Dict[str, List[float]] = {k: [] for k in ('full', 'drop1_mean', 'drop1_min', 'uniform', 'stpp')}
+            for s in seeds:
+                uni = [r for r in rows_by.get((v, 'uniform', recal), []) if r['label'] == f'{v}-seed{s}']
+                stp = [r for r in rows_by.get((v, 'stpp', recal), []) if r['label'] == f'{v}-seed{s}']
+                if not uni:
+                    continue
+                top = lambda rows, kind: [float(r['top1']) for r in rows if r['kind'] == kind]  # noqa: E731
+                per_seed['full'].append(top(uni, 'full')[0])
+                per_seed['drop1_mean'].append(statistics.mean(top(uni, 'drop1')))
+                per_seed['drop1_min'].append(min(top(uni, 'drop1')))
+                per_seed['uniform'].append(statistics.mean(top(uni, 'sampled')))
+                if top(stp, 'sampled'):
+                    per_seed['stpp'].append(statistics.mean(top(stp, 'sampled')))
+            if not per_seed['full']:
+                continue
+            stats = {k: mean_std(vals) for k, vals in per_seed.items() if vals}
+            out.setdefault(v, {})[recal] = {k: {'mean': m, 'std': sd, 'per_seed': per_seed[k]}
+                                            for k, (m, sd) in stats.items()}
+            cell = lambda k: f'{stats[k][0]:.2f} ± {stats[k][1]:.2f}' if k in stats else '-'  # noqa: E731
+            label = 'checkpoint\'s' if recal == 'own' else 're-estimated'
+            lines.append(f'| {v} | {label} | {cell("full")} | {cell("drop1_mean")} | {cell("drop1_min")} | '
+                         f'{cell("uniform")} | {cell("stpp")} |')
+    return out, lines
+
+
+def removed_curves(rows_by, variants: List[str], seeds: List[int], recal: str) -> Dict[str, Dict[int, Tuple]]:
+    """variant -> blocks removed -> (mean over seeds, std over seeds) of the mean top-1 of those networks.
+
+    The networks are the full one, the one-block-removed ones and the uniform-space samples.
+    """
+    curves: Dict[str, Dict[int, Tuple[float, float]]] = {}
+    for v in variants:
+        by_removed: Dict[int, List[float]] = {}
+        for s in seeds:
+            rows = [r for r in rows_by.get((v, 'uniform', recal), []) if r['label'] == f'{v}-seed{s}']
+            if not rows:
+                continue
+            full_blocks = max(int(r['num_blocks']) for r in rows)
+            groups: Dict[int, List[float]] = {}
+            for r in rows:
+                groups.setdefault(full_blocks - int(r['num_blocks']), []).append(float(r['top1']))
+            for removed, tops in groups.items():
+                by_removed.setdefault(removed, []).append(statistics.mean(tops))
+        if by_removed:
+            curves[v] = {k: mean_std(vals) + (len(vals),) for k, vals in sorted(by_removed.items())}
+    return curves
+
+
+def plot_loafing(rows_by, variants, seeds, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, (recal, title) in enumerate((('own', 'checkpoint\'s BN statistics'),
+                                        ('recal', 'BN statistics re-estimated per subnetwork'))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, (v, curve) in enumerate(removed_curves(rows_by, variants, seeds, recal).items()):
+            xs = list(curve)
+            ax.errorbar([x + (j - 2) * 0.06 for x in xs], [curve[x][0] for x in xs], yerr=[curve[x][1] for x in xs],
+                        marker='o', ms=3, capsize=2, lw=1, label=v)
+        ax.set_xlabel('blocks removed')
+        ax.set_ylabel('test top-1 (%)')
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_accuracy(runs, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = {v: f'C{i}' for i, v in enumerate(VARIANTS)}
+    labelled = set()
+    for (v, s), r in runs.items():
+        ax.plot([t / 60 for t in r['train_s']], r['top1'], marker='.', color=colours[v], alpha=0.8,
+                label=None if v in labelled else v)
+        labelled.add(v)
+    ax.set_xlabel('training time (min, excluding validation)')
+    ax.set_ylabel('test top-1 (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', default='fmnist-subset', choices=('fmnist-subset', 'fmnist', 'digits'),
+                        help='fmnist-subset: --train-images balanced training images; fmnist: all 60,000; '
+                             'digits: the embedded digits (tests)')
+    parser.add_argument('--train-images', type=int, default=10000)
+    parser.add_argument('--data-dir', default=None, help='where the data is laid out (default: ~/.cache/timm_stim/...)')
+    parser.add_argument('--fmnist-source', default=None, help='folder with the idx files (default: the Debian package)')
+    parser.add_argument('--model', default=DEFAULT_MODEL)
+    parser.add_argument('--model-kwargs', nargs='*', default=DEFAULT_MODEL_KWARGS)
+    parser.add_argument('--size', type=int, default=28)
+    parser.add_argument('--epochs', type=int, default=15)
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--batches-per-epoch', type=int, default=None, help='cap (tests)')
+    parser.add_argument('--lr', type=float, default=0.1)
+    parser.add_argument('--val-interval', type=int, default=5,
+                        help='validate every N epochs (the last one always; validation is not training time)')
+    parser.add_argument('--workers', type=int, default=0)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--amp', action='store_true', help='bfloat16 AMP and channels-last (GPU)')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument('--wall-epochs', type=int, default=None,
+                        help='epochs of baseline_wall (default: from the first seed\'s stpp / baseline time ratio)')
+    parser.add_argument('--jobs', type=int, default=2, help='runs at a time')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per run')
+    parser.add_argument('--analyze-subnets', type=int, nargs=2, default=[12, 6], metavar=('UNIFORM', 'STPP'),
+                        help='subnetworks sampled per checkpoint from the uniform and the stpp space')
+    parser.add_argument('--bn-recal', type=int, default=1000, help='images for BN re-estimation in analyze')
+    parser.add_argument('--no-analyze', dest='analyze', action='store_false')
+    parser.add_argument('--time-limit', type=float, default=None,
+                        help='seconds: start only runs expected to end by then, stop what still runs at it')
+    parser.add_argument('--in-process', action='store_true', help='run every job here, one by one (tests)')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'study_cpu'))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = create_parser().parse_args(argv)
+    args.out = os.path.abspath(args.out)
+    variants = [v for v in VARIANTS if v in args.variants]
+    if 'baseline_wall' in variants and args.wall_epochs is None and not {'baseline', 'stpp'} <= set(variants):
+        raise SystemExit('--variants baseline_wall needs --wall-epochs, or baseline and stpp to measure the time ratio')
+    data = prepare_data(args)
+    os.makedirs(args.out, exist_ok=True)
+    budget_k = budget_subnets(args, 1.0) if 'stpp_budget1' in variants else None
+    done = lambda v, s: os.path.exists(os.path.join(run_dir(args, v, s), 'done'))  # noqa: E731
+    state: Dict[str, Any] = {'wall_epochs': args.wall_epochs}
+
+    def train_job(v: str, s: int) -> Job:
+        extra, factor, _ = VARIANTS[v]
+        extra = list(extra) + (['--stim-subnets', str(budget_k)] if v == 'stpp_budget1' else [])
+
+        def make_argv() -> List[str]:
+            if factor == 'wall':
+                if state['wall_epochs'] is None:
+                    s0 = args.seeds[0]
+                    ratio = (load_run(run_dir(args, 'stpp', s0))['train_time_s']
+                             / load_run(run_dir(args, 'baseline', s0))['train_time_s'])
+                    state['wall_epochs'] = max(args.epochs, round(args.epochs * ratio))
+                epochs = state['wall_epochs']
+            else:
+                epochs = args.epochs * factor
+            folder = run_dir(args, v, s)
+            return [*recipe(args, data, s, epochs), *extra, '--output', os.path.dirname(folder),
+                    '--experiment', os.path.basename(folder)]
+
+        ready = (lambda: done('baseline', args.seeds[0]) and done('stpp', args.seeds[0])) \
+            if factor == 'wall' and args.wall_epochs is None else (lambda: True)
+        folder = run_dir(args, v, s)
+        return Job(f'{v}-seed{s}', make_argv, ready, os.path.join(folder, 'done'), 'train', folder + '.log', v)
+
+    def analyze_job(v: str, space: str, recal: int) -> Job:
+        folder = os.path.join(args.out, 'analyze', f'{v}-{space}-{"recal" if recal else "own"}')
+        subnets = args.analyze_subnets[ANALYZE_SPACES.index(space)]
+
+        def make_argv() -> List[str]:
+            ckpts = [os.path.join(run_dir(args, v, s), 'last.pth.tar') for s in args.seeds]
+            return [*ckpts, '--labels', ','.join(f'{v}-seed{s}' for s in args.seeds), *data['analyze'],
+                    '--val-split', data['analyze_split'], '--train-split', 'train', '--space', space,
+                    '--subnets', str(subnets), '--bn-recal', str(recal), '-b', '250', '--workers', '0',
+                    '--device', args.device, '--out', folder]
+
+        return Job(f'analyze {v} {space} {"recal" if recal else "own BN"}', make_argv,
+                   lambda: all(done(v, s) for s in args.seeds), os.path.join(folder, 'done'), 'analyze',
+                   folder + '.log', 'analyze')
+
+    # Seed by seed, so the first seed's baseline and stpp (which set baseline_wall's epochs) come first.
+    jobs = [train_job(v, s) for s in args.seeds for v in variants]
+    analyzed = [v for v in variants if VARIANTS[v][2]]
+    if args.analyze:
+        jobs += [analyze_job(v, space, recal) for v in analyzed for space in ANALYZE_SPACES
+                 for recal in (0, args.bn_recal)]
+    if args.in_process:
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)  # as OMP_NUM_THREADS does for the subprocesses
+        try:
+            unfinished = run_jobs(jobs, args)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        unfinished = run_jobs(jobs, args)
+
+    runs = {(v, s): load_run(run_dir(args, v, s)) for v in variants for s in args.seeds if done(v, s)}
+    acc, acc_lines = accuracy_table(runs, variants, args.seeds)
+    rows_by: Dict[Tuple[str, str, str], List[Dict]] = {}
+    for v in analyzed:
+        for space in ANALYZE_SPACES:
+            for recal, key in ((0, 'own'), (args.bn_recal, 'recal')):
+                path = os.path.join(args.out, 'analyze', f'{v}-{space}-{"recal" if recal else "own"}', 'analyze.csv')
+                if args.analyze and os.path.exists(path):
+                    rows_by[(v, space, key)] = read_analyze(path)
+    loaf, loaf_lines = loafing_table(rows_by, analyzed, args.seeds)
+    info = machine(_device(args.device))
+    head = (f'{args.data} ({args.train_images if args.data == "fmnist-subset" else "all"} training images), '
+            f'{args.model} {" ".join(args.model_kwargs or [])} at {args.size} px, {args.epochs} epochs, seeds '
+            f'{", ".join(map(str, args.seeds))}; {describe(info)}')
+    note = [f'Not finished within the time limit: {", ".join(unfinished)}', ''] if unfinished else []
+    text = '\n'.join([head, '', *note, *acc_lines, '', *loaf_lines]) + '\n'
+    with open(os.path.join(args.out, 'results.md'), 'w') as f:
+        f.write(text)
+    curves = {recal: removed_curves(rows_by, analyzed, args.seeds, recal) for recal in ('own', 'recal')}
+    with open(os.path.join(args.out, 'results.json'), 'w') as f:
+        json.dump({'machine': info, 'args': vars(args), 'budget1_subnets': budget_k, 'unfinished': unfinished,
+                   'wall_epochs': state['wall_epochs'], 'accuracy': acc, 'loafing': loaf,
+                   'blocks_removed': {r: {v: {str(k): list(x) for k, x in c.items()} for v, c in cs.items()}
+                                      for r, cs in curves.items()},
+                   'runs': {f'{v}-seed{s}': r for (v, s), r in runs.items()}}, f, indent=1)
+    if runs:
+        plot_accuracy(runs, os.path.join(args.out, 'accuracy_vs_time.png'))
+    if rows_by:
+        plot_loafing(rows_by, analyzed, args.seeds, os.path.join(args.out, 'loafing.png'))
+    print(text)
+    print(f'wrote {args.out}/results.md, results.json and the plots')
+    return {'accuracy': acc, 'loafing': loaf, 'runs': runs, 'wall_epochs': state['wall_epochs'],
+            'budget1_subnets': budget_k}
+
+
+def _device(name: str):
+    import torch
+    return torch.device(name)
+
+
+if __name__ == '__main__':
+    main()

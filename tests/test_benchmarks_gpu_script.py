@@ -1,0 +1,50 @@
+"""benchmarks/gpu.py, the one-shot GPU run, exercised on the CPU in its tiny configuration."""
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu.py')
+
+
+def _env(tmp_path):
+    return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', TIMM_STIM_CACHE=str(tmp_path / 'cache'))
+
+
+def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
+    out = tmp_path / 'gpu'
+    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--tiny', '--out', str(out)],
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.load(open(out / 'summary.json'))
+    assert [(s['name'], s['status']) for s in summary['sections']] == [
+        (name, 'ok') for name in ('cuda_tests', 'step_cost', 'memory', 'budget_cost', 'step_cost_compile', 'study')]
+    # The CUDA tests are selected by their marker (on a CPU only collected, not run).
+    assert '3 tests collected' in (out / 'cuda_tests.log').read_text()
+    ET.parse(out / 'cuda_tests.xml')
+    cost = json.load(open(out / 'step_cost.json'))
+    r = cost['results'][0]
+    assert (r['model'], r['input_size'], r['batch_size']) == ('resnet18', 32, 4)
+    assert r['stpp']['ideal_s'] > r['plain']['median_s'] and len(r['stpp']['subnets']) == 6
+    compiled = json.load(open(out / 'step_cost_compile.json'))
+    assert compiled['torchcompile'] == 'eager' and compiled['results'][0]['plain']['compile_s'] > 0
+    memory = json.load(open(out / 'memory.json'))
+    assert set(memory['results']) == {'plain', 'stpp', 'stpp_joint'} and memory['ratios']['stpp']['peak'] > 0
+    budget = json.load(open(out / 'budget_cost.json'))['results'][0]
+    assert budget['budget'] == 1.0 and budget['num_subnets'] >= 1 and budget['realized_cost'] > 0
+    study = json.load(open(out / 'study' / 'results.json'))
+    assert set(study['accuracy']) == {'baseline', 'stpp'} and not study['unfinished']
+    text = (out / 'summary.md').read_text()
+    for title in ('## Step cost', '## Step cost, --torchcompile', '## Peak memory', '## Budget', '## Accuracy study'):
+        assert title in text
+    assert json.load(open(out / 'environment.json'))['device'] == 'cpu'
+
+
+def test_gpu_script_refuses_cuda_without_a_gpu(tmp_path):
+    env = dict(_env(tmp_path), CUDA_VISIBLE_DEVICES='')  # no GPU visible, also on a GPU machine
+    proc = subprocess.run([sys.executable, SCRIPT, '--out', str(tmp_path / 'gpu')], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and 'torch sees no CUDA device' in proc.stderr
+    assert not (tmp_path / 'gpu' / 'summary.json').exists()

@@ -1,0 +1,143 @@
+"""benchmarks/study.py: the loafing / accuracy study, its tables and a tiny end-to-end run on the digits."""
+import json
+import os
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+import study  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def _run(top1, seconds=10.0, epochs=3):
+    return {'final_top1': top1, 'train_time_s': seconds, 'epochs': epochs, 'stim_resolved': {}}
+
+
+def test_accuracy_table_mean_std_and_whether_a_difference_beats_the_spread():
+    runs = {('baseline', 0): _run(80.0), ('baseline', 1): _run(82.0),
+            ('stpp', 0): _run(85.0, 30.0), ('stpp', 1): _run(85.5, 34.0),
+            ('st', 0): _run(81.5), ('st', 1): _run(82.5)}
+    table, lines = study.accuracy_table(runs, ['baseline', 'st', 'stpp'], [0, 1])
+    base_std = 2 ** 0.5  # stdev of 80, 82
+    assert table['baseline']['top1_mean'] == 81.0 and table['baseline']['top1_std'] == pytest.approx(base_std)
+    assert table['stpp']['diff_vs_baseline'] == pytest.approx(4.25)
+    assert table['stpp']['beyond_spread'] is True  # 4.25 > 1.414 + 0.354
+    assert table['st']['diff_vs_baseline'] == pytest.approx(1.0) and table['st']['beyond_spread'] is False
+    assert table['stpp']['train_time_s_mean'] == 32.0
+    assert '| stpp | 3 | 85.25 ± 0.35 | 85.00, 85.50 | +4.25 | yes | 32 |' in lines
+
+
+def _rows(label, full, drop1, sampled):
+    rows = [{'label': label, 'kind': 'full', 'num_blocks': '8', 'top1': str(full)}]
+    rows += [{'label': label, 'kind': 'drop1', 'num_blocks': '7', 'top1': str(t)} for t in drop1]
+    rows += [{'label': label, 'kind': 'sampled', 'num_blocks': str(n), 'top1': str(t)} for n, t in sampled]
+    return rows
+
+
+def test_loafing_table_and_blocks_removed_curves():
+    rows_by = {
+        ('baseline', 'uniform', 'own'): _rows('baseline-seed0', 90, [60, 80], [(6, 40), (8, 90), (6, 50)])
+        + _rows('baseline-seed1', 92, [70, 90], [(6, 60), (7, 70)]),
+        ('baseline', 'stpp', 'own'): _rows('baseline-seed0', 90, [60, 80], [(7, 85)])
+        + _rows('baseline-seed1', 92, [70, 90], [(7, 75)]),
+    }
+    table, lines = study.loafing_table(rows_by, ['baseline'], [0, 1])
+    own = table['baseline']['own']
+    assert own['full']['per_seed'] == [90.0, 92.0]
+    assert own['drop1_mean']['per_seed'] == [70.0, 80.0] and own['drop1_min']['per_seed'] == [60.0, 70.0]
+    assert own['uniform']['per_seed'] == [60.0, 65.0] and own['stpp']['per_seed'] == [85.0, 75.0]
+    assert 'recal' not in table['baseline']
+    assert lines[-1].startswith("| baseline | checkpoint's | 91.00 ± 1.41 | 75.00 ± 7.07 | 65.00 ± 7.07 |")
+    curves = study.removed_curves(rows_by, ['baseline'], [0, 1], 'own')['baseline']
+    # Seed 0: 0 removed -> mean(90, 90), 1 -> mean(60, 80), 2 -> mean(40, 50); seed 1: 0 -> 92, 1 -> (70, 90, 70), 2 -> 60.
+    assert curves[0][:2] == (91.0, pytest.approx(2 ** 0.5))
+    assert curves[1][0] == pytest.approx((70 + 230 / 3) / 2)
+    assert curves[2][0] == pytest.approx((45 + 60) / 2) and curves[2][2] == 2
+
+
+def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epochs(tmp_path):
+    out = tmp_path / 'study'
+    common = ['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]', 'stem_width=8',
+              '--size', '16', '--epochs', '1', '--batches-per-epoch', '2', '--batch-size', '16', '--in-process',
+              '--out', str(out)]
+    result = study.main(common + ['--seeds', '0', '--no-analyze', '--variants', 'baseline', 'stpp', 'stpp_budget1',
+                                  'baseline_2x', 'baseline_wall'])
+    runs = result['runs']
+    ratio = runs[('stpp', 0)]['train_time_s'] / runs[('baseline', 0)]['train_time_s']
+    assert result['wall_epochs'] == max(1, round(ratio)) == runs[('baseline_wall', 0)]['epochs']
+    assert runs[('baseline_2x', 0)]['epochs'] == 2 and runs[('baseline', 0)]['epochs'] == 1
+    saved = yaml.safe_load(open(out / 'runs' / 'stpp_budget1-seed0' / 'args.yaml'))
+    assert saved['stim_budget'] == 1.0 and saved['stim_subnets'] == result['budget1_subnets'] >= 1
+    assert saved['stim_space'] == 'stpp' and saved['stim_min_scale'] == 0.43
+    assert yaml.safe_load(open(out / 'runs' / 'stpp-seed0' / 'args.yaml'))['stim_subnets'] == 3
+    written = json.load(open(out / 'results.json'))
+    assert set(written['accuracy']) == {'baseline', 'stpp', 'stpp_budget1', 'baseline_2x', 'baseline_wall'}
+    assert (out / 'accuracy_vs_time.png').stat().st_size > 0
+    assert '| stpp_budget1 | 1 |' in (out / 'results.md').read_text()
+    # Finished runs are kept: a second call trains nothing and gives the same table.
+    again = study.main(common + ['--seeds', '0', '--no-analyze', '--variants', 'baseline', 'stpp'])
+    assert again['runs'][('stpp', 0)] == runs[('stpp', 0)]
+
+
+def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_path):
+    out = tmp_path / 'study'
+    result = study.main(['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]',
+                         'stem_width=8', '--size', '16', '--epochs', '1', '--batches-per-epoch', '2',
+                         '--batch-size', '16', '--in-process', '--out', str(out), '--seeds', '0', '1',
+                         '--variants', 'baseline', '--analyze-subnets', '3', '2', '--bn-recal', '32'])
+    for space, sampled in (('uniform', 3), ('stpp', 2)):
+        for recal, images in (('own', '0'), ('recal', '32')):
+            rows = study.read_analyze(str(out / 'analyze' / f'baseline-{space}-{recal}' / 'analyze.csv'))
+            for seed in (0, 1):
+                mine = [r for r in rows if r['label'] == f'baseline-seed{seed}']
+                # resnet18: 4 blocks can be removed one at a time.
+                assert [r['kind'] for r in mine] == ['full'] + ['drop1'] * 4 + ['sampled'] * sampled
+                assert {r['bn_recal_images'] for r in mine if r['kind'] != 'full'} == {images}
+    loafing = result['loafing']['baseline']
+    assert set(loafing) == {'own', 'recal'} and len(loafing['recal']['drop1_min']['per_seed']) == 2
+    assert (out / 'loafing.png').stat().st_size > 0
+    curves = json.load(open(out / 'results.json'))['blocks_removed']
+    assert set(curves) == {'own', 'recal'} and '0' in curves['own']['baseline']
+
+
+def _write_idx(path, array):
+    import gzip
+    import numpy as np
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.tobytes())
+
+
+def test_fashion_mnist_subset_is_balanced_and_seeded(tmp_path):
+    import numpy as np
+    from _fmnist import balanced_subset, layout_subset, read_idx
+    source = tmp_path / 'idx'
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    train_labels = np.repeat(np.arange(10), 5)  # 50 training images, 5 per class
+    test_labels = np.repeat(np.arange(10), 3)
+    _write_idx(source / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (50, 28, 28)))
+    _write_idx(source / 'train-labels-idx1-ubyte.gz', train_labels)
+    _write_idx(source / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (30, 28, 28)))
+    _write_idx(source / 't10k-labels-idx1-ubyte.gz', test_labels)
+    assert read_idx(str(source / 'train-labels-idx1-ubyte.gz')).tolist() == train_labels.tolist()
+    out = layout_subset(str(tmp_path / 'fm'), 20, seed=3, source_dir=str(source), analyze_images=10)
+    for split, per_class in (('train', 2), ('test', 3), ('test2k', 1)):
+        counts = [len(os.listdir(os.path.join(out, split, str(c)))) for c in range(10)]
+        assert counts == [per_class] * 10, split
+    picked = sorted(int(f[:-4]) for c in range(10) for f in os.listdir(os.path.join(out, 'train', str(c))))
+    assert picked == balanced_subset(train_labels, 2, 3).tolist()
+    assert balanced_subset(train_labels, 2, 3).tolist() != balanced_subset(train_labels, 2, 4).tolist()
+    from PIL import Image
+    first = picked[0]
+    image = np.asarray(Image.open(os.path.join(out, 'train', str(train_labels[first]), f'{first:05d}.png')))
+    assert image.tolist() == read_idx(str(source / 'train-images-idx3-ubyte.gz'))[first].tolist()

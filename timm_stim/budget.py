@@ -1,0 +1,260 @@
+"""Stimulative training at a chosen compute budget: how many subnetworks a step can afford.
+
+A stimulative step costs the plain step (the full network's forward and backward) plus one
+forward and backward per subnetwork. A subnetwork's pass costs, relative to the full
+network's, about its forward FLOPs relative to the full network's forward FLOPs (backward
+FLOPs are in the same proportion). Its expectation over the sampling space and the input-size
+range is
+
+    cost of one subnetwork = E_s E_subnet[FLOPs(subnet at s)] / FLOPs(full at S)
+
+where ``S`` is the training input size and the side ``s`` is drawn as ``StimulativeTask``
+draws it. Stages are sampled independently and dropped blocks cost nothing, so
+
+    E_subnet[FLOPs(subnet at s)] = FLOPs(full at s) - sum_b P(block b dropped) * FLOPs(block b at s)
+
+with ``P(block b dropped)`` exact for the space and mode (``drop_probabilities``), and the
+FLOPs of every block counted at each input side (``timm_stim.flops.block_flops``, on a
+shape-only copy of the model, so nothing is computed).
+
+``--stim-budget B`` asks for an expected extra cost of at most ``B`` full forward+backward
+passes per step: ``K`` is the most subnetworks whose expected cost is within the budget, to
+the accuracy of a FLOPs estimate of a step's time (``BUDGET_SLACK``, 5 %: BENCHMARKS.md
+section 1 measures steps at 0.98-1.13 of their FLOPs ideal), so that e.g. two subnetworks
+costing 0.51 each meet a budget of 1. A budget below the cost of one subnetwork, or an
+explicit ``--stim-subnets`` that differs from the K the budget affords, is refused
+(``resolve_budget``).
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import InputError
+from .flops import block_flops, shape_only_copy
+from .task import round_to_multiple
+
+__all__ = ['BudgetPlan', 'check_budget', 'drop_probabilities', 'input_size_choices', 'subnet_cost',
+           'affordable_subnets', 'resolve_budget', 'BUDGET_SLACK']
+
+# A budget is met when the expected cost is at most (1 + BUDGET_SLACK) * budget: FLOPs predict
+# a step's time only to a few percent, so refusing a K that is 2 % over would halve what the
+# user asked for (e.g. budget 1 with subnetworks of 0.51 each would get one, not two).
+BUDGET_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a compute budget resolves to for one model, space and input-size range.
+
+    Attributes:
+        budget: the budget asked for (extra full forward+backward passes per step), or None
+            when the number of subnetworks was given directly.
+        num_subnets: subnetworks per step (K).
+        subnet_cost: expected cost of one subnetwork pass, as a fraction of the full network's
+            pass at the training size (FLOPs ratio, averaged over the space and input sizes).
+        expected_cost: ``num_subnets * subnet_cost``: expected extra cost of a step, in full
+            forward+backward passes (a step costs ``1 + expected_cost`` plain steps, ideally).
+        full_flops: forward FLOPs of the full network for one image at the training size.
+        input_size: training input size (C, H, W).
+        subnet_sides: smallest and largest shorter side of a subnetwork input.
+    """
+    budget: Optional[float]
+    num_subnets: int
+    subnet_cost: float
+    expected_cost: float
+    full_flops: int
+    input_size: Tuple[int, ...]
+    subnet_sides: Tuple[int, int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain types, for args.yaml's ``stim_resolved`` and logs (costs rounded to 4 digits)."""
+        out = asdict(self)
+        out['subnet_cost'] = round(self.subnet_cost, 4)
+        out['expected_cost'] = round(self.expected_cost, 4)
+        out['input_size'] = list(self.input_size)
+        out['subnet_sides'] = list(self.subnet_sides)
+        return out
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        asked = f'budget {self.budget:g} -> ' if self.budget is not None else ''
+        return (f'{asked}{self.num_subnets} subnetwork(s) per step, each {self.subnet_cost:.3f} of a full pass on '
+                f'average (inputs {self.subnet_sides[0]}-{self.subnet_sides[1]} px of {self.input_size[-1]}): '
+                f'expected extra cost {self.expected_cost:.3f} full forward+backward passes per step')
+
+
+def check_budget(budget: Any) -> None:
+    """Raise ``InputError`` unless ``budget`` is None or a finite number > 0 (cheap; before any model is built)."""
+    if budget is None:
+        return
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise InputError(f'--stim-budget {budget!r}: expected a number > 0, the extra cost per step in full '
+                         f'forward+backward passes (e.g. 1: a step costs about twice a plain step).')
+
+
+def drop_probabilities(stage_depths: Sequence[int], max_drops: Sequence[int], mode: str) -> List[List[float]]:
+    """Probability that each block is dropped when a subnetwork is sampled (``Stimulator.sample``).
+
+    A stage of ``d`` blocks loses ``n ~ U{0..m}`` blocks (``m`` its largest drop). In ``depth``
+    mode they are its last ``n``: block ``b`` is dropped when ``n >= d - b``. In ``drop`` mode
+    they are ``n`` of the ``d - 1`` blocks after block 0, uniformly: ``P = E[n] / (d - 1)``.
+
+    Returns:
+        For each stage, one probability per block (block 0: always 0).
+    """
+    out = []
+    for d, m in zip(stage_depths, max_drops):
+        probs = [0.0] * d
+        for b in range(1, d):
+            if mode == 'depth':
+                probs[b] = max(0, m - (d - b) + 1) / (m + 1)
+            elif mode == 'drop':
+                probs[b] = (m / 2) / (d - 1)
+            else:
+                raise ValueError(f'mode {mode!r}: expected depth or drop.')
+        out.append(probs)
+    return out
+
+
+def input_size_choices(height: int, width: int, min_scale: float, max_scale: float,
+                       multiple: int = 1) -> List[Tuple[int, int]]:
+    """Every subnetwork input size ``sample_input_size`` can draw, each equally likely.
+
+    The shorter side is uniform over ``[floor(S * min_scale), floor(S * max_scale)]``, the other
+    side keeps the aspect ratio, then both are rounded down to ``multiple``; with both scales 1
+    the input keeps its size. Sizes may repeat after rounding (they stay, so each entry has
+    the same probability).
+    """
+    if min_scale == 1.0 and max_scale == 1.0:
+        return [(height, width)]
+    short = min(height, width)
+    low = max(1, math.floor(short * min_scale))
+    high = max(low, math.floor(short * max_scale))
+    sizes = []
+    for side in range(low, high + 1):
+        if height == width:
+            size = (side, side)
+        else:
+            ratio = side / short
+            size = (side, max(1, round(width * ratio))) if height <= width else (max(1, round(height * ratio)), side)
+        sizes.append(tuple(round_to_multiple(size, multiple)))
+    return sizes
+
+
+def _counting_model(model):
+    """(model to count on, device): a shape-only copy on the meta device, or the model itself where that fails."""
+    try:
+        copy = shape_only_copy(model)
+    except Exception:  # e.g. a parameter type that cannot move to meta: count on the model itself
+        return model, next(model.parameters()).device
+    return copy, 'meta'
+
+
+def subnet_cost(stimulator, input_size: Sequence[int], min_scale: float = 1.0,
+                max_scale: float = 1.0) -> Tuple[float, int]:
+    """Expected cost of one subnetwork pass relative to the full network's pass at ``input_size``.
+
+    Exact for the FLOPs torch counts: every distinct input size the task can draw is counted
+    once (on a shape-only copy of the model, so nothing is computed), and per size the
+    expectation over subnetworks follows from each block's FLOPs and its drop probability.
+
+    Args:
+        stimulator: the model's ``Stimulator`` (its space and mode define the subnetworks).
+        input_size: training input size (C, H, W).
+        min_scale, max_scale: subnetwork input size range, as ``StimulativeTask`` takes it.
+
+    Returns:
+        (expected FLOPs of a subnetwork pass / FLOPs of the full pass, full forward FLOPs of one image).
+    """
+    from .stimulator import get_stimulator
+    channels, height, width = (int(v) for v in input_size)
+    scaled = (min_scale, max_scale) != (1.0, 1.0)
+    multiple = stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1
+    sizes = input_size_choices(height, width, min_scale, max_scale, multiple)
+    model, device = _counting_model(stimulator.model)
+    stim = get_stimulator(model) if model is not stimulator.model else stimulator
+    blocks = [b for stage in stim.adapter.stages(model) for b in stage]
+    probs = [p for stage in drop_probabilities(stim.stage_depths, stim.max_drops, stim.mode) for p in stage]
+
+    def expected_flops(size: Tuple[int, int]) -> float:
+        total, per_block = block_flops(model, blocks, (channels, *size), device)
+        return total - sum(p * f for p, f in zip(probs, per_block))
+
+    full_flops, _ = block_flops(model, [], (channels, height, width), device)
+    counted = {size: expected_flops(size) for size in sorted(set(sizes))}
+    return sum(counted[size] for size in sizes) / len(sizes) / full_flops, full_flops
+
+
+def affordable_subnets(cost: float, budget: float, num_subnets: int = 0, what: str = '') -> int:
+    """The most subnetworks of expected cost ``cost`` whose total is within ``budget`` (to ``BUDGET_SLACK``).
+
+    Args:
+        cost: expected cost of one subnetwork pass (``subnet_cost``).
+        budget: ``--stim-budget``.
+        num_subnets: ``--stim-subnets``; 0 lets the budget choose, any other value must agree.
+        what: the space and sizes the cost is for, named in error messages.
+
+    Raises:
+        InputError: the budget affords no subnetwork, or a different number than ``num_subnets``.
+    """
+    check_budget(budget)
+    about = f' ({what})' if what else ''
+    affordable = math.floor((1 + BUDGET_SLACK) * budget / cost)
+    if affordable < 1:
+        smallest = math.ceil(cost / (1 + BUDGET_SLACK) * 100) / 100
+        raise InputError(f'--stim-budget {budget:g} is below the cost of one subnetwork: each costs {cost:.3f} of a '
+                         f'full forward+backward pass on average{about}. Use --stim-budget {smallest:g} or more, or '
+                         f'make subnetworks cheaper (a space that drops more blocks, a lower --stim-min-scale or '
+                         f'--stim-max-scale).')
+    if num_subnets and num_subnets != affordable:
+        raise InputError(f'--stim-subnets {num_subnets} and --stim-budget {budget:g} disagree: {num_subnets} subnetworks '
+                         f'cost {num_subnets * cost:.3f} full passes per step, the budget affords {affordable} '
+                         f'({affordable * cost:.3f}); each costs {cost:.3f}{about}. Give one of them (set '
+                         f'--stim-subnets 0, e.g. in a -c config, to let the budget choose).')
+    return affordable
+
+
+def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0, max_scale: float = 1.0,
+                   budget: Optional[float] = None, num_subnets: int = 0,
+                   cost: Optional[float] = None) -> BudgetPlan:
+    """Subnetworks per step for a compute budget, and the expected cost of a step.
+
+    With ``budget``: ``K = floor((1 + BUDGET_SLACK) * budget / subnet_cost)``, the most
+    subnetworks whose expected extra cost stays within the budget (to 5 %); ``num_subnets`` 0
+    lets the budget choose, any other value must equal that K. Without ``budget``: the plan
+    for ``num_subnets`` as given (its expected cost, for the log).
+
+    Args:
+        stimulator: the model's ``Stimulator``.
+        input_size: training input size (C, H, W).
+        min_scale, max_scale: subnetwork input size range.
+        budget: extra cost per step in full forward+backward passes (``--stim-budget``), or None.
+        num_subnets: ``--stim-subnets`` (0: not given).
+        cost: ``subnet_cost(...)[0]`` for the same model, space and sizes, when already counted.
+
+    Returns:
+        The ``BudgetPlan``.
+
+    Raises:
+        InputError: a budget that is not a number > 0, below the cost of one subnetwork, or
+            contradicted by ``num_subnets``.
+    """
+    check_budget(budget)  # before any counting
+    if cost is None:
+        cost, full_flops = subnet_cost(stimulator, input_size, min_scale, max_scale)
+    else:
+        from .flops import count_flops
+        full_flops = count_flops(shape_only_copy(stimulator.model), input_size, 'meta')
+    height, width = (int(v) for v in input_size[-2:])
+    scaled = (min_scale, max_scale) != (1.0, 1.0)
+    sizes = input_size_choices(height, width, min_scale, max_scale,
+                               stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1)
+    sides = (min(min(s) for s in sizes), max(min(s) for s in sizes))
+    if budget is None:
+        k = int(num_subnets)
+    else:
+        what = (f'space {stimulator.space!r} ({stimulator.mode} mode) of {type(stimulator.model).__name__}, inputs '
+                f'{sides[0]}-{sides[1]} px of {min(height, width)}')
+        k = affordable_subnets(cost, budget, num_subnets, what)
+    return BudgetPlan(None if budget is None else float(budget), k, cost, k * cost, full_flops,
+                      tuple(int(v) for v in input_size), sides)
