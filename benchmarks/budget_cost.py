@@ -1,7 +1,8 @@
 """Does a step at ``--stim-budget B`` cost what the budget says? (BENCHMARKS.md, "ST at a chosen compute budget")
 
-For each budget: ``timm_stim.budget.resolve_budget`` gives K and the expected extra cost
-(FLOPs); then plain timm steps and ST++ steps with K subnetworks (stpp space, KL-, inputs
+For each budget: ``timm_stim.budget.resolve_budget`` gives the mean K (the task draws the
+whole number every step) and the expected extra cost (FLOPs); then plain timm steps and ST++
+steps (stpp space, KL-, inputs
 0.43-1) are timed in alternating rounds, the subnetworks and sizes drawn afresh every step
 as in training (the expected cost is an average over draws, so every step draws). The
 realized extra cost is ``mean ST step / mean plain step - 1``, in plain steps, to be compared
@@ -31,22 +32,6 @@ from timm_stim.budget import resolve_budget, subnet_cost
 MIN_SCALE = 0.43
 
 
-class FractionalSubnetsTask(StimulativeTask):
-    """A prototype (``--fractional``): K drawn every step from the task's own generator so that
-    its expectation is ``budget / subnet cost`` exactly (floor, plus one with the fractional part's
-    probability), instead of the whole number ``resolve_budget`` gives."""
-
-    def __init__(self, *args, expected_subnets: float, **kwargs):
-        super().__init__(*args, num_subnets=max(1, int(expected_subnets)), **kwargs)
-        self.expected_subnets = float(expected_subnets)
-
-    def forward(self, input, target):
-        whole = int(self.expected_subnets)
-        extra = float(torch.rand((), generator=self.generator)) < self.expected_subnets - whole
-        self.num_subnets = whole + int(extra)  # 0: a plain step (the task is inactive)
-        return super().forward(input, target)
-
-
 def timed_steps(task, optimizer, x, y, autocast, steps: int, device) -> List[float]:
     times = []
     for _ in range(steps):
@@ -74,8 +59,6 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     parser.add_argument('--channels-last', action='store_true')
-    parser.add_argument('--fractional', action='store_true',
-                        help='prototype: draw K per step so that its mean is budget / subnet cost')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     if args.threads:
@@ -105,14 +88,10 @@ def main() -> None:
         stim = attach(model, space='stpp')
         plan = resolve_budget(stim, (3, args.size, args.size), MIN_SCALE, 1.0, budget=budget, cost=cost)
         model.to(device)
-        if args.fractional:
-            task = FractionalSubnetsTask(model, criterion, expected_subnets=budget / cost, min_scale=MIN_SCALE,
-                                         normalize='kl', device=device, verbose=False, seed=0)
-            expected = budget
-        else:
-            task = StimulativeTask(model, criterion, num_subnets=plan.num_subnets, min_scale=MIN_SCALE,
-                                   normalize='kl', device=device, verbose=False, seed=0)
-            expected = plan.expected_cost
+        # plan.num_subnets is the mean the budget affords (e.g. 1.83): the task draws 1 or 2 every step.
+        task = StimulativeTask(model, criterion, num_subnets=plan.num_subnets, min_scale=MIN_SCALE,
+                               normalize='kl', device=device, verbose=False, seed=0)
+        expected = plan.expected_cost
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         timed_steps(plain, plain_opt, x, y, autocast, args.warmup, device)
         timed_steps(task, opt, x, y, autocast, args.warmup, device)
@@ -127,16 +106,15 @@ def main() -> None:
                     st_times += timed_steps(task, opt, x, y, autocast, args.steps, device)
         p, s = statistics.mean(plain_times), statistics.mean(st_times)
         realized = s / p - 1
-        k = f'{budget / cost:.2f} on average' if args.fractional else str(plan.num_subnets)
-        results.append({**plan.to_dict(), 'fractional': args.fractional, 'subnets_per_step': k,
+        k = f'{plan.num_subnets:.2f} on average'
+        results.append({**plan.to_dict(), 'subnets_per_step': k,
                         'expected_cost': expected, 'plain_step_s': p, 'st_step_s': s, 'realized_cost': realized,
                         'realized_over_expected': realized / expected, 'realized_over_budget': realized / budget,
                         'plain_times_s': plain_times, 'st_times_s': st_times})
         print(f'budget {budget:g}: K={k} expected {expected:.3f}, plain {p * 1e3:.1f} ms, '
               f'ST {s * 1e3:.1f} ms -> realized {realized:.3f} ({realized / expected:.3f} of expected, '
               f'{realized / budget:.3f} of the budget)', flush=True)
-    out = args.out or (f'{_common.ROOT}/benchmarks/results/budget_cost_{device.type}'
-                       f'{"_fractional" if args.fractional else ""}.json')
+    out = args.out or f'{_common.ROOT}/benchmarks/results/budget_cost_{device.type}.json'
     write_json(out, {'machine': info, 'args': vars(args), 'results': results})
 
 

@@ -75,7 +75,9 @@ def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epoch
     assert result['wall_epochs'] == max(1, round(ratio)) == runs[('baseline_wall', 0)]['epochs']
     assert runs[('baseline_2x', 0)]['epochs'] == 2 and runs[('baseline', 0)]['epochs'] == 1
     saved = yaml.safe_load(open(out / 'runs' / 'stpp_budget1-seed0' / 'args.yaml'))
-    assert saved['stim_budget'] == 1.0 and saved['stim_subnets'] == result['budget1_subnets'] >= 1
+    assert saved['stim_budget'] == 1.0 and saved['stim_subnets'] == 0
+    assert saved['stim_resolved']['subnets_per_step'] == pytest.approx(result['budget1_subnets'], abs=1e-4)
+    assert result['budget1_subnets'] >= 1
     assert saved['stim_space'] == 'stpp' and saved['stim_min_scale'] == 0.43
     assert yaml.safe_load(open(out / 'runs' / 'stpp-seed0' / 'args.yaml'))['stim_subnets'] == 3
     written = json.load(open(out / 'results.json'))

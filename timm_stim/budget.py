@@ -17,13 +17,11 @@ with ``P(block b dropped)`` exact for the space and mode (``drop_probabilities``
 FLOPs of every block counted at each input side (``timm_stim.flops.block_flops``, on a
 shape-only copy of the model, so nothing is computed).
 
-``--stim-budget B`` asks for an expected extra cost of at most ``B`` full forward+backward
-passes per step: ``K`` is the most subnetworks whose expected cost is within the budget, to
-the accuracy of a FLOPs estimate of a step's time (``BUDGET_SLACK``, 5 %: BENCHMARKS.md
-section 1 measures steps at 0.98-1.13 of their FLOPs ideal), so that e.g. two subnetworks
-costing 0.51 each meet a budget of 1. A budget below the cost of one subnetwork, or an
-explicit ``--stim-subnets`` that differs from the K the budget affords, is refused
-(``resolve_budget``).
+``--stim-budget B`` asks for an expected extra cost of ``B`` full forward+backward passes per
+step: the task runs ``K = B / cost`` subnetworks per step on average (``StimulativeTask`` draws
+``floor(K)`` or ``floor(K) + 1`` each step from its own generator, so the mean is exact and a
+resumed run draws the same). A budget below the cost of one subnetwork, or given together with
+an explicit ``--stim-subnets``, is refused (``resolve_budget``).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -34,12 +32,7 @@ from .flops import block_flops, shape_only_copy
 from .task import round_to_multiple
 
 __all__ = ['BudgetPlan', 'check_budget', 'drop_probabilities', 'input_size_choices', 'subnet_cost',
-           'affordable_subnets', 'resolve_budget', 'BUDGET_SLACK']
-
-# A budget is met when the expected cost is at most (1 + BUDGET_SLACK) * budget: FLOPs predict
-# a step's time only to a few percent, so refusing a K that is 2 % over would halve what the
-# user asked for (e.g. budget 1 with subnetworks of 0.51 each would get one, not two).
-BUDGET_SLACK = 0.05
+           'affordable_subnets', 'resolve_budget']
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,8 @@ class BudgetPlan:
     Attributes:
         budget: the budget asked for (extra full forward+backward passes per step), or None
             when the number of subnetworks was given directly.
-        num_subnets: subnetworks per step (K).
+        num_subnets: subnetworks per step (K); with a budget, a mean such as 1.57 (each step runs
+            ``floor(K)`` or ``floor(K) + 1``).
         subnet_cost: expected cost of one subnetwork pass, as a fraction of the full network's
             pass at the training size (FLOPs ratio, averaged over the space and input sizes).
         expected_cost: ``num_subnets * subnet_cost``: expected extra cost of a step, in full
@@ -59,7 +53,7 @@ class BudgetPlan:
         subnet_sides: smallest and largest shorter side of a subnetwork input.
     """
     budget: Optional[float]
-    num_subnets: int
+    num_subnets: float
     subnet_cost: float
     expected_cost: float
     full_flops: int
@@ -69,6 +63,7 @@ class BudgetPlan:
     def to_dict(self) -> Dict[str, Any]:
         """Plain types, for args.yaml's ``stim_resolved`` and logs (costs rounded to 4 digits)."""
         out = asdict(self)
+        out['num_subnets'] = round(self.num_subnets, 4)
         out['subnet_cost'] = round(self.subnet_cost, 4)
         out['expected_cost'] = round(self.expected_cost, 4)
         out['input_size'] = list(self.input_size)
@@ -78,7 +73,7 @@ class BudgetPlan:
     def describe(self) -> str:
         """One line for the training log."""
         asked = f'budget {self.budget:g} -> ' if self.budget is not None else ''
-        return (f'{asked}{self.num_subnets} subnetwork(s) per step, each {self.subnet_cost:.3f} of a full pass on '
+        return (f'{asked}{self.num_subnets:.3g} subnetwork(s) per step, each {self.subnet_cost:.3f} of a full pass on '
                 f'average (inputs {self.subnet_sides[0]}-{self.subnet_sides[1]} px of {self.input_size[-1]}): '
                 f'expected extra cost {self.expected_cost:.3f} full forward+backward passes per step')
 
@@ -185,33 +180,32 @@ def subnet_cost(stimulator, input_size: Sequence[int], min_scale: float = 1.0,
     return sum(counted[size] for size in sizes) / len(sizes) / full_flops, full_flops
 
 
-def affordable_subnets(cost: float, budget: float, num_subnets: int = 0, what: str = '') -> int:
-    """The most subnetworks of expected cost ``cost`` whose total is within ``budget`` (to ``BUDGET_SLACK``).
+def affordable_subnets(cost: float, budget: float, num_subnets: int = 0, what: str = '') -> float:
+    """Subnetworks per step, on average, whose expected cost ``cost`` each adds up to ``budget``.
 
     Args:
         cost: expected cost of one subnetwork pass (``subnet_cost``).
         budget: ``--stim-budget``.
-        num_subnets: ``--stim-subnets``; 0 lets the budget choose, any other value must agree.
+        num_subnets: ``--stim-subnets``; must be 0 (not given) when a budget is.
         what: the space and sizes the cost is for, named in error messages.
 
     Raises:
-        InputError: the budget affords no subnetwork, or a different number than ``num_subnets``.
+        InputError: the budget is below one subnetwork per step, or a number of subnetworks was
+            given too.
     """
     check_budget(budget)
     about = f' ({what})' if what else ''
-    affordable = math.floor((1 + BUDGET_SLACK) * budget / cost)
-    if affordable < 1:
-        smallest = math.ceil(cost / (1 + BUDGET_SLACK) * 100) / 100
+    if num_subnets:
+        raise InputError(f'--stim-subnets {num_subnets} and --stim-budget {budget:g}: give one of them. The budget '
+                         f'runs {budget / cost:.3g} subnetworks per step on average, each costing {cost:.3f} of a full '
+                         f'pass{about} (set --stim-subnets 0, e.g. in a -c config, to let the budget choose).')
+    if budget < cost:
+        smallest = math.ceil(cost * 100) / 100
         raise InputError(f'--stim-budget {budget:g} is below the cost of one subnetwork: each costs {cost:.3f} of a '
                          f'full forward+backward pass on average{about}. Use --stim-budget {smallest:g} or more, or '
                          f'make subnetworks cheaper (a space that drops more blocks, a lower --stim-min-scale or '
                          f'--stim-max-scale).')
-    if num_subnets and num_subnets != affordable:
-        raise InputError(f'--stim-subnets {num_subnets} and --stim-budget {budget:g} disagree: {num_subnets} subnetworks '
-                         f'cost {num_subnets * cost:.3f} full passes per step, the budget affords {affordable} '
-                         f'({affordable * cost:.3f}); each costs {cost:.3f}{about}. Give one of them (set '
-                         f'--stim-subnets 0, e.g. in a -c config, to let the budget choose).')
-    return affordable
+    return budget / cost
 
 
 def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0, max_scale: float = 1.0,
@@ -219,10 +213,10 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
                    cost: Optional[float] = None) -> BudgetPlan:
     """Subnetworks per step for a compute budget, and the expected cost of a step.
 
-    With ``budget``: ``K = floor((1 + BUDGET_SLACK) * budget / subnet_cost)``, the most
-    subnetworks whose expected extra cost stays within the budget (to 5 %); ``num_subnets`` 0
-    lets the budget choose, any other value must equal that K. Without ``budget``: the plan
-    for ``num_subnets`` as given (its expected cost, for the log).
+    With ``budget``: ``K = budget / subnet_cost`` subnetworks per step on average (a
+    fraction: the task draws the whole number each step), so the expected extra cost is the
+    budget; ``num_subnets`` must then be 0. Without ``budget``: the plan for ``num_subnets``
+    as given (its expected cost, for the log).
 
     Args:
         stimulator: the model's ``Stimulator``.
@@ -237,7 +231,7 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
 
     Raises:
         InputError: a budget that is not a number > 0, below the cost of one subnetwork, or
-            contradicted by ``num_subnets``.
+            given together with ``num_subnets``.
     """
     check_budget(budget)  # before any counting
     if cost is None:
@@ -251,7 +245,7 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
                                stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1)
     sides = (min(min(s) for s in sizes), max(min(s) for s in sizes))
     if budget is None:
-        k = int(num_subnets)
+        k = num_subnets
     else:
         what = (f'space {stimulator.space!r} ({stimulator.mode} mode) of {type(stimulator.model).__name__}, inputs '
                 f'{sides[0]}-{sides[1]} px of {min(height, width)}')

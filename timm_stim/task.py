@@ -200,8 +200,10 @@ def _check_weight_warmup(weight_warmup_epochs) -> None:
 
 def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
                         weight_sched, start_epoch) -> None:
-    if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 0:
-        raise ValueError(f'num_subnets={num_subnets!r}: expected an int >= 0 (0 turns stimulative training off).')
+    if isinstance(num_subnets, bool) or not isinstance(num_subnets, (int, float)) or num_subnets < 0 \
+            or not math.isfinite(num_subnets):
+        raise ValueError(f'num_subnets={num_subnets!r}: expected an int >= 0 (0 turns stimulative training off), or '
+                         f'a fraction such as 1.6 (subnetworks per step on average).')
     check_scales(min_scale, max_scale)
     if normalize not in NORMALIZE_CHOICES:
         raise ValueError(f'normalize={normalize!r}: expected one of {NORMALIZE_CHOICES}.')
@@ -244,7 +246,10 @@ class StimulativeMixin:
     nothing else about subnetworks is the loop's business.
 
     Stimulative options (``stim`` dict; keyword arguments of ``StimulativeTask``):
-        num_subnets: subnetworks per step, K (0 = the base task alone).
+        num_subnets: subnetworks per step, K (0 = the base task alone). A fraction (e.g. 1.6, what
+            a compute budget affords, ``timm_stim.budget``) is a mean: each step runs
+            ``floor(K)`` subnetworks, plus one with probability ``K - floor(K)``, drawn from the
+            task's generator.
         stimulator: an attached ``Stimulator``; else the model's own, else ``attach(model,
             space, mode, bn)``.
         space, mode, bn: for ``attach`` (defaults 'uniform', 'depth', 'freeze').
@@ -464,7 +469,7 @@ class StimulativeMixin:
         loss, output = result['loss'], result['output']
         plan = []
         height, width = input.shape[-2:]
-        for _ in range(self.num_subnets):
+        for _ in range(self._subnets_this_step()):
             subnet = self.stimulator.sample(self.generator)
             size = sample_input_size(height, width, self.min_scale, self.max_scale, self.generator,
                                      self.size_multiple)
@@ -481,6 +486,15 @@ class StimulativeMixin:
                         else value) for key, value in result.items()}
         result.update(loss=deferred, output=output.detach(), stim_kl=stim_kl)
         return result
+
+    def _subnets_this_step(self) -> int:
+        """``num_subnets``, or for a fractional mean, its floor or ceiling drawn so the mean is exact."""
+        count = math.floor(self.num_subnets)
+        fraction = self.num_subnets - count
+        # Whole K draws nothing, so the task's random stream is that of a plain K.
+        if fraction > 0 and torch.rand((), generator=self.generator).item() < fraction:
+            count += 1
+        return int(count)
 
     def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """The subnetwork forward and backward passes; returns the mean KL term (detached)."""

@@ -6,8 +6,8 @@ few named points it calls ``TrainAdditions``:
 ==========================  =================================================================
 ``check_args``              before anything is built: every option checked (timm's own asserts
                             become messages; YAML values were checked by ``timm_stim.args``)
-``on_model_created``        attach the stimulator, check subnetwork input sizes, resolve and
-                            print the stimulative configuration
+``on_model_created``        attach the stimulator, check subnetwork input sizes, resolve a
+                            compute budget and print the stimulative configuration
 ``check_resume``            read ``--resume`` safely and check it against the model
 ``check_output_dir``        refuse a non-empty experiment folder for a fresh run
 ``wrap_train_dataset``      per-sample seeding (``--seed-scheme per-sample``, the default)
@@ -38,7 +38,8 @@ from .runs import ProgressCheckpointSaver, ResumePoint, check_output_dir, read_r
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
 from .stimulator import Stimulator, attach
-from .task import StimulativeTask, check_scales, round_to_multiple, stimulative_task_class
+from .budget import BudgetPlan, check_budget, resolve_budget
+from .task import StimulativeTask, check_scales, round_to_multiple, stable_start_epochs, stimulative_task_class
 
 __all__ = ['TrainAdditions', 'recalibrate_bn', 'smallest_input_side', 'resolved_stim_config']
 
@@ -54,6 +55,13 @@ def check_args(args) -> None:
     check_model_name(args.model)
     if args.stim_subnets < 0:
         raise InputError(f'--stim-subnets {args.stim_subnets}: expected an int >= 0 (0 turns ST off).')
+    check_budget(args.stim_budget)
+    if args.stim_budget is not None and args.stim_subnets:
+        raise InputError(f'--stim-subnets {args.stim_subnets} and --stim-budget {args.stim_budget:g}: give one of '
+                         f'them (set --stim-subnets 0, e.g. in a -c config, to let the budget choose).')
+    if args.stim_weight_warmup is not None and not args.stim_weight_warmup >= 0:
+        raise InputError(f'--stim-weight-warmup {args.stim_weight_warmup}: expected a number of epochs >= 0 '
+                         f'(0: no warm-in of the KL weight).')
     try:
         check_scales(args.stim_min_scale, args.stim_max_scale)
     except ValueError as e:
@@ -65,7 +73,7 @@ def check_args(args) -> None:
         raise InputError(f'--stim-bn-recal {args.stim_bn_recal}: expected a number of images >= 0.')
     if args.stim_start_epoch < 0:
         raise InputError(f'--stim-start-epoch {args.stim_start_epoch}: expected an epoch >= 0.')
-    if args.stim_subnets > 0:
+    if stimulative(args):
         if args.kd_model_name and args.kd_distill_type == 'token':
             raise InputError('--kd-distill-type token with --stim-subnets > 0: token distillation trains a separate '
                              'distillation head, which subnetworks have no target for; use --kd-distill-type logit or '
@@ -234,10 +242,24 @@ def recalibrate_bn(model: nn.Module, loader, num_images: int, device: torch.devi
     return seen
 
 
-def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Sequence[int]) -> Dict[str, Any]:
+def stimulative(args) -> bool:
+    """Whether the options turn stimulative training on (``--stim-subnets K > 0`` or ``--stim-budget B``)."""
+    return args.stim_subnets > 0 or args.stim_budget is not None
+
+
+def weight_warmup_epochs(args) -> float:
+    """``--stim-weight-warmup``, or the stable-start default for this learning rate schedule."""
+    if args.stim_weight_warmup is not None:
+        return float(args.stim_weight_warmup)
+    return stable_start_epochs(args.warmup_epochs, args.sched_on_updates)
+
+
+def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Sequence[int],
+                         plan: Optional[BudgetPlan] = None) -> Dict[str, Any]:
     """What the ``--stim-*`` options resolve to for this model (printed and saved in args.yaml)."""
-    if stimulator is None or args.stim_subnets == 0:
+    if stimulator is None or not stimulative(args):
         return {'enabled': False}
+    num_subnets = plan.num_subnets if plan is not None else args.stim_subnets
     short = min(input_size[-2:])
     sides = [max(1, math.floor(short * scale)) for scale in (args.stim_min_scale, args.stim_max_scale)]
     # As StimulativeTask draws them (sample_input_size): scaled sizes are rounded to the
@@ -252,8 +274,12 @@ def resolved_stim_config(args, stimulator: Optional[Stimulator], input_size: Seq
         'depth_choices': [list(c) for c in stimulator.depth_choices],
         'input_size': list(input_size),
         'subnet_input_short_side': list(round_to_multiple(sides, multiple)),
-        'subnets_per_step': args.stim_subnets,
-        'total_kl_weight': args.stim_subnets * args.stim_weight,
+        'subnets_per_step': round(num_subnets, 4),
+        'total_kl_weight': round(num_subnets * args.stim_weight, 4),
+        'kl_weight_warmup_epochs': weight_warmup_epochs(args),
+        **({'budget': plan.budget, 'subnet_cost': round(plan.subnet_cost, 4),
+            'expected_cost': round(plan.expected_cost, 4), 'full_forward_flops': plan.full_flops}
+           if plan is not None else {}),
     }
 
 
@@ -298,6 +324,7 @@ class TrainAdditions:
         self.stim_resolved: Dict[str, Any] = {'enabled': False}
         self.epoch_order = None  # seeding.EpochOrderSampler of the train loader (per-sample scheme)
         self.resume_point: Optional[ResumePoint] = None
+        self.num_subnets = args.stim_subnets  # a mean (fraction) with --stim-budget
         self._skip_batch_size = args.batch_size  # samples per batch the loader yields (per process)
 
     @property
@@ -311,12 +338,12 @@ class TrainAdditions:
         """Attach subnetwork sampling (``--stim-subnets > 0``) and check what subnetworks will be fed."""
         args = self.args
         self.model = model
-        if args.stim_subnets == 0:
+        if not stimulative(args):
             return
         try:
             stimulator = attach(model, space=args.stim_space, mode=args.stim_mode, bn=args.stim_bn)
         except UnsupportedModelError as e:
-            raise InputError(f'--model {args.model} with --stim-subnets {args.stim_subnets}: {e}') from None
+            raise InputError(f'--model {args.model} with stimulative training: {e}') from None
         except ValueError as e:
             raise InputError(f'--stim-space {args.stim_space!r} for {args.model}: {e}') from None
         try:
@@ -339,10 +366,23 @@ class TrainAdditions:
                 f'--stim-min-scale {args.stim_min_scale}: subnetwork inputs go down to {problem["side"]} px, but '
                 f'{args.model} needs at least {problem["needed"]} px ({problem["error"]}). Use --stim-min-scale '
                 f'{problem["min_scale"]} or more (or a larger --input-size / --img-size).')
+        plan = None
+        if args.stim_budget is not None:
+            try:
+                plan = resolve_budget(stimulator, input_size, args.stim_min_scale, args.stim_max_scale,
+                                      budget=args.stim_budget, num_subnets=args.stim_subnets)
+            except InputError:
+                stimulator.detach()
+                raise
+            self.num_subnets = plan.num_subnets
+        else:
+            self.num_subnets = args.stim_subnets
         self.stimulator = stimulator
-        self.stim_resolved = resolved_stim_config(args, stimulator, input_size)
+        self.stim_resolved = resolved_stim_config(args, stimulator, input_size, plan)
         if utils.is_primary(args):
             _logger.info('Stimulative training: ' + yaml.safe_dump(self.stim_resolved, default_flow_style=True).strip())
+            if plan is not None:
+                _logger.info('Stimulative training cost: ' + plan.describe())
 
     def check_resume(self, model: nn.Module) -> Optional[ResumePoint]:
         """Read ``--resume`` (safely) and check it fits the model, before data or outputs."""
@@ -420,9 +460,9 @@ class TrainAdditions:
                               teacher_feature_dim=args.kd_teacher_feature_dim)
             else:
                 kwargs.update(distill_type=args.kd_token_distill_type, temperature=args.kd_temperature)
-        if args.stim_subnets > 0:
+        if stimulative(args):
             stim_kwargs = dict(
-                num_subnets=args.stim_subnets, min_scale=args.stim_min_scale, max_scale=args.stim_max_scale,
+                num_subnets=self.num_subnets, weight_warmup_epochs=weight_warmup_epochs(args), min_scale=args.stim_min_scale, max_scale=args.stim_max_scale,
                 resize=args.stim_resize, antialias=args.stim_antialias, input_mean=tuple(data_config['mean']),
                 input_std=tuple(data_config['std']), weight_sched_step=args.stim_weight_sched_step,
                 kl_weight=args.stim_weight, weight_sched=args.stim_weight_sched, normalize=args.stim_norm,
