@@ -45,7 +45,7 @@ def test_bad_space_leaves_model_untouched(space, match):
     (dict(max_scale=-0.2, min_scale=0.1), r'max_scale=-0.2: expected a number in \(0, 1\]'),
     (dict(min_scale=0.8, max_scale=0.5), 'min_scale=0.8 is above max_scale=0.5'),
     (dict(num_subnets=-1), r'num_subnets=-1: expected an int >= 0'),
-    (dict(num_subnets=1.5), r'num_subnets=1.5: expected an int >= 0'),
+    (dict(num_subnets=-1.5), r'num_subnets=-1.5: expected an int >= 0'),
     (dict(normalize='kl-'), "normalize='kl-': expected one of"),
     (dict(temperature=0), 'temperature=0: expected a number > 0'),
     (dict(mode='random'), "Invalid mode 'random'"),

@@ -340,7 +340,9 @@ def test_train_stim_runs_each_family(tmp_path, _cache, name, extra):
     resolved = yaml.safe_load(open(os.path.join(result['output_dir'], 'args.yaml')))['stim_resolved']
     short = resolved['input_size'][-1]
     multiple = {'tresnet_m': 4, 'vit_tiny_patch16_224': 16, 'eva02_tiny_patch14_224': 14}.get(name, 1)
-    assert resolved['subnet_input_short_side'] == [short // 2 - (short // 2) % multiple, short]
+    min_scale = float(extra[extra.index('--stim-min-scale') + 1]) if '--stim-min-scale' in extra else 0.5
+    low = int(short * min_scale)
+    assert resolved['subnet_input_short_side'] == [low - low % multiple, short]
 
 
 def test_tresnet_subnet_inputs_fit_its_space_to_depth_stem():

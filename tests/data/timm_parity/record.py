@@ -22,7 +22,7 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-COMMON = ['--model', 'resnet18', '--num-classes', '10', '--device', 'cpu', '--input-size', '3', '32', '32',
+COMMON = ['--model', 'resnet18', '--num-classes', '10', '--device', 'cpu', '--input-size', '3', '16', '16',
           '-b', '64', '--workers', '1', '--lr', '0.05', '--epochs', '2', '--warmup-epochs', '1', '--seed', '42',
           '--log-interval', '10']
 
