@@ -71,7 +71,7 @@ def sections(args) -> List[Dict[str, Any]]:
         tests = []
     return [
         {'name': 'cuda_tests', 'cap': 120, 'out': 'cuda_tests.xml',
-         'cmd': [py, '-m', 'pytest', '-m', 'cuda', '-q', '-p', 'no:cacheprovider', os.path.join(ROOT, 'tests', 'test_cuda.py'),
+         'cmd': [py, '-m', 'pytest', '-o', 'addopts=', '-m', 'cuda', '-q', '-p', 'no:cacheprovider', os.path.join(ROOT, 'tests', 'test_cuda.py'),
                  '--junitxml', os.path.join(out, 'cuda_tests.xml'), *tests]},
         {'name': 'step_cost', 'cap': 120, 'out': 'step_cost.json',
          'cmd': [py, os.path.join(BENCH, 'step_cost.py'), *dev, '--models', *models, *cost_opts,
