@@ -81,7 +81,24 @@ def _check_alphastd(alphastd: float) -> float:
     return float(alphastd)
 
 
-class Lighting:
+class _PcaLighting:
+    """What both lighting transforms hold: ``alphastd`` and the PCA basis, as ``_array`` stores it."""
+
+    def __init__(
+            self,
+            alphastd: float = 0.1,
+            eigval: Sequence[float] = IMAGENET_PCA_EIGVAL,
+            eigvec: Sequence[Sequence[float]] = IMAGENET_PCA_EIGVEC,
+    ):
+        self.alphastd = _check_alphastd(alphastd)
+        self.eigval, self.eigvec = self._array(eigval), self._array(eigvec)
+
+    @staticmethod
+    def _array(values):
+        raise NotImplementedError
+
+
+class Lighting(_PcaLighting):
     """AlexNet-style PCA lighting noise on an RGB tensor.
 
     Adds the per-channel offset ``eigvec @ (alpha * eigval)``, ``alpha ~ N(0, alphastd)`` drawn
@@ -105,15 +122,9 @@ class Lighting:
         eigvec: PCA eigenvectors as the columns of a (3, 3) matrix, ImageNet's by default.
     """
 
-    def __init__(
-            self,
-            alphastd: float = 0.1,
-            eigval: Sequence[float] = IMAGENET_PCA_EIGVAL,
-            eigvec: Sequence[Sequence[float]] = IMAGENET_PCA_EIGVEC,
-    ):
-        self.alphastd = _check_alphastd(alphastd)
-        self.eigval = torch.tensor(eigval, dtype=torch.float32)
-        self.eigvec = torch.tensor(eigvec, dtype=torch.float32)
+    @staticmethod
+    def _array(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32)
 
     def sample_offset(self) -> torch.Tensor:
         """Draw ``alpha`` and return the (3,) RGB offset ``eigvec @ (alpha * eigval)`` on the [0, 1] scale."""
@@ -140,7 +151,7 @@ class Lighting:
         return f'{type(self).__name__}(alphastd={self.alphastd})'
 
 
-class PilLighting:
+class PilLighting(_PcaLighting):
     """PCA lighting as the Stimulative Training code applies it: to the uint8 PIL image.
 
     The authors' ``Lighting`` (their ``utils/mytransforms.py``) runs after ``ColorJitter`` and
@@ -162,15 +173,9 @@ class PilLighting:
         eigvec: PCA eigenvectors as the columns of a (3, 3) matrix, ImageNet's by default.
     """
 
-    def __init__(
-            self,
-            alphastd: float = 0.1,
-            eigval: Sequence[float] = IMAGENET_PCA_EIGVAL,
-            eigvec: Sequence[Sequence[float]] = IMAGENET_PCA_EIGVEC,
-    ):
-        self.alphastd = _check_alphastd(alphastd)
-        self.eigval = np.asarray(eigval, dtype=np.float64)
-        self.eigvec = np.asarray(eigvec, dtype=np.float64)
+    @staticmethod
+    def _array(values) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
 
     def sample_offset(self) -> np.ndarray:
         """Draw ``alpha`` and return the (3,) float64 RGB offset in pixel levels, as the authors compute it."""
