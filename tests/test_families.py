@@ -14,7 +14,6 @@ import os
 import pytest
 import timm
 import torch
-import torch.nn as nn
 import yaml
 
 import timm_stim

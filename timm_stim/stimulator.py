@@ -6,7 +6,7 @@ by temporarily replacing the ``forward`` of each dropped block with what the blo
 without its residual branch, so dropped blocks cost nothing and get no gradient.
 """
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
