@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def run_jobs(jobs: List[Job], args) -> List[str]:
             if not job.ready() or not fits(job):
                 continue
             pending.remove(job)
+            if job.kind == 'train' and os.path.isdir(job.log[:-len('.log')]):
+                # A run stopped before it finished (no 'done'): start it again from scratch.
+                shutil.rmtree(job.log[:-len('.log')])
             argv = job.make_argv()
             os.makedirs(os.path.dirname(job.log), exist_ok=True)
             if args.in_process:
