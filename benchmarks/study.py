@@ -417,6 +417,8 @@ def create_parser() -> argparse.ArgumentParser:
                         help='subnetworks sampled per checkpoint from the uniform and the stpp space')
     parser.add_argument('--bn-recal', type=int, default=1000, help='images for BN re-estimation in analyze')
     parser.add_argument('--no-analyze', dest='analyze', action='store_false')
+    parser.add_argument('--analyze-variants', nargs='+', choices=[v for v in VARIANTS if VARIANTS[v][2]], default=None,
+                        help='variants analyze evaluates (default: every equal-epoch variant that runs)')
     parser.add_argument('--time-limit', type=float, default=None,
                         help='seconds: start only runs expected to end by then, stop what still runs at it')
     parser.add_argument('--in-process', action='store_true', help='run every job here, one by one (tests)')
@@ -476,9 +478,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     # Seed by seed, so the first seed's baseline and stpp (which set baseline_wall's epochs) come first.
     jobs = [train_job(v, s) for s in args.seeds for v in variants]
-    analyzed = [v for v in variants if VARIANTS[v][2]]
+    analyzed = [v for v in variants
+                if VARIANTS[v][2] and (args.analyze_variants is None or v in args.analyze_variants)]
     if args.analyze:
-        jobs += [analyze_job(v, space, recal) for v in analyzed for space in ANALYZE_SPACES
+        # Space by space, so the uniform space's figures of every variant come first.
+        jobs += [analyze_job(v, space, recal) for space in ANALYZE_SPACES for v in analyzed
                  for recal in (0, args.bn_recal)]
     if args.in_process:
         import torch
