@@ -56,6 +56,7 @@ VARIANTS: Dict[str, Tuple[List[str], Any, bool]] = {
     'baseline_wall': ([], 'wall', False),
 }
 ANALYZE_SPACES = ('uniform', 'stpp')
+CONTROLS = ('stpp_budget1', 'baseline_2x')  # the compute-budget comparison (--control-seeds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +409,8 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true', help='bfloat16 AMP and channels-last (GPU)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--control-seeds', type=int, nargs='+', default=None,
+                        help=f'seeds of the {" and ".join(CONTROLS)} controls, a subset of --seeds (default: --seeds)')
     parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument('--wall-epochs', type=int, default=None,
                         help='epochs of baseline_wall (default: from the first seed\'s stpp / baseline time ratio)')
@@ -461,29 +464,35 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         folder = run_dir(args, v, s)
         return Job(f'{v}-seed{s}', make_argv, ready, os.path.join(folder, 'done'), 'train', folder + '.log', v)
 
+    control_seeds = args.seeds if args.control_seeds is None else args.control_seeds
+    seeds_of = lambda v: control_seeds if v in CONTROLS else args.seeds  # noqa: E731
+
     def analyze_job(v: str, space: str, recal: int) -> Job:
         folder = os.path.join(args.out, 'analyze', f'{v}-{space}-{"recal" if recal else "own"}')
         subnets = args.analyze_subnets[ANALYZE_SPACES.index(space)]
 
         def make_argv() -> List[str]:
-            ckpts = [os.path.join(run_dir(args, v, s), 'last.pth.tar') for s in args.seeds]
-            return [*ckpts, '--labels', ','.join(f'{v}-seed{s}' for s in args.seeds), *data['analyze'],
+            ckpts = [os.path.join(run_dir(args, v, s), 'last.pth.tar') for s in seeds_of(v)]
+            return [*ckpts, '--labels', ','.join(f'{v}-seed{s}' for s in seeds_of(v)), *data['analyze'],
                     '--val-split', data['analyze_split'], '--train-split', 'train', '--space', space,
                     '--subnets', str(subnets), '--bn-recal', str(recal), '-b', '250', '--workers', '0',
                     '--device', args.device, '--out', folder]
 
         return Job(f'analyze {v} {space} {"recal" if recal else "own BN"}', make_argv,
-                   lambda: all(done(v, s) for s in args.seeds), os.path.join(folder, 'done'), 'analyze',
+                   lambda: all(done(v, s) for s in seeds_of(v)), os.path.join(folder, 'done'), 'analyze',
                    folder + '.log', 'analyze')
 
     # Seed by seed, so the first seed's baseline and stpp (which set baseline_wall's epochs) come first.
-    jobs = [train_job(v, s) for s in args.seeds for v in variants]
+    jobs = [train_job(v, s) for s in args.seeds for v in variants if v not in CONTROLS]
+    # The budget controls come last: after the analyses, which start as soon as their runs are done.
+    controls = [train_job(v, s) for s in control_seeds for v in variants if v in CONTROLS]
     analyzed = [v for v in variants
                 if VARIANTS[v][2] and (args.analyze_variants is None or v in args.analyze_variants)]
     if args.analyze:
         # Space by space, so the uniform space's figures of every variant come first.
         jobs += [analyze_job(v, space, recal) for space in ANALYZE_SPACES for v in analyzed
                  for recal in (0, args.bn_recal)]
+    jobs += controls
     if args.in_process:
         import torch
         threads = torch.get_num_threads()

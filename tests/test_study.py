@@ -94,7 +94,12 @@ def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_pat
     result = study.main(['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]',
                          'stem_width=8', '--size', '16', '--epochs', '1', '--batches-per-epoch', '2',
                          '--batch-size', '16', '--in-process', '--out', str(out), '--seeds', '0', '1',
-                         '--variants', 'baseline', '--analyze-subnets', '3', '2', '--bn-recal', '32'])
+                         '--variants', 'baseline', 'stpp_budget1', '--control-seeds', '1', '--analyze-variants',
+                         'baseline', '--analyze-subnets', '3', '2', '--bn-recal', '32'])
+    # The budget control ran for its own seeds only, and analyze evaluated the variants asked for.
+    assert sorted(result['runs']) == [('baseline', 0), ('baseline', 1), ('stpp_budget1', 1)]
+    assert result['accuracy']['stpp_budget1']['top1'] == [result['runs'][('stpp_budget1', 1)]['final_top1']]
+    assert set(result['loafing']) == {'baseline'} and not (out / 'analyze' / 'stpp_budget1-uniform-own').exists()
     for space, sampled in (('uniform', 3), ('stpp', 2)):
         for recal, images in (('own', '0'), ('recal', '32')):
             rows = study.read_analyze(str(out / 'analyze' / f'baseline-{space}-{recal}' / 'analyze.csv'))
