@@ -11,11 +11,11 @@ import time
 from typing import Any, Dict, List
 
 import _common  # noqa: F401
-import timm_stim.train as train_mod
+import timm_stim.training.train as train_mod
 
 
 def run(argv: List[str]) -> Dict[str, Any]:
-    """``timm_stim.train.main(argv)`` with ``train_times.json`` written after every epoch; its result."""
+    """``timm_stim.training.train.main(argv)`` with ``train_times.json`` written after every epoch; its result."""
     elapsed: List[float] = []
     original = train_mod.train_one_epoch
 

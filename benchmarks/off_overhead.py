@@ -16,7 +16,7 @@ import _common  # noqa: F401
 import torch
 
 from _common import describe, machine, write_json
-import timm_stim.train as train_mod
+import timm_stim.training.train as train_mod
 from timm_stim import attach
 
 

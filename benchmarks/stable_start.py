@@ -57,7 +57,7 @@ VARIANTS: Dict[str, List[str]] = {
 def per_epoch_recipe(name: str, folder: str) -> str:
     """A copy of the recipe whose schedule steps per epoch (the quick start now steps it per update)."""
     import yaml
-    from timm_stim.recipes import resolve_config_path
+    from timm_stim.training.recipes import resolve_config_path
     with open(resolve_config_path(name)) as f:
         config = yaml.safe_load(f)
     config['sched_on_updates'] = False
@@ -81,7 +81,7 @@ def traced_run(argv: List[str], trace: bool = True) -> Dict[str, Any]:
     warmin = [float(a.split('=', 1)[1]) for a in argv if a.startswith('@warmin=')]
     argv = [a for a in argv if not a.startswith('@')]
     import timm_stim.task as task_mod
-    import timm_stim.train as train_mod
+    import timm_stim.training.train as train_mod
 
     steps: List[Dict[str, Any]] = []
     current: Dict[str, Any] = {}

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from timm.models import save_for_hf
 
 import timm_stim
-from timm_stim.analyze import (CSV_COLUMNS, analysis_subnets, checkpoint_labels, count_flops, evaluate_subnets,
+from timm_stim.tools.analyze import (CSV_COLUMNS, analysis_subnets, checkpoint_labels, count_flops, evaluate_subnets,
                                main, preserved_bn_stats, recalibrate_bn)
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -160,9 +160,9 @@ def test_command_line_dispatch(tmp_path):
 
 
 def test_options_shared_with_train_stim_have_its_names_and_defaults():
-    from timm_stim.analyze import create_analyze_parser
-    from timm_stim.args import create_train_parser
-    from timm_stim.export import create_export_parser
+    from timm_stim.tools.analyze import create_analyze_parser
+    from timm_stim.training.args import create_train_parser
+    from timm_stim.tools.export import create_export_parser
     train = {a.dest: a for a in create_train_parser()[1]._actions}
     for parser in (create_analyze_parser(), create_export_parser()):
         # --model and --device differ on purpose: no default architecture, and cpu where there is no GPU.

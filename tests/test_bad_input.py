@@ -119,7 +119,7 @@ CASES = {
 
 
 def _run(tmp_path, case, caplog):
-    from timm_stim.train import main
+    from timm_stim.training.train import main
     setup, extra, message = CASES[case]
     out = tmp_path / 'out'
     extra = (setup(tmp_path) if setup else []) + extra

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import timm_stim
-from timm_stim.args import parse_args
+from timm_stim.training.args import parse_args
 from timm_stim.budget import (BudgetPlan, affordable_subnets, check_budget, drop_probabilities,
                               input_size_choices, resolve_budget, subnet_cost)
 from timm_stim.errors import InputError

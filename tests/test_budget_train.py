@@ -4,8 +4,8 @@ import os
 import pytest
 import yaml
 
-from timm_stim.train import main
-from timm_stim.train_additions import TrainAdditions
+from timm_stim.training.train import main
+from timm_stim.training.train_additions import TrainAdditions
 
 
 @pytest.fixture(autouse=True)

@@ -90,7 +90,7 @@ def test_float16_loss_scaled_step_gives_the_unscaled_update(kind):
 
 def test_train_stim_float16_amp_channels_last_matches_the_unscaled_run(tmp_path, monkeypatch):
     # train_stim.py end to end on CUDA: float16 AMP (timm's NativeScaler), channels-last, ST++.
-    import timm_stim.train as train_mod
+    import timm_stim.training.train as train_mod
     monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
     base = ['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cuda',
             '--input-size', '3', '32', '32', '--mean', '0.5', '0.5', '0.5', '--std', '0.5', '0.5', '0.5',

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from timm_stim.train import main
+from timm_stim.training.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

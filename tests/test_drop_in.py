@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-import timm_stim.train as train_mod
-from timm_stim.args import parse_args
-from timm_stim.train import main
+import timm_stim.training.train as train_mod
+from timm_stim.training.args import parse_args
+from timm_stim.training.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,7 +103,7 @@ def test_args_yaml_of_older_timm_versions(tmp_path, capsys):
 def test_module_and_console_entry_points(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     # (`timm-stim train ...` dispatches to the same main: the fresh-install test below runs it.)
-    proc = subprocess.run([sys.executable, '-m', 'timm_stim.train', '--help'], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, '-m', 'timm_stim.training.train', '--help'], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0 and '--stim-subnets' in proc.stdout and '--model-ema' in proc.stdout
     proc = subprocess.run([sys.executable, '-m', 'timm_stim', '--help'], capture_output=True, text=True, env=env,
@@ -127,7 +127,7 @@ def test_pip_install_gives_the_timm_stim_command_and_the_recipes(tmp_path):
     command = str(env_dir / 'bin' / 'timm-stim')
     listing = subprocess.run([command, 'recipes'], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert listing.returncode == 0 and 'quickstart' in listing.stdout and 'resnet50_imagenet_stpp' in listing.stdout
-    where = subprocess.run([python, '-c', 'import timm_stim.recipes as r; print(r.get_recipe("quickstart").path)'],
+    where = subprocess.run([python, '-c', 'import timm_stim.training.recipes as r; print(r.get_recipe("quickstart").path)'],
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert str(env_dir) in where.stdout  # installed as package data, not read from this checkout
     usage = subprocess.run([command, 'train', '-c', 'quickstart', '--help'], capture_output=True, text=True, env=env,

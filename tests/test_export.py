@@ -9,7 +9,7 @@ import torch
 import timm_stim
 from timm_stim import Subnet
 from timm_stim.errors import InputError
-from timm_stim.export import export_subnet, main, parse_blocks, parse_depths, save_exported
+from timm_stim.tools.export import export_subnet, main, parse_blocks, parse_depths, save_exported
 
 from conftest import make_input
 from test_hub import hub_env  # noqa: F401  (fixture: huggingface_hub pointed at the local Hub server)
@@ -137,7 +137,7 @@ def test_parsers_name_the_model_depths():
 
 def test_export_publishes_to_the_hub_and_analyze_reads_it(hub_env, hub_server, tmp_path, capsys):
     from huggingface_hub import ModelCard
-    from timm_stim.analyze import main as analyze_main
+    from timm_stim.tools.analyze import main as analyze_main
     model = _randomize_bn(timm.create_model('resnet18', num_classes=10))
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(model.state_dict(), ckpt)

@@ -1,4 +1,4 @@
-"""Publishing to the Hugging Face Hub (timm_stim.hub), end to end against a local Hub server.
+"""Publishing to the Hugging Face Hub (timm_stim.tools.hub), end to end against a local Hub server.
 
 The Hub is ``tests/hub_server.py`` (fixture ``hub_server`` in conftest.py). In this process,
 ``hub_env`` points huggingface_hub's constants at it (huggingface_hub reads HF_ENDPOINT when it is
@@ -20,12 +20,12 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
-import timm_stim.hub as hub
+import timm_stim.tools.hub as hub
 from timm_stim.errors import InputError
-from timm_stim.modelcard import base_model_of, is_unedited
-from timm_stim.summary import read_summary
-from timm_stim.args import parse_args as train_parse_args
-from timm_stim.train import main as train_main
+from timm_stim.tools.modelcard import base_model_of, is_unedited
+from timm_stim.tools.summary import read_summary
+from timm_stim.training.args import parse_args as train_parse_args
+from timm_stim.training.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -311,7 +311,7 @@ def _small_folder(tmp_path):
 
 def test_creation_is_retried_by_us_and_uploads_by_huggingface_hub(hub_env, hub_server, tmp_path, caplog):
     folder = _small_folder(tmp_path)
-    hub_server.fail_next('/api/repos/create', 500)  # not retried by huggingface_hub: retried by timm_stim.hub
+    hub_server.fail_next('/api/repos/create', 500)  # not retried by huggingface_hub: retried by timm_stim.tools.hub
     # Retried by huggingface_hub's own http_backoff (1 s wait each); the commit too, with hf_xet's pipeline.
     hub_server.fail_next('/preupload/main', 503)
     hub_server.fail_next('/commit/main', 503)
@@ -321,7 +321,7 @@ def test_creation_is_retried_by_us_and_uploads_by_huggingface_hub(hub_env, hub_s
     assert paths.count('/api/repos/create') == 2 and paths.count('/api/models/tester/flaky/preupload/main') == 2
     assert paths.count('/api/models/tester/flaky/commit/main') == 2
     assert set(hub_server.files('tester/flaky')) >= {'config.json', 'README.md'}
-    ours = [r.getMessage() for r in caplog.records if r.name == 'timm_stim.hub' and 'Retrying' in r.getMessage()]
+    ours = [r.getMessage() for r in caplog.records if r.name == 'timm_stim.tools.hub' and 'Retrying' in r.getMessage()]
     assert len(ours) == 1 and ours[0].startswith('creating tester/flaky: the Hub answered 500')
 
 

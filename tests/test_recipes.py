@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 
-from timm_stim.args import parse_args
-from timm_stim.recipes import get_recipe, list_recipes, main as recipes_main
-from timm_stim.train import create_train_model, main as train_main
-from timm_stim.train_additions import TrainAdditions
+from timm_stim.training.args import parse_args
+from timm_stim.training.recipes import get_recipe, list_recipes, main as recipes_main
+from timm_stim.training.train import create_train_model, main as train_main
+from timm_stim.training.train_additions import TrainAdditions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, 'hparams', '*.yaml')))

@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-import timm_stim.runs as runs_mod
-from timm_stim.train import main
+import timm_stim.training.runs as runs_mod
+from timm_stim.training.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +104,7 @@ def test_resume_inside_an_epoch_repeats_the_uninterrupted_run(tmp_path, monkeypa
 def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, references):
     # Interrupted after epoch 0 with 2 workers, resumed with 1 (the quick start's value): the same run
     # as the uninterrupted one with 0 workers (with 0 and 2 workers the runs are equal, above).
-    import timm_stim.train as train_mod
+    import timm_stim.training.train as train_mod
 
     def stop(epoch, output_dir):
         if epoch == 0:

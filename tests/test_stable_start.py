@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from timm_stim import StimulativeTask
-from timm_stim.args import parse_args
+from timm_stim.training.args import parse_args
 from timm_stim.task import kl_weight_at, stable_start_epochs
 
 

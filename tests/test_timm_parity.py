@@ -27,7 +27,7 @@ REL = 1e-4
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    from timm_stim.data import materialize_embedded
+    from timm_stim.training.data import materialize_embedded
     work = tmp_path_factory.mktemp('parity')
     return materialize_embedded('digits', str(work / 'cache')), record.make_teacher(str(work / 'teacher'))
 
@@ -51,7 +51,7 @@ def test_record_is_for_the_installed_timm():
 
 @pytest.mark.parametrize('name', list(record.CONFIGS))
 def test_train_stim_is_timm_train(tmp_path, capsys, setup, name):
-    from timm_stim.train import main
+    from timm_stim.training.train import main
     data, teacher = setup
     expected = RECORDS['configs'][name]
     out = str(tmp_path / 'out')
@@ -76,7 +76,7 @@ def test_train_stim_is_timm_train(tmp_path, capsys, setup, name):
     assert timm_keys <= set(got['args_yaml'])
     for key in timm_keys:
         assert got['args_yaml'][key] == expected['args_yaml'][key], key
-    from timm_stim.args import add_hub_args, add_recipe_args, add_run_args, add_stim_args
+    from timm_stim.training.args import add_hub_args, add_recipe_args, add_run_args, add_stim_args
     import argparse
     ours = set()
     for add in (add_stim_args, add_recipe_args, add_run_args, add_hub_args):

@@ -11,8 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import timm_stim.train as train_mod
-from timm_stim.train import main
+import timm_stim.training.train as train_mod
+from timm_stim.training.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def test_stim_run_writes_plain_timm_checkpoints(tmp_path):
 def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
     import timm_stim.task as task_mod
     monkeypatch.setattr(task_mod.StimulativeTask, 'forward', lambda *a, **k: pytest.fail('stim task used'))
-    import timm_stim.train_additions as additions_mod
+    import timm_stim.training.train_additions as additions_mod
     monkeypatch.setattr(additions_mod, 'attach', lambda *a, **k: pytest.fail('attach called'))
     result = main(_base(tmp_path))
     rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
@@ -232,7 +232,7 @@ def test_logging_is_set_up_once_per_process():
     # Runs started in-process one after another must not print every log line again per run.
     import logging
     from timm.utils.log import FormatterNoInfo
-    from timm_stim.train import setup_logging
+    from timm_stim.training.train import setup_logging
 
     def timm_handlers():
         return [h for h in logging.root.handlers if isinstance(h.formatter, FormatterNoInfo)]

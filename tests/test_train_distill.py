@@ -8,8 +8,8 @@ import torch
 from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDistillationTask
 
 from timm_stim import StimulativeMixin
-from timm_stim.train import main
-from timm_stim.train_additions import TrainAdditions
+from timm_stim.training.train import main
+from timm_stim.training.train_additions import TrainAdditions
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from timm.data import AugMixDataset, ImageDataset, create_loader, create_transfo
 from timm.data.transforms import MaybePILToTensor, MaybeToTensor, RandomResizedCropAndInterpolation
 from torchvision import transforms
 
-from timm_stim.transforms import (
+from timm_stim.training.transforms import (
     IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, UNIAUGMENT_OPS, UNIFORM_AUGMENT_LIM_OPS, Lighting, PilLighting,
     UniAugment, UniformAugmentLim, add_stim_transforms, create_stim_transform, insert_stim_transforms)
 

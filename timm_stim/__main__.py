@@ -1,12 +1,12 @@
 """``timm-stim COMMAND ...`` (or ``python -m timm_stim COMMAND ...``): the package's command-line tools.
 
 Commands:
-    train    timm's train.py with stimulative training (timm_stim.train; same as train_stim.py)
-    recipes  list the shipped training recipes, or print one (timm_stim.recipes)
-    push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.hub)
-    analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.analyze)
-    export   save a trained subnetwork as a plain, smaller timm model (timm_stim.export)
-    data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.data)
+    train    timm's train.py with stimulative training (timm_stim.training.train; same as train_stim.py)
+    recipes  list the shipped training recipes, or print one (timm_stim.training.recipes)
+    push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.tools.hub)
+    analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.tools.analyze)
+    export   save a trained subnetwork as a plain, smaller timm model (timm_stim.tools.export)
+    data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.training.data)
 """
 import importlib
 import sys
@@ -14,12 +14,12 @@ from typing import List, Optional
 
 # command -> (module, one-line help); modules are imported only when their command runs.
 COMMANDS = {
-    'train': ('timm_stim.train', 'train a timm model: every option of timm\'s train.py, plus --stim-*'),
-    'recipes': ('timm_stim.recipes', 'list the shipped recipes (train -c NAME runs one), or print one'),
-    'push': ('timm_stim.hub', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
-    'analyze': ('timm_stim.analyze', 'evaluate the full network and its subnetworks (network loafing)'),
-    'export': ('timm_stim.export', 'save a subnetwork as a plain timm model of smaller depth'),
-    'data': ('timm_stim.data', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),
+    'train': ('timm_stim.training.train', 'train a timm model: every option of timm\'s train.py, plus --stim-*'),
+    'recipes': ('timm_stim.training.recipes', 'list the shipped recipes (train -c NAME runs one), or print one'),
+    'push': ('timm_stim.tools.hub', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
+    'analyze': ('timm_stim.tools.analyze', 'evaluate the full network and its subnetworks (network loafing)'),
+    'export': ('timm_stim.tools.export', 'save a subnetwork as a plain timm model of smaller depth'),
+    'data': ('timm_stim.training.data', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),
 }
 
 

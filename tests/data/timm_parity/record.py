@@ -69,7 +69,7 @@ def main():
     parser.add_argument('--timm-train', required=True, help="timm's train.py")
     parser.add_argument('--out', default=os.path.join(HERE, 'records.json'))
     args = parser.parse_args()
-    from timm_stim.data import materialize_embedded
+    from timm_stim.training.data import materialize_embedded
     import timm
     work = tempfile.mkdtemp()
     data = materialize_embedded('digits', os.path.join(work, 'cache'))

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .errors import InputError, check_model_name, is_hub_name
+from ..errors import InputError, check_model_name, is_hub_name
 
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
@@ -309,7 +309,7 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
 def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str], title: str) -> None:
     """Add ``train_stim.py``'s definitions of ``options`` (same names, defaults, help) to ``parser``.
 
-    The options are taken from ``timm_stim.args.create_train_parser`` so that a command shares
+    The options are taken from ``timm_stim.training.args.create_train_parser`` so that a command shares
     them with training exactly (``-b``, ``--workers``, ``--img-size``, ``--mean``, ...).
 
     Args:
@@ -317,7 +317,7 @@ def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str], 
         options: option strings as train_stim.py spells them (``'--crop-pct'``).
         title: title of the argument group they are shown under in ``--help``.
     """
-    from .args import create_train_parser
+    from ..training.args import create_train_parser
     _, train_parser = create_train_parser()
     by_option = {s: a for a in train_parser._actions for s in a.option_strings}
     missing = [o for o in options if o not in by_option]

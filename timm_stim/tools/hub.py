@@ -3,12 +3,12 @@
 ``timm-stim push CHECKPOINT USER/REPO [--model NAME] ...`` and ``train_stim.py ... --push-to-hub
 USER/REPO`` publish what timm itself publishes (``timm.models.push_to_hf_hub``):
 ``model.safetensors`` and ``config.json`` written by ``timm.models.save_for_hf``, plus a
-``README.md`` model card (``timm_stim.modelcard``), the run's ``args.yaml`` and ``summary.csv``
+``README.md`` model card (``timm_stim.tools.modelcard``), the run's ``args.yaml`` and ``summary.csv``
 and ``training_curves.png``. The result loads anywhere with
 ``timm.create_model("hf-hub:USER/REPO", pretrained=True)``.
 
-This module publishes only: checkpoints are read by ``timm_stim.checkpoints`` (safely), the card
-comes from ``timm_stim.modelcard``, the curves from ``timm_stim.summary``.
+This module publishes only: checkpoints are read by ``timm_stim.tools.checkpoints`` (safely), the card
+comes from ``timm_stim.tools.modelcard``, the curves from ``timm_stim.tools.summary``.
 
 Safety: the token comes from ``HF_TOKEN`` or huggingface_hub's login cache (never a flag) and
 is never written or printed; the upload folder is built in a temporary directory, so a failed
@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .checkpoints import (ARGS_FILE, CHECKPOINT_EXTS, LOCAL_DIR, LoadedModel, data_config_from_args, load_model,
                           read_train_args)
-from .errors import CommandFailed, InputError, command_main
+from ..errors import CommandFailed, InputError, command_main
 from .modelcard import DEFAULT_LICENSE, build_model_card, is_unedited, public_train_args, stamp
 from .summary import CURVES_FILE, SUMMARY_FILE, plot_training_curves, read_summary
 
@@ -293,7 +293,7 @@ def push_folder(folder: str, repo_id: str, *, private: bool = False, revision: O
                            '`hf auth login`.', repo_id=repo_id)
 
     from huggingface_hub import HfApi
-    from .version import __version__
+    from ..version import __version__
     logging.getLogger('httpx2').setLevel(max(logging.getLogger('httpx2').level, logging.WARNING))
     api = HfApi(token=token, library_name='timm-stim', library_version=__version__)
     repo_url = _with_retries(f'creating {repo_id}',

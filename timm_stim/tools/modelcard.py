@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .checkpoints import hub_repo_of
-from .errors import is_hub_name
+from ..errors import is_hub_name
 from .summary import metric_row
 
 __all__ = ['TEMPLATE_PATH', 'DEFAULT_LICENSE', 'CITATION', 'build_model_card', 'base_model_of', 'public_train_args',
@@ -161,7 +161,7 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
         num_classes: classes of the published model.
         pretrained_cfg: the preprocessing the weights expect (input_size, mean, std, crop_pct, ...).
         train_args: the run's ``args.yaml`` ({} or None: not trained by train_stim.py, no training sections).
-        summary_rows: the run's ``summary.csv`` rows (``timm_stim.summary.read_summary``).
+        summary_rows: the run's ``summary.csv`` rows (``timm_stim.tools.summary.read_summary``).
         published: what the weights are, in words (e.g. "weights of `model_best.pth.tar` (epoch 9)").
         published_epoch: epoch of the published weights, to pick their metrics.
         metrics_match_weights: False when ``summary.csv`` measured other weights (EMA vs not): no ``model-index``.

@@ -4,7 +4,7 @@ Every option of timm's train.py has its meaning there, and everything timm provi
 is (datasets, loaders, mixup, losses, optimizers, schedulers, EMA, checkpoint saver,
 distributed helpers, tasks). The loop is task-agnostic like timm's: it back-propagates the
 task's ``loss``, clips ``task.get_clip_parameters()``, and logs every other scalar the task
-returns. What train_stim.py adds lives in ``timm_stim.train_additions`` and is called at the
+returns. What train_stim.py adds lives in ``timm_stim.training.train_additions`` and is called at the
 points marked ``stim.`` below.
 """
 import json
@@ -32,7 +32,7 @@ from timm.utils import NativeScaler
 
 from .args import parse_args
 from .data import resolve_dataset, with_image_mode
-from .errors import EXIT_INTERRUPTED, InputError, run_command
+from ..errors import EXIT_INTERRUPTED, InputError, run_command
 from .runs import InterruptRequest, trim_summary
 from .train_additions import TrainAdditions
 
@@ -431,7 +431,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
         amp_dtype = torch.bfloat16  # float16 autocast is a CUDA feature
         _logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
     if args.push_to_hub and utils.is_primary(args):
-        from .hub import warn_if_no_token
+        from ..tools.hub import warn_if_no_token
         warn_if_no_token(args.push_to_hub)
 
     utils.random_seed(args.seed, args.rank)

@@ -2,7 +2,7 @@
 
 ``embedded/digits`` is scikit-learn's digits (1,797 8x8 grey images, 10 classes, shipped with
 scikit-learn), materialized once as a timm image folder with ``train/`` and ``validation/``
-splits in a cache directory. ``python -m timm_stim.data fashion-mnist DIR`` lays out the
+splits in a cache directory. ``python -m timm_stim.training.data fashion-mnist DIR`` lays out the
 Debian package ``dataset-fashion-mnist`` so that ``--dataset torch/fashion_mnist --data-dir DIR``
 works offline.
 """
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import InputError, run_command
+from ..errors import InputError, run_command
 
 __all__ = ['EMBEDDED_DATASETS', 'is_embedded', 'cache_root', 'materialize_embedded', 'resolve_dataset',
            'layout_fashion_mnist', 'FASHION_MNIST_SOURCES', 'ImageModeDataset', 'with_image_mode']
@@ -134,7 +134,7 @@ def resolve_dataset(dataset: str, data_dir: Optional[str]) -> Tuple[str, Optiona
     if data_dir and not os.path.isdir(data_dir):
         hint = ''
         if dataset.lower() == 'torch/fashion_mnist':
-            hint = ' Create it with: python -m timm_stim.data fashion-mnist ' + data_dir
+            hint = ' Create it with: python -m timm_stim.training.data fashion-mnist ' + data_dir
         raise FileNotFoundError(f'--data-dir {data_dir!r} does not exist.{hint}')
     if prefix == 'torch' and not data_dir:
         raise ValueError(f'--dataset {dataset} needs --data-dir DIR (torchvision datasets are read from a root folder).')

@@ -12,7 +12,7 @@ summary table.
 
 Library use::
 
-    from timm_stim.analyze import analysis_subnets, evaluate_subnets
+    from timm_stim.tools.analyze import analysis_subnets, evaluate_subnets
     stim = timm_stim.attach(model, bn='update')
     results = evaluate_subnets(model, val_loader, analysis_subnets(stim, 16), recal_batches=batches,
                                input_size=(3, 224, 224))
@@ -32,11 +32,11 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoints import LOCAL_DIR, LoadedModel, copy_train_options, hub_repo_of, load_model
-from .errors import InputError, command_main
-from .flops import count_flops
-from .stimulator import MODES, Stimulator, attach
-from .subnet import Subnet
-from .train_additions import recalibrate_bn
+from ..errors import InputError, command_main
+from ..flops import count_flops
+from ..stimulator import MODES, Stimulator, attach
+from ..subnet import Subnet
+from ..training.train_additions import recalibrate_bn
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
            'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',
@@ -190,7 +190,7 @@ def evaluate_subnets(
     Returns:
         One ``SubnetResult`` per entry of ``subnets``, in order.
     """
-    from .stimulator import get_stimulator
+    from ..stimulator import get_stimulator
     stim = get_stimulator(model)
     if stim is None or stim.bn != 'update':
         raise ValueError('evaluate_subnets needs a model with timm_stim.attach(model, bn="update") done.')
@@ -404,7 +404,7 @@ def _seeded_subset(dataset, num_images: int, seed: int):
 def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
     """(validation loader, BN re-estimation batches) for one data config."""
     from timm.data import create_dataset, create_loader
-    from .data import resolve_dataset, with_image_mode
+    from ..training.data import resolve_dataset, with_image_mode
     dataset_name, root = resolve_dataset(args.dataset, args.data_dir)
     img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
 
@@ -450,7 +450,7 @@ class _BatchProgress:
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
     from tqdm import tqdm
-    from .data import resolve_dataset
+    from ..training.data import resolve_dataset
     _check_args(args)
     try:
         resolve_dataset(args.dataset, args.data_dir)  # missing data is reported before any model is built

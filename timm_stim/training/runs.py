@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm import utils
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',

@@ -1,11 +1,11 @@
 """Everything ``train_stim.py`` adds to timm's ``train.py``, in one place.
 
-``timm_stim.train`` follows timm's train.py step by step and knows nothing of subnetworks. At a
+``timm_stim.training.train`` follows timm's train.py step by step and knows nothing of subnetworks. At a
 few named points it calls ``TrainAdditions``:
 
 ==========================  =================================================================
 ``check_args``              before anything is built: every option checked (timm's own asserts
-                            become messages; YAML values were checked by ``timm_stim.args``)
+                            become messages; YAML values were checked by ``timm_stim.training.args``)
 ``on_model_created``        attach the stimulator, check subnetwork input sizes, resolve a
                             compute budget and print the stimulative configuration
 ``check_resume``            read ``--resume`` safely and check it against the model
@@ -33,13 +33,13 @@ import yaml
 from timm import utils
 
 from .data import is_embedded, resolve_dataset
-from .errors import InputError, UnsupportedModelError, check_model_name
+from ..errors import InputError, UnsupportedModelError, check_model_name
 from .runs import ProgressCheckpointSaver, ResumePoint, check_output_dir, read_resume_point, remove_recovery_files
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
-from .stimulator import Stimulator, attach
-from .budget import BudgetPlan, check_budget, resolve_budget
-from .task import StimulativeTask, check_scales, round_to_multiple, stable_start_epochs, stimulative_task_class
+from ..stimulator import Stimulator, attach
+from ..budget import BudgetPlan, check_budget, resolve_budget
+from ..task import StimulativeTask, check_scales, round_to_multiple, stable_start_epochs, stimulative_task_class
 
 __all__ = ['TrainAdditions', 'recalibrate_bn', 'smallest_input_side', 'resolved_stim_config']
 
@@ -128,7 +128,7 @@ def check_args(args) -> None:
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
     if args.push_to_hub is not None:
-        from .hub import check_push_options
+        from ..tools.hub import check_push_options
         try:
             check_push_options(args.push_to_hub, args.hub_revision, args.hub_create_pr)
         except InputError as e:
@@ -542,7 +542,7 @@ class TrainAdditions:
     def after_training(self, output_dir: Optional[str], dataset_train, interrupted: bool) -> Optional[str]:
         if not self.args.push_to_hub or output_dir is None:
             return None
-        from .hub import push_after_training
+        from ..tools.hub import push_after_training
         return push_after_training(self.args, output_dir, dataset_train, interrupted=interrupted)
 
 

@@ -637,7 +637,7 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     silently ignored and the run trains with the wrong settings; here it stops before any work.
 
     Args:
-        path: YAML file path, or the name of a shipped recipe (``timm_stim.recipes``).
+        path: YAML file path, or the name of a shipped recipe (``timm_stim.training.recipes``).
         parser: the main parser (its dests are the valid keys).
 
     Returns:

@@ -28,11 +28,11 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .adapters import identity
+from ..adapters import identity
 from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_model
-from .errors import CommandFailed, InputError, command_main
-from .stimulator import Stimulator, attach, get_stimulator
-from .subnet import Subnet
+from ..errors import CommandFailed, InputError, command_main
+from ..stimulator import Stimulator, attach, get_stimulator
+from ..subnet import Subnet
 
 __all__ = ['EXPORT_FAMILIES', 'parse_depths', 'parse_blocks', 'export_subnet', 'save_exported', 'max_logit_diff',
            'main']
@@ -209,7 +209,7 @@ def save_exported(model: nn.Module, out_dir: str, *, data_config: Optional[Dict[
                   model_config: Optional[Dict[str, Any]] = None, model_card: Optional[str] = None) -> str:
     """Write an exported model in timm's Hub format into ``out_dir`` (which must not exist or be empty).
 
-    ``timm_stim.hub.save_timm_hf_folder`` (``timm.models.save_for_hf``) writes the files into a
+    ``timm_stim.tools.hub.save_timm_hf_folder`` (``timm.models.save_for_hf``) writes the files into a
     temporary sibling folder, which is then renamed to ``out_dir``: the folder is complete or absent.
 
     Returns:
@@ -241,7 +241,7 @@ def _check_out_dir(out_dir: str) -> None:
 
 def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_config: Dict[str, Any],
                 model_config: Dict[str, Any], subnet: Subnet, original_depths: Sequence[int]):
-    """The model card of an exported subnetwork: ``timm_stim.modelcard``'s, with an "Exported subnetwork" section."""
+    """The model card of an exported subnetwork: ``timm_stim.tools.modelcard``'s, with an "Exported subnetwork" section."""
     from .modelcard import base_model_of, build_model_card
     source = loaded.source
     section = (f'This model is a subnetwork of a `{loaded.architecture}` with stage depths '
