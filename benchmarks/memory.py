@@ -37,7 +37,7 @@ def run_variant(variant: str, model_name: str, size: int, batch: int, steps: int
     import timm
     from timm.task import ClassificationTask
     from timm_stim import StimulativeTask, stim_kl
-    from timm_stim.task import resize_batch, sample_input_size
+    from timm_stim.inputs import resize_batch, sample_input_size
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=1000).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)

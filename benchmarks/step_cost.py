@@ -32,7 +32,7 @@ from timm.task import ClassificationTask
 
 from _common import describe, machine, median_time, resolve_device, sync, write_json
 from timm_stim import StimulativeTask, attach
-from timm_stim.task import resize_batch
+from timm_stim.inputs import resize_batch
 
 # (model, input size, CPU batch, CUDA batch)
 MODELS = [

@@ -11,7 +11,8 @@ from typing import Dict, List
 import pytest
 import yaml
 
-from timm_stim.training.args import (INFORMATIONAL_CONFIG_KEYS, add_hub_args, add_recipe_args, add_run_args, add_stim_args,
+from timm_stim.config import add_config_args as add_stim_args
+from timm_stim.training.args import (INFORMATIONAL_CONFIG_KEYS, add_hub_args, add_recipe_args, add_run_args,
                             create_train_parser, parse_args)
 
 TABLE = os.path.join(os.path.dirname(__file__), 'data', 'timm-train-flags.tsv')

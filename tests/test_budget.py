@@ -14,7 +14,8 @@ from timm_stim.budget import (BudgetPlan, affordable_subnets, check_budget, drop
 from timm_stim.errors import InputError
 from timm_stim.flops import block_flops, count_flops, shape_only_copy
 from timm_stim.subnet import Subnet
-from timm_stim.task import StimulativeTask, sample_input_size
+from timm_stim.inputs import sample_input_size
+from timm_stim.task import StimulativeTask
 
 
 def _resnet18(space='uniform', mode='depth'):

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from timm_stim.training.train import main
-from timm_stim.training.train_additions import TrainAdditions
+import timm_stim.training.train as train_mod
 
 
 @pytest.fixture(autouse=True)
@@ -22,8 +22,8 @@ def _base(out, *extra):
 
 def test_budget_resolves_k_and_saves_the_plan(tmp_path, monkeypatch):
     tasks = []
-    original = TrainAdditions.create_task
-    monkeypatch.setattr(TrainAdditions, 'create_task', lambda *a, **k: tasks.append(original(*a, **k)) or tasks[-1])
+    original = train_mod.create_train_task
+    monkeypatch.setattr(train_mod, 'create_train_task', lambda *a, **k: tasks.append(original(*a, **k)) or tasks[-1])
     result = main(_base(tmp_path, '--stim-budget', '2', '--warmup-epochs', '1'))
     saved = yaml.safe_load(open(os.path.join(result['output_dir'], 'args.yaml')))
     resolved = saved['stim_resolved']
@@ -52,14 +52,14 @@ def test_impossible_budgets_are_refused_before_anything_is_written(tmp_path, cap
 
 def test_weight_warmup_reaches_the_task(tmp_path, monkeypatch):
     seen = []
-    original = TrainAdditions.create_task
+    original = train_mod.create_train_task
 
     def spy(*args, **kwargs):
         task = original(*args, **kwargs)
         seen.append(task.weight_warmup_epochs)
         return task
 
-    monkeypatch.setattr(TrainAdditions, 'create_task', spy)
+    monkeypatch.setattr(train_mod, 'create_train_task', spy)
     main(_base(tmp_path / 'a', '--stim-subnets', '1', '--stim-weight-warmup', '3'))
     main(_base(tmp_path / 'b', '--stim-subnets', '1', '--sched-on-updates', '--warmup-epochs', '1'))
     main(_base(tmp_path / 'c', '--stim-subnets', '1', '--warmup-epochs', '2'))

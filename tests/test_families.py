@@ -18,7 +18,7 @@ import yaml
 
 import timm_stim
 from timm_stim import StimulativeTask, Subnet, UnsupportedModelError
-from timm_stim.task import sample_input_size
+from timm_stim.inputs import sample_input_size
 from timm_stim.training.train import main
 from conftest import assert_only_kept_blocks_ran, make_input
 

@@ -30,7 +30,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 
 import timm_stim.task as task_module
-from timm_stim.task import StimulativeTask, kl_weight_at, renormalize_batch, resize_batch, sample_input_size
+from timm_stim.inputs import renormalize_batch, resize_batch, sample_input_size
+from timm_stim.task import StimulativeTask, kl_weight_at
 
 SIZE = 64
 

@@ -12,8 +12,8 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 
 from timm_stim.training.args import parse_args
 from timm_stim.training.recipes import get_recipe, list_recipes, main as recipes_main
-from timm_stim.training.train import create_train_model, main as train_main
-from timm_stim.training.train_additions import TrainAdditions
+from timm_stim.training.train import create_train_model, create_train_task, main as train_main
+from timm_stim.training.stim import StimTraining, train_input_sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, 'hparams', '*.yaml')))
@@ -132,8 +132,10 @@ def test_paper_recipe_init_and_weight_decay_are_the_authors():
 def _create_task(args):
     from timm.data import resolve_data_config
     model = create_train_model(args)
-    return TrainAdditions(args).create_task(model, nn.CrossEntropyLoss(), torch.device('cpu'),
-                                            resolve_data_config(vars(args), model=model, verbose=False))
+    data_config = resolve_data_config(vars(args), model=model, verbose=False)
+    stim = StimTraining(args)
+    stim.on_model_created(model, train_input_sizes(args, data_config['input_size']))
+    return create_train_task(args, model, nn.CrossEntropyLoss(), torch.device('cpu'), data_config, stim)
 
 
 def test_training_script_passes_the_reproduction_options_to_the_task():

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from timm_stim import StimulativeTask
 from timm_stim.training.args import parse_args
-from timm_stim.task import kl_weight_at, stable_start_epochs
+from timm_stim.resolve import stable_start_epochs
+from timm_stim.task import kl_weight_at
 
 
 def test_kl_weight_warm_in_multiplies_the_schedule():

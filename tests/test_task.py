@@ -13,7 +13,7 @@ from timm.task import TrainingTask
 import timm_stim
 from timm_stim import StimulativeTask, stim_kl
 from timm_stim.losses import logit_norm
-from timm_stim.task import resize_batch
+from timm_stim.inputs import resize_batch
 from conftest import make_input
 
 

@@ -76,7 +76,8 @@ def test_train_stim_is_timm_train(tmp_path, capsys, setup, name):
     assert timm_keys <= set(got['args_yaml'])
     for key in timm_keys:
         assert got['args_yaml'][key] == expected['args_yaml'][key], key
-    from timm_stim.training.args import add_hub_args, add_recipe_args, add_run_args, add_stim_args
+    from timm_stim.config import add_config_args as add_stim_args
+    from timm_stim.training.args import add_hub_args, add_recipe_args, add_run_args
     import argparse
     ours = set()
     for add in (add_stim_args, add_recipe_args, add_run_args, add_hub_args):

@@ -54,8 +54,8 @@ def test_stim_run_writes_plain_timm_checkpoints(tmp_path):
 def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
     import timm_stim.task as task_mod
     monkeypatch.setattr(task_mod.StimulativeTask, 'forward', lambda *a, **k: pytest.fail('stim task used'))
-    import timm_stim.training.train_additions as additions_mod
-    monkeypatch.setattr(additions_mod, 'attach', lambda *a, **k: pytest.fail('attach called'))
+    import timm_stim.training.stim as stim_mod
+    monkeypatch.setattr(stim_mod, 'attach', lambda *a, **k: pytest.fail('attach called'))
     result = main(_base(tmp_path))
     rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
     assert 'train_stim_kl' not in rows[0]
@@ -65,7 +65,7 @@ def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
     (['--model', 'resnet5000'], "--model 'resnet5000' is not a timm model"),
     (['--model', 'mobilenetv3_small_050', '--stim-subnets', '1'], 'No timm_stim adapter for'),
     (['--stim-subnets', '1', '--stim-space', '0,1,2'], '3 per-stage drops but the model has 4 stages'),
-    (['--stim-subnets', '1', '--stim-min-scale', '0'], 'min_scale=0.0'),
+    (['--stim-subnets', '1', '--stim-min-scale', '0'], '--stim-min-scale 0.0: expected a number in (0, 1]'),
     (['--stim-subnets', '1', '--stim-min-scale', '0.9', '--stim-max-scale', '0.5'], 'is above max_scale'),
     (['--dataset', '', '--data-dir', '/nonexistent/imagenet'], "'/nonexistent/imagenet' does not exist"),
     (['--dataset', 'embedded/cifar'], "Unknown embedded dataset 'embedded/cifar'"),

@@ -9,7 +9,7 @@ from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDisti
 
 from timm_stim import StimulativeMixin
 from timm_stim.training.train import main
-from timm_stim.training.train_additions import TrainAdditions
+import timm_stim.training.train as train_mod
 
 
 @pytest.fixture(autouse=True)
@@ -29,13 +29,13 @@ def teacher_dir(tmp_path_factory):
 
 def _run(tmp_path, monkeypatch, *extra, model='resnet18'):
     created = []
-    original = TrainAdditions.create_task
+    original = train_mod.create_train_task
 
     def _record(*args, **kwargs):
         created.append(original(*args, **kwargs))
         return created[-1]
 
-    monkeypatch.setattr(TrainAdditions, 'create_task', _record)
+    monkeypatch.setattr(train_mod, 'create_train_task', _record)
     result = main(['--dataset', 'embedded/digits', '--model', model, '--num-classes', '10', '--device', 'cpu',
                    '--input-size', '3', '32', '32', '-b', '16', '--workers', '0', '--lr', '0.05',
                    '--warmup-epochs', '0', '--epochs', '1', '--train-batches-per-epoch', '2',

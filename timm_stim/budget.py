@@ -29,7 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError
 from .flops import block_flops, shape_only_copy
-from .task import round_to_multiple
+from .config import StimConfig
+from .inputs import input_size_choices
 
 __all__ = ['BudgetPlan', 'check_budget', 'drop_probabilities', 'input_size_choices', 'subnet_cost',
            'affordable_subnets', 'resolve_budget']
@@ -79,12 +80,10 @@ class BudgetPlan:
 
 
 def check_budget(budget: Any) -> None:
-    """Raise ``InputError`` unless ``budget`` is None or a finite number > 0 (cheap; before any model is built)."""
-    if budget is None:
-        return
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-        raise InputError(f'--stim-budget {budget!r}: expected a number > 0, the extra cost per step in full '
-                         f'forward+backward passes (e.g. 1: a step costs about twice a plain step).')
+    """Raise ``InputError`` unless ``budget`` is None or a finite number > 0 (``StimConfig``'s check)."""
+    problem = StimConfig.check_value('budget', budget)
+    if problem:
+        raise InputError(problem)
 
 
 def drop_probabilities(stage_depths: Sequence[int], max_drops: Sequence[int], mode: str) -> List[List[float]]:
@@ -109,31 +108,6 @@ def drop_probabilities(stage_depths: Sequence[int], max_drops: Sequence[int], mo
                 raise ValueError(f'mode {mode!r}: expected depth or drop.')
         out.append(probs)
     return out
-
-
-def input_size_choices(height: int, width: int, min_scale: float, max_scale: float,
-                       multiple: int = 1) -> List[Tuple[int, int]]:
-    """Every subnetwork input size ``sample_input_size`` can draw, each equally likely.
-
-    The shorter side is uniform over ``[floor(S * min_scale), floor(S * max_scale)]``, the other
-    side keeps the aspect ratio, then both are rounded down to ``multiple``; with both scales 1
-    the input keeps its size. Sizes may repeat after rounding (they stay, so each entry has
-    the same probability).
-    """
-    if min_scale == 1.0 and max_scale == 1.0:
-        return [(height, width)]
-    short = min(height, width)
-    low = max(1, math.floor(short * min_scale))
-    high = max(low, math.floor(short * max_scale))
-    sizes = []
-    for side in range(low, high + 1):
-        if height == width:
-            size = (side, side)
-        else:
-            ratio = side / short
-            size = (side, max(1, round(width * ratio))) if height <= width else (max(1, round(height * ratio)), side)
-        sizes.append(tuple(round_to_multiple(size, multiple)))
-    return sizes
 
 
 def _counting_model(model):

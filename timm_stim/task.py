@@ -1,4 +1,5 @@
 """``StimulativeTask``: timm training task with Stimulative Training (ST) and ST++ terms."""
+import dataclasses
 import logging
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -11,24 +12,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask, TrainingTask
 from timm.utils import unwrap_model
 
+from .config import StimConfig
+from .inputs import renormalize_batch, resize_batch, sample_input_size
 from .losses import logit_norm, stim_kl
 from .spaces import SpaceSpec
 from .adapters import get_adapter
 from .stimulator import Stimulator, attach, get_stimulator
 from .subnet import Subnet
 
-__all__ = [
-    'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class', 'NORMALIZE_CHOICES', 'WEIGHT_SCHEDULES',
-    'kl_weight_at', 'stable_start_epochs', 'sample_input_size', 'round_to_multiple', 'resize_batch',
-    'NormalizedLogitsLoss', 'RESIZE_MODES', 'WEIGHT_SCHED_STEPS', 'renormalize_batch',
-]
+__all__ = ['StimulativeTask', 'StimulativeMixin', 'stimulative_task_class', 'kl_weight_at', 'NormalizedLogitsLoss']
 
 _logger = logging.getLogger(__name__)
 
-NORMALIZE_CHOICES = ('none', 'kl', 'all')
-WEIGHT_SCHEDULES = ('const', 'cos-up', 'cos-down')
-RESIZE_MODES = ('independent', 'official')
-WEIGHT_SCHED_STEPS = ('batch', 'epoch')
 
 
 def kl_weight_at(base: float, schedule: str, progress: float, warmup: float = 0.0) -> float:
@@ -38,7 +33,7 @@ def kl_weight_at(base: float, schedule: str, progress: float, warmup: float = 0.
     ``base`` to 0 along half a cosine (the official code's ``kl_cos`` / ``kl_rcos``). With
     ``warmup > 0`` (a fraction of training) the weight is also multiplied by
     ``min(1, progress / warmup)``: a linear warm-in from 0, the stable start of
-    ``stable_start_epochs``.
+    ``timm_stim.resolve.stable_start_epochs``.
     """
     progress = min(max(float(progress), 0.0), 1.0)
     ramp = min(1.0, progress / warmup) if warmup > 0 else 1.0
@@ -48,132 +43,16 @@ def kl_weight_at(base: float, schedule: str, progress: float, warmup: float = 0.
         return base * ramp * 0.5 * (1.0 - math.cos(math.pi * progress))
     if schedule == 'cos-down':
         return base * ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f'weight schedule {schedule!r}: expected one of {WEIGHT_SCHEDULES}.')
+    raise ValueError(f'weight schedule {schedule!r}: expected const, cos-up or cos-down.')
 
 
-def stable_start_epochs(lr_warmup_epochs: float, lr_per_update: bool) -> float:
-    """Epochs over which the KL weight warms in by default: a stable start (docs: "A stable start").
-
-    At initialization the logits spread little (std ~0.3), so each KL- term's gradient, which
-    the layer norm divides by that spread, is as large as the task loss's and K of them add up;
-    the first steps at a high learning rate then blow the logits up (measured, BENCHMARKS.md).
-    A learning rate that warms up per update lets the logits grow first: no warm-in is needed
-    (0). A warm-up stepped per epoch jumps to a high rate at once after its last epoch, so the
-    KL weight rises over the warm-up epochs plus one and is still partial at that jump. No
-    warm-up (the paper's recipes): 0, as the official code.
-
-    Args:
-        lr_warmup_epochs: the learning rate's warm-up epochs (``--warmup-epochs``).
-        lr_per_update: whether the schedule steps per update (``--sched-on-updates``).
-
-    Returns:
-        Epochs for ``StimulativeMixin(weight_warmup_epochs=...)``.
-    """
-    if lr_warmup_epochs <= 0 or lr_per_update:
-        return 0.0
-    return float(lr_warmup_epochs) + 1.0
-
-
-def check_scales(min_scale: float, max_scale: float) -> None:
-    """Raise ``ValueError`` unless ``0 < min_scale <= max_scale <= 1``."""
-    for name, value in (('min_scale', min_scale), ('max_scale', max_scale)):
-        if not isinstance(value, (int, float)) or not (0.0 < value <= 1.0):
-            raise ValueError(f'{name}={value!r}: expected a number in (0, 1] (fraction of the training input size).')
-    if min_scale > max_scale:
-        raise ValueError(f'min_scale={min_scale} is above max_scale={max_scale}: expected min_scale <= max_scale.')
-
-
-def sample_input_size(
-        height: int,
-        width: int,
-        min_scale: float,
-        max_scale: float,
-        generator: Optional[torch.Generator] = None,
-        multiple: int = 1,
-) -> Tuple[int, int]:
-    """Draw a subnetwork input size.
-
-    The shorter side ``s`` is uniform over ``[floor(S * min_scale), floor(S * max_scale)]``
-    (``S`` the shorter input side); the other side keeps the aspect ratio. With
-    ``multiple > 1`` (e.g. a ViT's patch size) both sides are then rounded down to a multiple
-    of it, at least ``multiple``.
-
-    Returns:
-        (height, width).
-    """
-    if min_scale == 1.0 and max_scale == 1.0:
-        return height, width
-    short = min(height, width)
-    low = max(1, math.floor(short * min_scale))
-    high = max(low, math.floor(short * max_scale))
-    side = int(torch.randint(low, high + 1, (1,), generator=generator).item())
-    if height == width:
-        size = (side, side)
-    else:
-        ratio = side / short
-        size = (side, max(1, round(width * ratio))) if height <= width else (max(1, round(height * ratio)), side)
-    return round_to_multiple(size, multiple)
-
-
-def round_to_multiple(size: Sequence[int], multiple: int) -> Tuple[int, ...]:
-    """Each side rounded down to a multiple of ``multiple``, at least ``multiple`` (e.g. one ViT patch)."""
-    return tuple(max(multiple, s - s % multiple) for s in size)
-
-
-def resize_batch(x: torch.Tensor, size: Tuple[int, int], antialias: bool = True) -> torch.Tensor:
-    """Bilinear resize of an already normalized batch (no second normalization).
-
-    Args:
-        x: (B, C, H, W) batch.
-        size: (height, width) to resize to; ``x`` itself is returned when it already has it.
-        antialias: low-pass filter when shrinking (torch's ``antialias=True``). Without it a
-            bilinear shrink below half size samples only some input pixels (aliasing); the
-            official runs had none (torchvision < 0.17 resized tensors without antialias).
-
-    Returns:
-        The resized batch, in ``x``'s memory format.
-    """
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    out = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=antialias)
-    if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
-
-
-def renormalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(x - mean) / std`` per channel: the official small-input branch's second normalization.
-
-    The official code applies torchvision's ``Normalize`` (built for [0, 1] images) to the
-    already normalized, resized batch, in the same arithmetic as here (subtract, then divide).
-
-    Args:
-        x: (B, C, H, W) batch.
-        mean, std: one value per channel (the dataset's normalization).
-
-    Returns:
-        A new tensor.
-    """
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub(mean_t).div(std_t)
-
-
-def _check_resize_options(resize, antialias, input_mean, input_std, weight_sched_step) -> None:
-    if resize not in RESIZE_MODES:
-        raise ValueError(f'resize={resize!r}: expected one of {RESIZE_MODES}.')
-    if antialias not in (None, True, False):
-        raise ValueError(f'antialias={antialias!r}: expected True, False or None (None: on for independent, '
-                         f'off for official).')
+def _check_resize_options(input_mean, input_std) -> None:
     for name, values in (('input_mean', input_mean), ('input_std', input_std)):
         if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, (int, float)) for v in values):
             raise ValueError(f'{name}={values!r}: expected one number per input channel.')
     if len(input_mean) != len(input_std) or not all(v > 0 for v in input_std):
         raise ValueError(f'input_mean={input_mean!r}, input_std={input_std!r}: expected as many means as stds, '
                          f'every std > 0.')
-    if weight_sched_step not in WEIGHT_SCHED_STEPS:
-        raise ValueError(f'weight_sched_step={weight_sched_step!r}: expected one of {WEIGHT_SCHED_STEPS}.')
 
 
 class NormalizedLogitsLoss(nn.Module):
@@ -191,36 +70,29 @@ class NormalizedLogitsLoss(nn.Module):
         return self.criterion(logit_norm(logits, self.amplitude), target)
 
 
-def _check_weight_warmup(weight_warmup_epochs) -> None:
-    if isinstance(weight_warmup_epochs, bool) or not isinstance(weight_warmup_epochs, (int, float)) \
-            or not weight_warmup_epochs >= 0 or math.isinf(weight_warmup_epochs):
-        raise ValueError(f'weight_warmup_epochs={weight_warmup_epochs!r}: expected a number of epochs >= 0 '
-                         f'(0: no warm-in of the KL weight).')
+# Arguments of the task that are not options: what it runs on, rather than how it trains.
+_RUNTIME_ARGS = ('stimulator', 'input_mean', 'input_std', 'seed')
 
 
-def _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
-                        weight_sched, start_epoch) -> None:
-    if isinstance(num_subnets, bool) or not isinstance(num_subnets, (int, float)) or num_subnets < 0 \
-            or not math.isfinite(num_subnets):
-        raise ValueError(f'num_subnets={num_subnets!r}: expected an int >= 0 (0 turns stimulative training off), or '
-                         f'a fraction such as 1.6 (subnetworks per step on average).')
-    check_scales(min_scale, max_scale)
-    if normalize not in NORMALIZE_CHOICES:
-        raise ValueError(f'normalize={normalize!r}: expected one of {NORMALIZE_CHOICES}.')
-    for name, value in (('temperature', temperature), ('amplitude', amplitude)):
-        if not value > 0:
-            raise ValueError(f'{name}={value!r}: expected a number > 0.')
-    if not kl_weight >= 0:
-        raise ValueError(f'kl_weight={kl_weight!r}: expected a number >= 0.')
-    if weight_sched not in WEIGHT_SCHEDULES:
-        raise ValueError(f'weight_sched={weight_sched!r}: expected one of {WEIGHT_SCHEDULES}.')
-    if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-        raise ValueError(f'start_epoch={start_epoch!r}: expected an int >= 0.')
-
-
-_STIM_OPTIONS = ('num_subnets', 'stimulator', 'space', 'mode', 'bn', 'min_scale', 'max_scale', 'kl_weight',
-                 'weight_sched', 'weight_sched_step', 'resize', 'antialias', 'input_mean', 'input_std', 'normalize',
-                 'amplitude', 'temperature', 'start_epoch', 'seed', 'weight_warmup_epochs')
+def _split_stim(stim: Union[StimConfig, Dict[str, Any], None]) -> Tuple[StimConfig, Dict[str, Any]]:
+    """``(config, runtime arguments)`` of the ``stim`` argument: a ``StimConfig``, or a dict of
+    ``StimConfig`` fields (``num_subnets`` 1 unless given) and runtime arguments, optionally
+    with ``config`` (a ``StimConfig`` the other fields override)."""
+    if isinstance(stim, StimConfig):
+        return stim, {}
+    stim = dict(stim or {})
+    runtime = {k: stim.pop(k) for k in _RUNTIME_ARGS if k in stim}
+    base = stim.pop('config', None)
+    names = {f.name for f in StimConfig.options()}
+    unknown = sorted(set(stim) - names)
+    if unknown:
+        raise TypeError(f'unknown stimulative option(s) {unknown}; expected some of '
+                        f'{sorted(names) + list(_RUNTIME_ARGS)} or config=StimConfig(...).')
+    if base is None:
+        runtime['explicit_space'] = any(k in stim for k in ('space', 'mode', 'bn'))
+        stim.setdefault('num_subnets', 1)  # a stimulative task without options trains one subnetwork, as ST
+        return StimConfig(**stim), runtime
+    return dataclasses.replace(base, **stim), runtime
 
 
 class StimulativeMixin:
@@ -245,117 +117,78 @@ class StimulativeMixin:
     it is before each batch (``set_progress``), for the KL weight schedule and start epoch;
     nothing else about subnetworks is the loop's business.
 
-    Stimulative options (``stim`` dict; keyword arguments of ``StimulativeTask``):
-        num_subnets: subnetworks per step, K (0 = the base task alone). A fraction (e.g. 1.6, what
-            a compute budget affords, ``timm_stim.budget``) is a mean: each step runs
-            ``floor(K)`` subnetworks, plus one with probability ``K - floor(K)``, drawn from the
-            task's generator.
+    Options: the fields of ``StimConfig`` (``timm_stim.config``: the one place they are declared,
+    with their defaults and help). A fraction ``num_subnets`` (e.g. 1.6, what a compute budget
+    affords) is a mean: each step runs ``floor(K)`` subnetworks, plus one with probability
+    ``K - floor(K)``, drawn from the task's generator.
+
+    Runtime arguments (beside the options in the ``stim`` dict):
         stimulator: an attached ``Stimulator``; else the model's own, else ``attach(model,
-            space, mode, bn)``.
-        space, mode, bn: for ``attach`` (defaults 'uniform', 'depth', 'freeze').
-        min_scale, max_scale: subnetwork input size range as a fraction of the input
-            (ST++: 0.43, 1.0).
-        kl_weight: weight of each subnetwork's KL term (total KL weight is K * kl_weight).
-        weight_sched: 'const', 'cos-up' or 'cos-down' over training (see ``kl_weight_at``).
-        weight_sched_step: 'batch' (the schedule moves every batch) or 'epoch' (it moves once
-            per epoch, as the official ``kl_cos`` / ``kl_rcos``).
-        resize: how smaller subnetwork inputs are made (only when ``min_scale`` or
-            ``max_scale`` < 1). 'independent': each subnetwork resizes the original batch.
-            'official': as the authors' loop, each subnetwork resizes the previous
-            subnetwork's input (the first one the original batch) and normalizes the result
-            again with ``input_mean`` / ``input_std``.
-        antialias: antialiased resizing; None means on for 'independent' (a smaller input that
-            looks like a smaller photo, not an aliased one) and off for 'official' (as the
-            official runs).
+            space, mode, bn)`` with the config's.
         input_mean, input_std: the dataset normalization, used by ``resize='official'``
             (default: ImageNet's, as the official code).
-        normalize: 'none' (plain KL), 'kl' (KL-), 'all' (KL-, and the task criterion sees the
-            normalized logits as in the official ST++ code).
-        amplitude: KL- amplitude.
-        temperature: KL temperature.
-        start_epoch: first epoch (see ``set_progress``) with subnetwork terms.
         seed: seed of the task's own generator for subnets and sizes (same on every rank).
-        weight_warmup_epochs: the KL weight rises linearly from 0 over these first epochs,
-            batch by batch (``set_progress``), on top of ``weight_sched``; 0 (default) keeps
-            the official behaviour. See ``stable_start_epochs`` for when it is needed.
     """
 
-    def __init__(self, *args, stim: Optional[Dict[str, Any]] = None, **kwargs):
-        """Args: the base task's arguments, and ``stim``: the stimulative options (Keyword Args above)."""
-        stim = dict(stim or {})
-        unknown = sorted(set(stim) - set(_STIM_OPTIONS))
-        if unknown:
-            raise TypeError(f'unknown stimulative option(s) {unknown}; expected some of {list(_STIM_OPTIONS)}.')
-        self._init_stimulative(args, kwargs, **stim)
+    def __init__(self, *args, stim: Union[StimConfig, Dict[str, Any], None] = None, **kwargs):
+        """Args: the base task's arguments, and ``stim``: a ``StimConfig``, or a dict of its fields
+        and the runtime arguments ``stimulator``, ``input_mean``, ``input_std``, ``seed``."""
+        config, runtime = _split_stim(stim)
+        self._init_stimulative(args, kwargs, config, **runtime)
 
     def _init_stimulative(
             self,
             base_args: tuple,
             base_kwargs: Dict[str, Any],
-            num_subnets: int = 1,
+            config: StimConfig,
             stimulator: Optional[Stimulator] = None,
-            space: Optional[SpaceSpec] = None,
-            mode: Optional[str] = None,
-            bn: Optional[str] = None,
-            min_scale: float = 1.0,
-            max_scale: float = 1.0,
-            kl_weight: float = 1.0,
-            weight_sched: str = 'const',
-            weight_sched_step: str = 'batch',
-            resize: str = 'independent',
-            antialias: Optional[bool] = None,
             input_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
             input_std: Sequence[float] = IMAGENET_DEFAULT_STD,
-            normalize: str = 'none',
-            amplitude: float = 1.0,
-            temperature: float = 1.0,
-            start_epoch: int = 0,
             seed: int = 0,
-            weight_warmup_epochs: float = 0.0,
+            explicit_space: bool = False,
     ) -> None:
         # Validate everything before anything is built or attached (a teacher can be expensive).
-        _check_stim_options(num_subnets, min_scale, max_scale, normalize, amplitude, temperature, kl_weight,
-                            weight_sched, start_epoch)
-        _check_resize_options(resize, antialias, input_mean, input_std, weight_sched_step)
-        _check_weight_warmup(weight_warmup_epochs)
+        config.check()
+        _check_resize_options(input_mean, input_std)
         model = base_kwargs.get('model', base_kwargs.get('student_model', base_args[0] if base_args else None))
         if not isinstance(model, nn.Module):
             raise ValueError('StimulativeMixin: the base task\'s first argument must be the model to train.')
         model = unwrap_model(model)
         existing = get_stimulator(model)
         adapter = (stimulator or existing).adapter if (stimulator or existing) else get_adapter(model)
-        adapter.check_input_scaling(model, min_scale, max_scale)
+        adapter.check_input_scaling(model, config.min_scale, config.max_scale)
         if stimulator is not None or existing is not None:
-            if space is not None or mode is not None or bn is not None:
-                raise ValueError('Pass either a Stimulator (or a model with one attached) or space/mode/bn, not both.')
             stimulator = stimulator or existing
             if get_stimulator(model) is not stimulator:
                 raise ValueError('The stimulator passed is not attached to this model.')
+            if explicit_space:
+                raise ValueError('Pass either a Stimulator (or a model with one attached) or space/mode/bn, not both.')
 
         super().__init__(*base_args, **base_kwargs)
         if stimulator is None:
-            stimulator = attach(model, space if space is not None else 'uniform', mode or 'depth', bn or 'freeze')
-        if normalize == 'all':
-            self.criterion = NormalizedLogitsLoss(self.criterion, amplitude)
+            stimulator = attach(model, config.space, config.mode, config.bn)
+        if config.normalize == 'all':
+            self.criterion = NormalizedLogitsLoss(self.criterion, config.amplitude)
+        self.config = config
         self.stimulator = stimulator
         self.size_multiple = stimulator.adapter.input_size_multiple(stimulator.model)
-        self.num_subnets = num_subnets
-        self.min_scale = float(min_scale)
-        self.max_scale = float(max_scale)
-        self.base_kl_weight = float(kl_weight)
-        self.weight_sched = weight_sched
-        self.weight_sched_step = weight_sched_step
-        self.resize = resize
-        self.antialias = (resize == 'independent') if antialias is None else bool(antialias)
+        self.num_subnets = config.num_subnets
+        self.min_scale = float(config.min_scale)
+        self.max_scale = float(config.max_scale)
+        self.base_kl_weight = float(config.kl_weight)
+        self.weight_sched = config.weight_sched
+        self.weight_sched_step = config.weight_sched_step
+        self.resize = config.resize
+        self.antialias = (config.resize == 'independent') if config.antialias is None else bool(config.antialias)
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
-        self.weight_warmup_epochs = float(weight_warmup_epochs)
-        self.kl_weight = (float(kl_weight) if weight_sched == 'const' and not weight_warmup_epochs
-                          else kl_weight_at(kl_weight, weight_sched, 0.0, float(weight_warmup_epochs)))
-        self.normalize = normalize
-        self.amplitude = float(amplitude)
-        self.temperature = float(temperature)
-        self.start_epoch = start_epoch
+        self.weight_warmup_epochs = float(config.weight_warmup_epochs or 0.0)
+        self.kl_weight = (self.base_kl_weight if config.weight_sched == 'const' and not self.weight_warmup_epochs
+                          else kl_weight_at(self.base_kl_weight, config.weight_sched, 0.0, self.weight_warmup_epochs))
+        self.normalize = config.normalize
+        self.amplitude = float(config.amplitude)
+        self.temperature = float(config.temperature)
+        self.start_epoch = int(config.start_epoch)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.last_subnets: List[Tuple[Subnet, Tuple[int, int]]] = []
         # How long training is (configure_training) and where it is (set_progress): the KL schedule.
@@ -363,10 +196,11 @@ class StimulativeMixin:
         self._epochs = 1
         self._batches_per_epoch = 1
         if self.verbose:
-            _logger.info(f'{type(self).__name__}: K={num_subnets}, {stimulator!r}, scales=({min_scale}, {max_scale}), '
-                         f'normalize={normalize}, kl_weight={kl_weight} ({weight_sched}'
-                         f'{f", warm-in over {weight_warmup_epochs:g} epochs" if weight_warmup_epochs else ""}), '
-                         f'T={temperature}')
+            warmup = self.weight_warmup_epochs
+            _logger.info(f'{type(self).__name__}: K={config.num_subnets}, {stimulator!r}, scales=({config.min_scale}, '
+                         f'{config.max_scale}), normalize={config.normalize}, kl_weight={config.kl_weight} '
+                         f'({config.weight_sched}{f", warm-in over {warmup:g} epochs" if warmup else ""}), '
+                         f'T={config.temperature}')
 
     def configure_training(self, *, epochs: int = 1, batches_per_epoch: int = 1) -> None:
         """Tell the task, once, how long training is (the KL weight schedule spans ``epochs``)."""
@@ -556,15 +390,23 @@ class StimulativeTask(StimulativeMixin, ClassificationTask):
             ``criterion_kwargs`` by timm when None.
         criterion_kwargs: arguments for ``timm.loss.create_classification_loss``.
         device, dtype, verbose: as timm's ``ClassificationTask``.
-        **stim: the stimulative options of ``StimulativeMixin`` (``num_subnets``, ``space``,
-            ``min_scale``, ``normalize``, ``temperature``, ...).
+        config: the stimulative options (``StimConfig``); keyword arguments below override it.
+        stim: the same as a ``StimConfig`` or dict (what ``stimulative_task_class`` classes take).
+        **stim_kwargs: ``StimConfig`` fields (``num_subnets`` (1 unless given or in ``config``),
+            ``space``, ``min_scale``, ``normalize``, ``temperature``, ...) and the runtime
+            arguments ``stimulator``, ``input_mean``, ``input_std``, ``seed``.
     """
 
     def __init__(self, model: nn.Module, criterion: Optional[Union[nn.Module, Callable]] = None,
                  criterion_kwargs: Optional[Dict[str, Any]] = None, *, device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None, verbose: bool = True, **stim):
+                 dtype: Optional[torch.dtype] = None, verbose: bool = True, config: Optional[StimConfig] = None,
+                 stim: Union[StimConfig, Dict[str, Any], None] = None, **stim_kwargs):
+        options = dict(stim) if isinstance(stim, dict) else ({'config': stim} if stim is not None else {})
+        if config is not None:
+            options['config'] = config
+        options.update(stim_kwargs)
         super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype,
-                         verbose=verbose, stim=stim)
+                         verbose=verbose, stim=options)
 
 
 _STIMULATIVE_CLASSES: Dict[type, type] = {ClassificationTask: StimulativeTask}

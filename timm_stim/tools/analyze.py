@@ -36,7 +36,7 @@ from ..errors import InputError, command_main
 from ..flops import count_flops
 from ..stimulator import MODES, Stimulator, attach
 from ..subnet import Subnet
-from ..training.train_additions import recalibrate_bn
+from ..bn import recalibrate_bn
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
            'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',

@@ -5,8 +5,8 @@ dest, type, default, nargs, action, const and choices (``tests/data/timm-train-f
 timm's table and the tests compare against it), so any timm command line or YAML config works
 unchanged. The options timm lacks live in their own groups, so ``--help`` shows them apart:
 
-* ``add_stim_args``: the stimulative-training options (the only place they are defined); their
-  defaults mean plain timm training.
+* ``timm_stim.config.add_config_args``: the ``--stim-*`` options, derived from the fields of
+  ``StimConfig`` (the only place they are declared); their defaults mean plain timm training.
 * ``add_recipe_args``: train transforms of the paper's recipe (PCA lighting, UniformAugment).
 * ``add_hub_args``: publishing the result to the Hugging Face Hub.
 
@@ -15,13 +15,19 @@ missing file and unknown keys instead of failing later or ignoring them.
 """
 import argparse
 import difflib
-from typing import Any, Dict, Optional, Sequence, Tuple
+import math
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 import yaml
 from timm.utils import ParseKwargs
 
+from ..config import StimConfig, add_config_args
+from ..errors import InputError, check_model_name
+from .data import is_embedded, resolve_dataset
+
 __all__ = [
-    'create_train_parser', 'add_stim_args', 'add_recipe_args', 'add_run_args', 'add_hub_args', 'parse_args',
+    'create_train_parser', 'check_args', 'add_recipe_args', 'add_run_args', 'add_hub_args', 'parse_args',
     'INFORMATIONAL_CONFIG_KEYS',
 ]
 
@@ -443,78 +449,6 @@ def _add_distill_args(parser: argparse.ArgumentParser) -> None:
                        help='token distillation on soft (KL) or hard (argmax) teacher targets')
 
 
-def add_stim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the stimulative-training options (the one place they are defined).
-
-    Every default means plain timm training: ``--stim-subnets 0`` turns ST off whatever the
-    other ``--stim-*`` values are.
-
-    Args:
-        parser: parser to add the "Stimulative training" group to.
-
-    Returns:
-        The same parser, for chaining.
-    """
-    group = parser.add_argument_group(
-        'Stimulative training',
-        'Stimulative Training (ST) and ST++ of residual networks: each step also trains K sampled '
-        'subnetworks towards the full network (KL). Off unless --stim-subnets > 0.')
-    group.add_argument('--stim-subnets', type=int, default=0, metavar='K',
-                       help='subnetworks per step; 0 turns stimulative training off unless --stim-budget is '
-                            'given (ST: 1, ST++: 6)')
-    group.add_argument('--stim-budget', type=float, default=None, metavar='B',
-                       help='instead of K: the expected extra cost per step, in full forward+backward passes, '
-                            'estimated from FLOPs of the space and the input sizes; K is the most subnetworks '
-                            'within it (printed and saved in args.yaml). 1: a step costs about two plain steps '
-                            '(default: None => --stim-subnets)')
-    group.add_argument('--stim-space', type=str, default='uniform', metavar='S',
-                       help='sampling space: uniform, stpp, keep:K, or the largest number of blocks each '
-                            'stage may drop, e.g. "0,1,3,0" (default: uniform)')
-    group.add_argument('--stim-mode', type=str, default='depth', choices=('depth', 'drop'),
-                       help='depth: keep the first blocks of each stage (official); '
-                            'drop: drop randomly chosen blocks (default: depth)')
-    group.add_argument('--stim-norm', type=str, default='none', choices=('none', 'kl', 'all'),
-                       help='logit normalization: none; kl: KL- on both logits; all: the task loss also '
-                            'sees normalized logits, as the official ST++ code (default: none)')
-    group.add_argument('--stim-amplitude', type=float, default=1.0, metavar='A',
-                       help='amplitude of the normalized logits of KL- (default: 1.0)')
-    group.add_argument('--stim-temperature', type=float, default=1.0, metavar='T',
-                       help='softmax temperature of the subnetwork KL (default: 1.0)')
-    group.add_argument('--stim-weight', type=float, default=1.0, metavar='W',
-                       help="weight of each subnetwork's KL term (default: 1.0)")
-    group.add_argument('--stim-weight-sched', type=str, default='const', choices=('const', 'cos-up', 'cos-down'),
-                       help='KL weight over training: constant, cosine up from 0 or cosine down to 0 '
-                            '(official kl_cos / kl_rcos) (default: const)')
-    group.add_argument('--stim-weight-sched-step', type=str, default='batch', choices=('batch', 'epoch'),
-                       help='move the KL weight schedule every batch, or once per epoch as the official code '
-                            '(default: batch)')
-    group.add_argument('--stim-weight-warmup', type=float, default=None, metavar='E',
-                       help='a stable start: the KL weight rises linearly from 0 over the first E epochs; 0 => off '
-                            '(default: --warmup-epochs + 1 when the learning rate warms up per epoch, 0 when it '
-                            'warms up per update (--sched-on-updates) or not at all)')
-    # Scales < 1 feed subnetworks random smaller inputs (ST++); both 1.0 keeps the full size.
-    group.add_argument('--stim-min-scale', type=float, default=1.0, metavar='F',
-                       help='smallest subnetwork input side as a fraction of the training size (ST++: 0.43)')
-    group.add_argument('--stim-max-scale', type=float, default=1.0, metavar='F',
-                       help='largest subnetwork input side as a fraction of the training size (ST++: 1)')
-    group.add_argument('--stim-resize', type=str, default='independent', choices=('independent', 'official'),
-                       help='how smaller subnetwork inputs are made: independent (each subnetwork resizes the '
-                            'original batch) or official (each resizes the previous subnetwork\'s input and '
-                            'normalizes it again with --mean/--std, as the authors\' code) (default: independent)')
-    group.add_argument('--stim-antialias', action=argparse.BooleanOptionalAction, default=None,
-                       help='antialiased resizing of smaller subnetwork inputs (default: on for --stim-resize '
-                            'independent, off for official, as the official runs)')
-    group.add_argument('--stim-start-epoch', type=int, default=0, metavar='E',
-                       help='first epoch that trains subnetworks (default: 0)')
-    group.add_argument('--stim-bn', type=str, default='freeze', choices=('freeze', 'update'),
-                       help='BatchNorm running statistics during subnetwork passes: freeze, or update '
-                            '(official) (default: freeze)')
-    group.add_argument('--stim-bn-recal', type=int, default=0, metavar='N',
-                       help='re-estimate the full network\'s BatchNorm statistics on N training images '
-                            'before each validation; 0 => off (official: 2000)')
-    return parser
-
-
 def add_recipe_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the train transforms of the paper's recipe that timm lacks.
 
@@ -590,7 +524,7 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def create_train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def create_train_parser(config_cls: Type[StimConfig] = StimConfig) -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """Build the parsers of ``train_stim.py``: timm's train.py parsers plus the timm_stim groups.
 
     As in timm, a first parser reads only ``-c/--config`` so that its YAML can set the defaults
@@ -606,6 +540,8 @@ def create_train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
+    # Every float option (timm's --lr, --momentum, ... and ours) refuses NaN and infinities.
+    parser.register('type', float, finite_float)
     # Not in timm's main parser (config_parser consumes it first); listed so --help shows it.
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML config file whose keys are option dests (e.g. batch_size); '
@@ -623,7 +559,7 @@ def create_train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentPar
     _add_naflex_args(parser)
     _add_distill_args(parser)
 
-    add_stim_args(parser)
+    add_config_args(parser, config_cls)
     add_recipe_args(parser)
     add_run_args(parser)
     add_hub_args(parser)
@@ -700,8 +636,12 @@ def _config_value(action: argparse.Action, value: Any, path: str, parser: argpar
     """
     where = f'config file {path!r}: {action.dest}: {value!r}'
     if value is None:
-        return None  # "no value", as the defaults of many options
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if action.default is None or action.nargs == 0:
+            return None  # "no value", as the defaults of many options
+        # An option with a value by default needs one: null would reach the run as None.
+        parser.error(f'{where} is null; {_flag(action)} needs a value (its default is {action.default!r}). '
+                     f'Remove the key to use the default.')
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # switches
         if not isinstance(value, bool):
             parser.error(f'{where} is not true or false (the option {_flag(action)} is a switch).')
         return value
@@ -724,18 +664,37 @@ def _config_value(action: argparse.Action, value: Any, path: str, parser: argpar
     return _convert(action, value, where, parser)
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type`` of every float option: a number, never NaN or infinite (they train to NaN or crash late)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected a finite number')
+    return value
+
+
+finite_float.__name__ = 'float'
+
+
+def _type_function(action: argparse.Action):
+    """The function argparse converts this option's text with (float options: ``finite_float``)."""
+    return finite_float if action.type is float else action.type
+
+
 def _flag(action: argparse.Action) -> str:
     return action.option_strings[-1] if action.option_strings else action.dest
 
 
 def _convert(action: argparse.Action, value: Any, where: str, parser: argparse.ArgumentParser) -> Any:
-    if action.type is not None:
+    convert = _type_function(action)
+    if convert is not None:
         if isinstance(value, bool):
-            parser.error(f'{where} is a boolean; expected a value of type {getattr(action.type, "__name__", action.type)}.')
+            parser.error(f'{where} is a boolean; expected a value of type {getattr(convert, "__name__", convert)}.')
         try:
-            value = action.type(str(value))
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            parser.error(f'{where} is not a valid {getattr(action.type, "__name__", "value")} '
+            value = convert(str(value))
+        except argparse.ArgumentTypeError as e:
+            parser.error(f'{where}: {e} (as {_flag(action)} on the command line).')
+        except (TypeError, ValueError):
+            parser.error(f'{where} is not a valid {getattr(convert, "__name__", "value")} '
                          f'(as {_flag(action)} on the command line).')
     if action.choices is not None and value not in action.choices:
         parser.error(f'{where} is not one of {", ".join(map(str, action.choices))} '
@@ -743,7 +702,8 @@ def _convert(action: argparse.Action, value: Any, where: str, parser: argparse.A
     return value
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
+def parse_args(argv: Optional[Sequence[str]] = None,
+               config_cls: Type[StimConfig] = StimConfig) -> Tuple[argparse.Namespace, str]:
     """Parse the command line like timm's train.py ``_parse_args``, checking the config file.
 
     ``-c/--config`` is parsed first; its YAML (keys are option dests) becomes the defaults of the
@@ -757,7 +717,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     Returns:
         (args, args_text): the parsed options and their YAML dump (written as args.yaml).
     """
-    config_parser, parser = create_train_parser()
+    config_parser, parser = create_train_parser(config_cls)
     args_config, remaining = config_parser.parse_known_args(argv)
     if args_config.config:
         parser.set_defaults(**_load_config(args_config.config, parser))
@@ -768,3 +728,53 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     # As timm writes args.yaml: the parsed options, before the run changes any (its -c file is not one).
     args_text = yaml.safe_dump({k: v for k, v in args.__dict__.items() if k != 'config'}, default_flow_style=False)
     return args, args_text
+
+
+def check_args(args) -> None:
+    """Cheap checks of the options timm asserts on (late, or not at all), and of the data; raise ``InputError``.
+
+    The ``--stim-*`` options are checked by ``StimTraining.check``, the Hub options by ``Publisher.check``.
+    """
+    check_model_name(args.model)
+    if args.kd_model_name:
+        check_model_name(args.kd_model_name, '--kd-model-name')
+        folder = args.kd_model_name[len('local-dir:'):] if args.kd_model_name.startswith('local-dir:') else None
+        if folder is not None and not os.path.isfile(os.path.join(folder, 'config.json')):
+            raise InputError(f'--kd-model-name {args.kd_model_name}: no config.json in {folder}; expected a folder in '
+                             f'timm\'s Hub format (config.json + model.safetensors, e.g. timm.models.save_for_hf).')
+    if args.model_dtype not in (None, '', 'float32', 'float16', 'bfloat16'):
+        raise InputError(f'--model-dtype {args.model_dtype!r}: expected float32, float16 or bfloat16.')
+    if args.amp and args.model_dtype not in (None, '', 'float32'):
+        raise InputError(f'--amp with --model-dtype {args.model_dtype}: AMP needs float32 weights; drop one of them.')
+    if args.amp and args.amp_dtype not in ('float16', 'bfloat16'):
+        raise InputError(f'--amp-dtype {args.amp_dtype!r}: expected float16 or bfloat16.')
+    if args.aug_splits == 1 or args.aug_splits < 0:
+        raise InputError(f'--aug-splits {args.aug_splits}: expected 0 (off) or >= 2.')
+    if args.split_bn and args.aug_splits < 2 and not args.resplit:
+        raise InputError('--split-bn needs --aug-splits >= 2 or --resplit.')
+    if args.jsd_loss and args.aug_splits < 2:
+        raise InputError('--jsd-loss needs --aug-splits >= 2.')
+    if args.naflex_loader and args.train_img_sizes is not None:
+        raise InputError('--naflex-loader and --train-img-sizes are alternative loader modes; use one of them.')
+    if args.naflex_loader and args.use_multi_epochs_loader:
+        raise InputError('--use-multi-epochs-loader is not supported with --naflex-loader.')
+    if args.naflex_patch_size_probs and len(args.naflex_patch_size_probs) != len(args.naflex_patch_sizes or []):
+        raise InputError('--naflex-patch-size-probs must have one value per --naflex-patch-sizes entry.')
+    if args.torchscript and args.torchcompile:
+        raise InputError('--torchscript and --torchcompile are alternatives; use one of them.')
+    if args.seed_scheme != 'timm' and args.worker_seeding != 'all':
+        raise InputError(f'--worker-seeding {args.worker_seeding} has no effect with --seed-scheme {args.seed_scheme} '
+                         f'(every sample is seeded from its position); use --seed-scheme timm to seed workers as timm.')
+    if args.data and not args.data_dir:
+        args.data_dir = args.data  # positional data dir is timm's deprecated spelling
+    if is_embedded(args.dataset) and args.data_dir:
+        raise InputError(f'--data-dir {args.data_dir} with --dataset {args.dataset}: the embedded dataset ships with '
+                         f'timm_stim and reads no folder. Drop --data-dir, or drop --dataset to train on the folder.')
+    try:
+        resolve_dataset(args.dataset, args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise InputError(str(e)) from None
+    if args.resume and not os.path.isfile(args.resume):
+        what = 'a folder' if os.path.isdir(args.resume) else 'no such file'
+        raise InputError(f'--resume {args.resume}: {what}; expected a checkpoint written by train_stim.py or timm '
+                         f'(e.g. OUTPUT/EXPERIMENT/last.pth.tar).')

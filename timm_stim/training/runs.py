@@ -290,3 +290,26 @@ class InterruptRequest:
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
+
+
+def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
+    """Write ``model_best.safetensors`` (the weights of ``model_best.pth.tar``) beside it."""
+    from safetensors.torch import save_file
+    from timm.models import load_state_dict
+    best = os.path.join(output_dir, 'model_best.pth.tar')
+    if not os.path.exists(best):
+        return None
+    # Read back what the saver wrote, so both files hold the same weights; timm logs every
+    # such read at INFO, which here would repeat a line per new best epoch.
+    helpers_logger = logging.getLogger('timm.models._helpers')
+    level = helpers_logger.level
+    helpers_logger.setLevel(logging.WARNING)
+    try:
+        state_dict = load_state_dict(best, use_ema=use_ema)
+    finally:
+        helpers_logger.setLevel(level)
+    path = os.path.join(output_dir, 'model_best.safetensors')
+    tmp = path + '.tmp'
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    os.replace(tmp, path)
+    return path

@@ -4,8 +4,9 @@ Every option of timm's train.py has its meaning there, and everything timm provi
 is (datasets, loaders, mixup, losses, optimizers, schedulers, EMA, checkpoint saver,
 distributed helpers, tasks). The loop is task-agnostic like timm's: it back-propagates the
 task's ``loss``, clips ``task.get_clip_parameters()``, and logs every other scalar the task
-returns. What train_stim.py adds lives in ``timm_stim.training.train_additions`` and is called at the
-points marked ``stim.`` below.
+returns. What train_stim.py adds is called through three named objects: ``stim``
+(``StimTraining``: everything about stimulative training), ``run`` (``RunLifecycle``: output
+folder, resume and recovery, per-sample seeding) and ``publisher`` (``Publisher``: the Hub).
 """
 import json
 import logging
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import timm
 import torch
@@ -30,11 +31,14 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
 
-from .args import parse_args
-from .data import resolve_dataset, with_image_mode
+from ..config import StimConfig
 from ..errors import EXIT_INTERRUPTED, InputError, run_command
+from .args import check_args, parse_args
+from .data import resolve_dataset, with_image_mode
+from .lifecycle import RunLifecycle
+from .publish import Publisher
 from .runs import InterruptRequest, trim_summary
-from .train_additions import TrainAdditions
+from .stim import StimTraining, train_input_sizes
 
 _logger = logging.getLogger('train_stim')
 
@@ -122,6 +126,47 @@ def _create_dataset(name, root, split, **kwargs):
                          f'{str(e).strip().splitlines()[0]}') from None
 
 
+def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torch.device,
+                      data_config: Dict[str, Any], stim: StimTraining):
+    """The loop's task: timm's (classification, or distillation with ``--kd-model-name``), stimulative when ST is on.
+
+    Args:
+        args: the parsed options.
+        model: the model to train.
+        criterion: the task loss.
+        device: the training device.
+        data_config: timm's resolved data config (mean / std for ``--stim-resize official``).
+        stim: the run's ``StimTraining`` (after ``on_model_created``).
+    """
+    model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    base, kwargs = ClassificationTask, dict(model=model, criterion=criterion, device=device, dtype=model_dtype,
+                                            verbose=utils.is_primary(args))
+    if args.kd_model_name:
+        from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDistillationTask
+        base = {'logit': LogitDistillationTask, 'feature': FeatureDistillationTask,
+                'token': TokenDistillationTask}[args.kd_distill_type]
+        kwargs = dict(student_model=model, teacher_model=args.kd_model_name, criterion=criterion,
+                      distill_loss_weight=args.distill_loss_weight, task_loss_weight=args.task_loss_weight,
+                      device=device, dtype=model_dtype, verbose=utils.is_primary(args))
+        if args.kd_distill_type == 'logit':
+            kwargs.update(loss_type=args.kd_loss_type, temperature=args.kd_temperature)
+        elif args.kd_distill_type == 'feature':
+            kwargs.update(student_feature_dim=args.kd_student_feature_dim,
+                          teacher_feature_dim=args.kd_teacher_feature_dim)
+        else:
+            kwargs.update(distill_type=args.kd_token_distill_type, temperature=args.kd_temperature)
+    build = (lambda: stim.create_task(base, kwargs, data_config)) if stim.enabled else (lambda: base(**kwargs))
+    try:
+        return build()
+    except (OSError, RuntimeError, ValueError) as e:  # hub/cache/file errors while loading the teacher
+        if not args.kd_model_name:
+            raise
+        raise InputError(
+            f'--kd-model-name {args.kd_model_name!r}: could not create the teacher with pretrained weights '
+            f'({type(e).__name__}: {e}). Pass a model timm can load with pretrained=True here: a Hub model in '
+            f'the local cache, or local-dir:DIR with config.json and model.safetensors.') from e
+
+
 # ---------------------------------------------------------------------------------------------
 # One epoch of training, one validation pass
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +174,7 @@ def _create_dataset(name, root, split, **kwargs):
 def train_one_epoch(
         epoch, model, loader, optimizer, args, task, device=torch.device('cuda'), lr_scheduler=None, saver=None,
         output_dir=None, amp_autocast=nullcontext, loss_scaler=None, model_dtype=None, mixup_fn=None,
-        naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, stim=None, start_batch=0,
+        naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, run=None, start_batch=0,
         updates_done=0, meters=None, interrupt=None):
     """One epoch, as timm's ``train_one_epoch``. Returns ordered metrics (and ``interrupted``)."""
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
@@ -170,8 +215,10 @@ def train_one_epoch(
         update_idx = batch_idx // accum_steps
         if batch_idx >= last_batch_idx_to_accum:
             accum_steps = last_accum_steps
-        if stim is not None:
-            stim.on_batch_start(epoch, batch_idx, task)
+        if run is not None:
+            run.on_batch_start(epoch, batch_idx)
+        if hasattr(task, 'set_progress'):
+            task.set_progress(epoch, batch_idx)
 
         if not args.prefetcher:
             input, target = input.to(device=device, dtype=model_dtype), target.to(device=device)
@@ -380,23 +427,29 @@ def setup_logging() -> None:
     utils.setup_default_logging()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def main(argv: Optional[Sequence[str]] = None, config_cls: Type[StimConfig] = StimConfig) -> Dict[str, Any]:
     """Run training. Returns a dict with the best metric/epoch, the output dir and per-epoch results.
 
     Bad input ends with exit code 2 before any work; a failed Hub push after training with 1;
     an interrupted run (Ctrl-C) with 130, after saving a checkpoint to resume from.
+
+    Args:
+        argv: the command line (``sys.argv[1:]`` when None).
+        config_cls: ``StimConfig`` or a subclass declaring more ``--stim-*`` options.
     """
     setup_logging()
-    args, args_text = parse_args(argv)
-    result = run_command(lambda: _main(args, args_text))
+    args, args_text = parse_args(argv, config_cls)
+    result = run_command(lambda: _main(args, args_text, config_cls))
     if result.get('interrupted'):
         raise SystemExit(EXIT_INTERRUPTED)
     return result
 
 
-def _main(args, args_text: str) -> Dict[str, Any]:
-    stim = TrainAdditions(args)
-    stim.check_args()  # cheap checks: nothing built, loaded or written yet
+def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
+    stim, run, publisher = StimTraining(args, config_cls), RunLifecycle(args), Publisher(args)
+    check_args(args)  # cheap checks: nothing built, loaded or written yet
+    stim.check()
+    publisher.check()
 
     if args.device_modules:
         for module in args.device_modules:
@@ -430,9 +483,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
     if args.amp and device.type == 'cpu' and amp_dtype == torch.float16:
         amp_dtype = torch.bfloat16  # float16 autocast is a CUDA feature
         _logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
-    if args.push_to_hub and utils.is_primary(args):
-        from ..tools.hub import warn_if_no_token
-        warn_if_no_token(args.push_to_hub)
+    publisher.warn_if_no_token()
 
     utils.random_seed(args.seed, args.rank)
     if args.fuser:
@@ -451,12 +502,12 @@ def _main(args, args_text: str) -> Dict[str, Any]:
             f'Model {safe_model_name(args.model)} created, param count:{sum([m.numel() for m in model.parameters()])}')
 
     data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
-    stim.on_model_created(model, data_config['input_size'])
+    stim.on_model_created(model, train_input_sizes(args, data_config['input_size']))
 
     num_aug_splits = args.aug_splits if args.aug_splits > 0 else 0
     if args.split_bn:
         model = convert_splitbn_model(model, max(num_aug_splits, 2))
-    resume_point = stim.check_resume(model)
+    run.check_resume(model)
 
     # The output folder is decided and checked before any data is read or file written.
     output_dir = exp_name = None
@@ -464,7 +515,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
         exp_name = args.experiment or '-'.join([
             datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
         output_dir = os.path.join(args.output if args.output else './output/train', exp_name)
-        stim.check_output_dir(output_dir)
+        run.check_output_dir(output_dir)
 
     model.to(device=device, dtype=model_dtype)
     if args.channels_last:
@@ -574,7 +625,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
         if num_aug_splits > 1:
             from timm.data import AugMixDataset
             dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)
-        dataset_train = stim.wrap_train_dataset(dataset_train)
+        dataset_train = run.wrap_train_dataset(dataset_train)
         loader_train = create_loader(
             dataset_train, input_size=data_config['input_size'], input_size_choices=args.train_img_sizes,
             batch_size_choices=args.train_batch_sizes, batch_choice_weights=args.train_size_probs,
@@ -590,8 +641,13 @@ def _main(args, args_text: str) -> Dict[str, Any]:
             if utils.is_primary(args):
                 _logger.info(f'Using scheduled training resolutions {args.train_img_sizes} with batch sizes '
                              f'{scheduled_sampler.batch_sizes}.')
-        stim.on_train_loader(loader_train, data_config)
-        stim.check_mid_epoch_resume(loader_train, args.batch_size)
+        if args.lighting_std or args.uniform_augment:  # the paper recipe's train transforms timm lacks
+            from .transforms import add_stim_transforms
+            add_stim_transforms(loader_train, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
+                                uniform_augment=args.uniform_augment, uniform_augment_ops=args.uniform_augment_ops,
+                                uniform_augment_variant=args.uniform_augment_variant, mean=data_config['mean'],
+                                std=data_config['std'])
+        run.on_train_loader(loader_train, args.batch_size)
 
     if not args.lr:
         global_batch_size = batch_size_reference * args.world_size * args.grad_accum_steps
@@ -627,10 +683,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
     train_loss_fn = create_train_criterion(args, mixup_active, num_aug_splits).to(device=device)
     validate_loss_fn = nn.CrossEntropyLoss().to(device=device)
 
-    task = stim.create_task(model, train_loss_fn, device, data_config)
-    if task is None:
-        task = ClassificationTask(model=model, criterion=train_loss_fn, device=device, dtype=model_dtype,
-                                  verbose=utils.is_primary(args))
+    task = create_train_task(args, model, train_loss_fn, device, data_config, stim)
     model = task.get_trainable_module()
     eval_model = task.get_eval_model()
 
@@ -676,7 +729,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
     saver = None
     if utils.is_primary(args):
         os.makedirs(output_dir, exist_ok=True)
-        saver = stim.create_saver(
+        saver = run.create_saver(
             model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
             recovery_dir=output_dir, decreasing=decreasing_metric, max_history=args.checkpoint_hist, task=task)
         best_metric, best_epoch = saver.best_metric, saver.best_epoch
@@ -692,7 +745,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
             else:
                 assert not args.wandb_resume_id or args.resume
                 wandb.init(project=args.wandb_project, name=exp_name,
-                           config={**vars(args), 'stim_resolved': stim.stim_resolved},
+                           config={**vars(args), 'stim_resolved': stim.summary},
                            tags=args.wandb_tags, resume='must' if args.wandb_resume_id else None,
                            id=args.wandb_resume_id or None)
 
@@ -702,18 +755,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
         optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing_metric), updates_per_epoch=updates_per_epoch)
     if hasattr(task, 'configure_training'):
         task.configure_training(epochs=args.epochs, batches_per_epoch=num_train_batches)
-    start_epoch = 0
-    start_batch = updates_done = 0
-    meters = None
-    if args.start_epoch is not None:
-        start_epoch = args.start_epoch  # a specified start_epoch always overrides the resume epoch
-    elif resume_point is not None:
-        start_epoch = resume_point.epoch
-        if resume_point.mid_epoch:
-            start_batch, updates_done, meters = (resume_point.batches_done, resume_point.updates_done,
-                                                 resume_point.meters)
-    elif resume_epoch is not None:
-        start_epoch = resume_epoch
+    start_epoch, start_batch, updates_done, meters = run.start_point(resume_epoch)
     if lr_scheduler is not None and (start_epoch > 0 or updates_done):
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch + updates_done)
@@ -734,13 +776,15 @@ def _main(args, args_text: str) -> Dict[str, Any]:
         with InterruptRequest() as interrupt:
             for epoch in range(start_epoch, num_epochs):
                 set_loader_epoch(loader_train, epoch)
-                stim.on_epoch_start(epoch, task, loader_train, start_batch)
+                run.on_epoch_start(epoch, loader_train, start_batch)
+                if hasattr(task, 'set_progress'):  # the task's schedule (e.g. the KL weight) follows the loop
+                    task.set_progress(epoch, start_batch)
 
                 train_metrics, interrupted = train_one_epoch(
                     epoch, model, loader_train, optimizer, args, task=task, device=device,
                     lr_scheduler=lr_scheduler, saver=saver, output_dir=output_dir, amp_autocast=amp_autocast,
                     loss_scaler=loss_scaler, model_dtype=model_dtype, mixup_fn=mixup_fn, naflex_mode=naflex_mode,
-                    scheduled_batch_mode=scheduled_batch_mode, batch_size_reference=batch_size_reference, stim=stim,
+                    scheduled_batch_mode=scheduled_batch_mode, batch_size_reference=batch_size_reference, run=run,
                     start_batch=start_batch, updates_done=updates_done, meters=meters, interrupt=interrupt)
                 start_batch = updates_done = 0
                 meters = None
@@ -783,7 +827,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
                 if saver is not None:
                     best_metric, best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
                     last_saved = os.path.join(output_dir, 'last.pth.tar')
-                stim.on_epoch_end(epoch, output_dir, best_epoch, task.get_trainable_module(ema=True))
+                run.on_epoch_end(epoch, output_dir, best_epoch, task.get_trainable_module(ema=True))
                 if lr_scheduler is not None:
                     lr_scheduler.step(epoch + 1, latest_metric)
 
@@ -811,7 +855,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
             results, key=lambda x: x.get('validation', x.get('train')).get(eval_metric, 0), reverse=decreasing_metric)
         print(f'--result\n{json.dumps(display_results[-10:], indent=4)}')
 
-    hub_url = stim.after_training(output_dir, dataset_train, interrupted=interrupted)
+    hub_url = publisher.after_training(output_dir, dataset_train, interrupted=interrupted)
     return {'best_metric': best_metric, 'best_epoch': best_epoch, 'output_dir': output_dir, 'epochs': results,
             'hub_url': hub_url, 'interrupted': interrupted}
 

@@ -1,0 +1,141 @@
+"""``RunLifecycle``: what makes a run trustworthy, in one object the loop calls at named points.
+
+An output folder that is never another run's, a ``--resume`` that is read safely and repeats
+the uninterrupted run exactly (per-sample seeding, mid-epoch recovery checkpoints), and files
+that stay consistent when a run is killed. The pieces live in ``runs.py`` (folders, resume
+points, the saver) and ``seeding.py``; this object is how the loop uses them:
+
+==========================  =================================================================
+``check_resume``            read ``--resume`` safely and check it fits the model
+``check_output_dir``        refuse a non-empty experiment folder for a fresh run
+``wrap_train_dataset``      per-sample seeding (``--seed-scheme per-sample``, the default)
+``on_train_loader``         the seeded epoch order; refuse a mid-epoch resume it cannot continue
+``create_saver``            timm's saver, recording mid-epoch progress in recovery checkpoints
+``start_point``             where a resumed run starts (epoch, batch, updates, meters)
+``on_epoch_start``          seed the epoch and skip what a mid-epoch resume already did
+``on_batch_start``          seed the step (mixup, drop-path, dropout)
+``on_epoch_end``            ``model_best.safetensors``; drop recovery files the epoch supersedes
+==========================  =================================================================
+"""
+import logging
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm import utils
+
+from ..errors import InputError
+from .runs import (ProgressCheckpointSaver, ResumePoint, check_output_dir, read_resume_point, remove_recovery_files,
+                   save_best_safetensors)
+from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
+                      seed_all)
+
+__all__ = ['RunLifecycle']
+
+_logger = logging.getLogger('train_stim')
+
+
+class RunLifecycle:
+    """Output folder, resume and recovery, per-sample seeding of one training run.
+
+    Args:
+        args: the parsed options.
+    """
+
+    def __init__(self, args):
+        self.args = args
+        self.epoch_order = None  # seeding.EpochOrderSampler of the train loader (per-sample scheme)
+        self.resume_point: Optional[ResumePoint] = None
+        self._skip_batch_size = args.batch_size  # samples per batch the loader yields (per process)
+
+    @property
+    def per_sample(self) -> bool:
+        return self.args.seed_scheme == 'per-sample'
+
+    def check_resume(self, model: nn.Module) -> Optional[ResumePoint]:
+        """Read ``--resume`` (safely) and check it fits the model, before data or outputs."""
+        if not self.args.resume:
+            return None
+        self.resume_point = read_resume_point(self.args.resume, model, self.args.model)
+        return self.resume_point
+
+    def check_output_dir(self, output_dir: str) -> None:
+        check_output_dir(output_dir, resuming=bool(self.args.resume))
+
+    def wrap_train_dataset(self, dataset):
+        """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``)."""
+        if not self.per_sample or isinstance(dataset, torch.utils.data.IterableDataset):
+            return dataset
+        return PerSampleSeededDataset(dataset, seed=self.args.seed, rank=self.args.rank)
+
+    def on_train_loader(self, loader, batch_size: int) -> None:
+        """The seeded epoch order on the train loader; refuse a mid-epoch resume it cannot continue exactly."""
+        self._check_mid_epoch_resume(loader, batch_size)
+        if not self.per_sample:
+            return
+        args = self.args
+        reason = per_sample_seeding_unsupported(loader)
+        if reason is not None:
+            if self.resume_point is not None and self.resume_point.mid_epoch:
+                raise InputError(f'--resume {args.resume} was saved inside epoch {self.resume_point.epoch}, and this '
+                                 f'loader cannot continue an epoch exactly: {reason}. Resume from the last epoch '
+                                 f'checkpoint instead (last.pth.tar in the same folder).')
+            if utils.is_primary(args):
+                _logger.info(f'Per-sample seeding is off for this loader ({reason}): augmentations draw as in timm, so '
+                             f'--resume repeats the uninterrupted run only up to data-loader randomness.')
+            return
+        self.epoch_order = install_per_sample_seeding(loader, seed=args.seed, rank=args.rank)
+
+    def _check_mid_epoch_resume(self, loader, batch_size: int) -> None:
+        point = self.resume_point
+        if point is None or not point.mid_epoch:
+            return
+        batch_sampler = getattr(getattr(loader, 'loader', loader), 'batch_sampler', None)
+        sizes = getattr(batch_sampler, 'batch_sizes', None) or [getattr(batch_sampler, 'batch_size', batch_size)]
+        self._skip_batch_size = int(sizes[0])
+        if len(set(sizes)) > 1:
+            raise InputError(f'--resume {self.args.resume} was saved inside epoch {point.epoch}, and with several '
+                             f'--train-batch-sizes the epoch cannot be continued exactly. Resume from the last epoch '
+                             f'checkpoint instead (last.pth.tar in the same folder).')
+
+    def create_saver(self, **kwargs) -> ProgressCheckpointSaver:
+        saver = ProgressCheckpointSaver(**kwargs)
+        if self.args.resume:
+            saver.load_state_dict_from_checkpoint(self.args.resume)
+        return saver
+
+    def start_point(self, resume_epoch: Optional[int]) -> Tuple[int, int, int, Optional[Dict[str, Any]]]:
+        """(epoch, batches done, updates done, running meters) to start at: ``--start-epoch``, the resume point, 0."""
+        if self.args.start_epoch is not None:
+            return self.args.start_epoch, 0, 0, None  # a specified start_epoch always overrides the resume epoch
+        point = self.resume_point
+        if point is not None:
+            if point.mid_epoch:
+                return point.epoch, point.batches_done, point.updates_done, point.meters
+            return point.epoch, 0, 0, None
+        return resume_epoch or 0, 0, 0, None
+
+    def on_epoch_start(self, epoch: int, loader, start_batch: int = 0) -> None:
+        """Seed the epoch (its order, and what runs before the first step); skip what a resume already did."""
+        if not self.per_sample:
+            return
+        seed_all(derive_seed('epoch', self.args.seed, self.args.rank, epoch))
+        if self.epoch_order is not None:
+            self.epoch_order.set_epoch(epoch)
+            self.epoch_order.skip_next(start_batch * self._skip_batch_size)
+        erasing = getattr(loader, 'random_erasing', None)
+        if hasattr(erasing, 'set_position'):
+            erasing.set_position(epoch, start_batch)
+
+    def on_batch_start(self, epoch: int, batch_idx: int) -> None:
+        """Seed this step's main-process draws (mixup, drop-path, dropout)."""
+        if self.per_sample:
+            seed_all(derive_seed('step', self.args.seed, self.args.rank, epoch, batch_idx))
+
+    def on_epoch_end(self, epoch: int, output_dir: Optional[str], best_epoch: Optional[int], model_ema) -> None:
+        if output_dir is None:
+            return
+        if best_epoch == epoch:
+            save_best_safetensors(output_dir, use_ema=model_ema is not None and not self.args.model_ema_force_cpu)
+        remove_recovery_files(output_dir, up_to_epoch=epoch)
