@@ -7,6 +7,7 @@
 ...     logits = model(x)
 """
 from .adapters import StageAdapter, get_adapter, list_adapters, register_adapter
+from .config import StimConfig
 from .errors import UnsupportedModelError
 from .factory import create_model
 from .losses import logit_norm, stim_kl
@@ -17,7 +18,7 @@ from .task import StimulativeMixin, StimulativeTask, stimulative_task_class
 from .version import __version__
 
 __all__ = [
-    'attach', 'create_model', 'get_stimulator', 'register_adapter', 'get_adapter', 'list_adapters',
+    'attach', 'create_model', 'get_stimulator', 'StimConfig', 'register_adapter', 'get_adapter', 'list_adapters',
     'StageAdapter', 'Stimulator', 'Subnet', 'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class',
     'UnsupportedModelError',
     'stim_kl', 'logit_norm', 'resolve_space', '__version__',

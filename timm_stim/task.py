@@ -6,7 +6,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask, TrainingTask
@@ -15,7 +14,6 @@ from timm.utils import unwrap_model
 from .config import StimConfig
 from .inputs import renormalize_batch, resize_batch, sample_input_size
 from .losses import logit_norm, stim_kl
-from .spaces import SpaceSpec
 from .adapters import get_adapter
 from .stimulator import Stimulator, attach, get_stimulator
 from .subnet import Subnet

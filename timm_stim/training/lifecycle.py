@@ -18,7 +18,6 @@ points, the saver) and ``seeding.py``; this object is how the loop uses them:
 ==========================  =================================================================
 """
 import logging
-import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
+from types import SimpleNamespace
+from typing import Any, Dict, Optional, Sequence, Type
 
 import timm
 import torch
@@ -177,21 +178,12 @@ def train_one_epoch(
         naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, run=None, start_batch=0,
         updates_done=0, meters=None, interrupt=None):
     """One epoch, as timm's ``train_one_epoch``. Returns ordered metrics (and ``interrupted``)."""
-    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-        if args.prefetcher and loader.mixup_enabled:
-            loader.mixup_enabled = False
-        elif mixup_fn is not None:
-            mixup_fn.mixup_enabled = False
-
+    _mixup_off(args, epoch, loader, mixup_fn)
     second_order = hasattr(optimizer, 'is_second_order') and optimizer.is_second_order
     has_no_sync = args.distributed and hasattr(task.get_trainable_module(), 'no_sync')
     update_time_m = utils.AverageMeter()
     data_time_m = utils.AverageMeter()
-    scalar_m = OrderedDict(loss=utils.AverageMeter())  # 'loss' and every other scalar the task returns
-    for name, (total, count) in (meters or {}).items():  # a resumed epoch continues its averages
-        scalar_m.setdefault(name, utils.AverageMeter())
-        scalar_m[name].sum, scalar_m[name].count = total, count
-        scalar_m[name].avg = total / count if count else 0
+    scalar_m = _scalar_meters(meters)
 
     task.get_trainable_module().train()
 
@@ -254,19 +246,8 @@ def train_one_epoch(
                     optimizer.step()
 
         batch_size = input['patches'].shape[0] if naflex_mode else input.shape[0]
-        local_scale, dist_scale = 1.0, None
-        global_batch_size = batch_size * (args.world_size if args.distributed else 1)
-        if naflex_mode or scheduled_batch_mode:
-            loss_scale_mode = args.naflex_loss_scale if naflex_mode else args.variable_batch_loss_scale
-            if loss_scale_mode and loss_scale_mode != 'none':
-                local_scale = batch_size / batch_size_reference
-                if loss_scale_mode == 'sqrt':
-                    local_scale = local_scale ** 0.5
-            if naflex_mode and args.distributed:
-                # ranks can hold different batch sizes: scale each rank's gradient by its share
-                global_batch_size = utils.reduce_tensor(
-                    torch.tensor(batch_size, device=device, dtype=torch.float32), 1)
-                dist_scale = args.world_size * batch_size / global_batch_size
+        local_scale, dist_scale, global_batch_size = _loss_scales(
+            args, batch_size, batch_size_reference, naflex_mode, scheduled_batch_mode, device)
 
         def _step():
             loss, result = _forward()
@@ -299,37 +280,18 @@ def train_one_epoch(
         task.update_ema(step=num_updates)
 
         if args.synchronize_step:
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            elif device.type == 'npu':
-                torch.npu.synchronize()
+            _synchronize(device)
         time_now = time.time()
         update_time_m.update(time.time() - update_start_time)
         update_start_time = time_now
 
         if update_idx % args.log_interval == 0 or last_batch:
-            lrl = [param_group['lr'] for param_group in optimizer.param_groups]
-            lr = sum(lrl) / len(lrl)
-            shown = OrderedDict((name, (m.val, m.avg)) for name, m in scalar_m.items())
-            if args.distributed:
-                # each process keeps its own running averages
-                shown = OrderedDict((name, tuple(utils.reduce_tensor(loss.new([v]), args.world_size).item()
-                                                 for v in values)) for name, values in shown.items())
-            if utils.is_primary(args):
-                extra = ''.join(f'{name}: {now:#.3g} ({avg:#.3g})  ' for name, (now, avg) in shown.items()
-                                if name != 'loss')
-                _logger.info(
-                    f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch} '
-                    f'({100. * (update_idx + 1) / updates_per_epoch:>3.0f}%)]  '
-                    f'Loss: {shown["loss"][0]:#.3g} ({shown["loss"][1]:#.3g})  {extra}'
-                    f'Time: {update_time_m.val:.3f}s, {update_sample_count / update_time_m.val:>7.2f}/s  '
-                    f'({update_time_m.avg:.3f}s, {update_sample_count / update_time_m.avg:>7.2f}/s)  '
-                    f'LR: {lr:.3e}  '
-                    f'Data: {data_time_m.val:.3f} ({data_time_m.avg:.3f})')
-                if args.save_images and output_dir and isinstance(input, torch.Tensor):
-                    import torchvision
-                    torchvision.utils.save_image(input, os.path.join(output_dir, 'train-batch-%d.jpg' % batch_idx),
-                                                 padding=0, normalize=True)
+            _log_train_progress(args, epoch, update_idx, updates_per_epoch, optimizer, scalar_m, loss,
+                                update_time_m, data_time_m, update_sample_count)
+            if utils.is_primary(args) and args.save_images and output_dir and isinstance(input, torch.Tensor):
+                import torchvision
+                torchvision.utils.save_image(input, os.path.join(output_dir, 'train-batch-%d.jpg' % batch_idx),
+                                             padding=0, normalize=True)
 
         stop = interrupt is not None and interrupt.poll(args.distributed, device) and not last_batch
         if saver is not None and (stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0):
@@ -356,6 +318,74 @@ def train_one_epoch(
             avg = utils.reduce_tensor(torch.tensor([avg], device=device, dtype=torch.float32), args.world_size).item()
         metrics[name] = avg
     return metrics, interrupted
+
+
+def _mixup_off(args, epoch: int, loader, mixup_fn) -> None:
+    """Turn mixup off from ``--mixup-off-epoch`` on, as timm's train.py."""
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        if args.prefetcher and loader.mixup_enabled:
+            loader.mixup_enabled = False
+        elif mixup_fn is not None:
+            mixup_fn.mixup_enabled = False
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    elif device.type == 'npu':
+        torch.npu.synchronize()
+
+
+def _scalar_meters(meters: Optional[Dict[str, Any]] = None) -> 'OrderedDict[str, utils.AverageMeter]':
+    """Running averages of 'loss' and every other scalar the task returns; a resumed epoch continues ``meters``."""
+    scalar_m = OrderedDict(loss=utils.AverageMeter())
+    for name, (total, count) in (meters or {}).items():
+        scalar_m.setdefault(name, utils.AverageMeter())
+        scalar_m[name].sum, scalar_m[name].count = total, count
+        scalar_m[name].avg = total / count if count else 0
+    return scalar_m
+
+
+def _loss_scales(args, batch_size: int, batch_size_reference, naflex_mode: bool, scheduled_batch_mode: bool,
+                 device: torch.device):
+    """(local scale, distributed scale or None, global batch size) of one batch, as timm's train.py."""
+    local_scale, dist_scale = 1.0, None
+    global_batch_size = batch_size * (args.world_size if args.distributed else 1)
+    if naflex_mode or scheduled_batch_mode:
+        loss_scale_mode = args.naflex_loss_scale if naflex_mode else args.variable_batch_loss_scale
+        if loss_scale_mode and loss_scale_mode != 'none':
+            local_scale = batch_size / batch_size_reference
+            if loss_scale_mode == 'sqrt':
+                local_scale = local_scale ** 0.5
+        if naflex_mode and args.distributed:
+            # ranks can hold different batch sizes: scale each rank's gradient by its share
+            global_batch_size = utils.reduce_tensor(
+                torch.tensor(batch_size, device=device, dtype=torch.float32), 1)
+            dist_scale = args.world_size * batch_size / global_batch_size
+    return local_scale, dist_scale, global_batch_size
+
+
+def _log_train_progress(args, epoch: int, update_idx: int, updates_per_epoch: int, optimizer, scalar_m, loss,
+                        update_time_m, data_time_m, update_sample_count) -> None:
+    """timm's ``Train:`` log line, with every scalar the task returns (averaged over processes)."""
+    lrl = [param_group['lr'] for param_group in optimizer.param_groups]
+    lr = sum(lrl) / len(lrl)
+    shown = OrderedDict((name, (m.val, m.avg)) for name, m in scalar_m.items())
+    if args.distributed:
+        # each process keeps its own running averages
+        shown = OrderedDict((name, tuple(utils.reduce_tensor(loss.new([v]), args.world_size).item()
+                                         for v in values)) for name, values in shown.items())
+    if utils.is_primary(args):
+        extra = ''.join(f'{name}: {now:#.3g} ({avg:#.3g})  ' for name, (now, avg) in shown.items()
+                        if name != 'loss')
+        _logger.info(
+            f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch} '
+            f'({100. * (update_idx + 1) / updates_per_epoch:>3.0f}%)]  '
+            f'Loss: {shown["loss"][0]:#.3g} ({shown["loss"][1]:#.3g})  {extra}'
+            f'Time: {update_time_m.val:.3f}s, {update_sample_count / update_time_m.val:>7.2f}/s  '
+            f'({update_time_m.avg:.3f}s, {update_sample_count / update_time_m.avg:>7.2f}/s)  '
+            f'LR: {lr:.3e}  '
+            f'Data: {data_time_m.val:.3f} ({data_time_m.avg:.3f})')
 
 
 def validate(model, loader, loss_fn, args, device=torch.device('cuda'), amp_autocast=nullcontext, model_dtype=None,
@@ -445,11 +475,28 @@ def main(argv: Optional[Sequence[str]] = None, config_cls: Type[StimConfig] = St
     return result
 
 
+class _Run(SimpleNamespace):
+    """What one training run builds, phase by phase: each phase of ``_main`` reads and adds attributes."""
+
+
 def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
-    stim, run, publisher = StimTraining(args, config_cls), RunLifecycle(args), Publisher(args)
+    """timm's ``main``, in its phases."""
+    r = _Run(args_text=args_text, config_cls=config_cls)
+    _setup(args, r)
+    _create_model(args, r)
+    _create_loaders(args, r)
+    _create_task(args, r)
+    _prepare_run(args, r)
+    _train_epochs(args, r)
+    return _finish(args, r)
+
+
+def _setup(args, r: _Run) -> None:
+    """Checks, devices and dtypes, seeding: before anything is built."""
+    r.stim, r.run, r.publisher = StimTraining(args, r.config_cls), RunLifecycle(args), Publisher(args)
     check_args(args)  # cheap checks: nothing built, loaded or written yet
-    stim.check()
-    publisher.check()
+    r.stim.check()
+    r.publisher.check()
 
     if args.device_modules:
         for module in args.device_modules:
@@ -465,7 +512,7 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
     if args.sync_bn and args.device.startswith('cpu'):
         raise InputError('--sync-bn synchronizes BatchNorm across GPUs; torch\'s SyncBatchNorm does not run on CPU '
                          'tensors. Drop --sync-bn (or use --dist-bn reduce) for CPU training.')
-    device = utils.init_distributed_device(args)
+    r.device = utils.init_distributed_device(args)
     if args.distributed:
         _logger.info(
             'Training in distributed mode with multiple processes, 1 device per process.'
@@ -474,16 +521,16 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
         _logger.info(f'Training with a single process on 1 device ({args.device}).')
     assert args.rank >= 0
 
-    model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
-    if model_dtype == torch.float16:
+    r.model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    if r.model_dtype == torch.float16:
         _logger.warning('float16 is not recommended for training, for half precision bfloat16 is recommended.')
-    amp_dtype = torch.float16
+    r.amp_dtype = torch.float16
     if args.amp and args.amp_dtype == 'bfloat16':
-        amp_dtype = torch.bfloat16
-    if args.amp and device.type == 'cpu' and amp_dtype == torch.float16:
-        amp_dtype = torch.bfloat16  # float16 autocast is a CUDA feature
+        r.amp_dtype = torch.bfloat16
+    if args.amp and r.device.type == 'cpu' and r.amp_dtype == torch.float16:
+        r.amp_dtype = torch.bfloat16  # float16 autocast is a CUDA feature
         _logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
-    publisher.warn_if_no_token()
+    r.publisher.warn_if_no_token()
 
     utils.random_seed(args.seed, args.rank)
     if args.fuser:
@@ -491,62 +538,68 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
     if args.fast_norm:
         set_fast_norm()
 
-    model = create_train_model(args)
+
+def _create_model(args, r: _Run) -> None:
+    """The model; stimulative training attached; resume read; the output folder checked; AMP."""
+    r.model = create_train_model(args)
     if args.num_classes is None:
-        assert hasattr(model, 'num_classes'), 'Model must have `num_classes` attr if not set on cmd line/config.'
-        args.num_classes = model.num_classes
+        assert hasattr(r.model, 'num_classes'), 'Model must have `num_classes` attr if not set on cmd line/config.'
+        args.num_classes = r.model.num_classes
     if args.grad_checkpointing:
-        model.set_grad_checkpointing(enable=True)
+        r.model.set_grad_checkpointing(enable=True)
     if utils.is_primary(args):
         _logger.info(
-            f'Model {safe_model_name(args.model)} created, param count:{sum([m.numel() for m in model.parameters()])}')
+            f'Model {safe_model_name(args.model)} created, param count:{sum([m.numel() for m in r.model.parameters()])}')
 
-    data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
-    stim.on_model_created(model, train_input_sizes(args, data_config['input_size']))
+    r.data_config = resolve_data_config(vars(args), model=r.model, verbose=utils.is_primary(args))
+    r.stim.on_model_created(r.model, train_input_sizes(args, r.data_config['input_size']))
 
-    num_aug_splits = args.aug_splits if args.aug_splits > 0 else 0
+    r.num_aug_splits = args.aug_splits if args.aug_splits > 0 else 0
     if args.split_bn:
-        model = convert_splitbn_model(model, max(num_aug_splits, 2))
-    run.check_resume(model)
+        r.model = convert_splitbn_model(r.model, max(r.num_aug_splits, 2))
+    r.run.check_resume(r.model)
 
     # The output folder is decided and checked before any data is read or file written.
-    output_dir = exp_name = None
+    r.output_dir = r.exp_name = None
     if utils.is_primary(args):
-        exp_name = args.experiment or '-'.join([
-            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
-        output_dir = os.path.join(args.output if args.output else './output/train', exp_name)
-        run.check_output_dir(output_dir)
+        r.exp_name = args.experiment or '-'.join([
+            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(r.data_config['input_size'][-1])])
+        r.output_dir = os.path.join(args.output if args.output else './output/train', r.exp_name)
+        r.run.check_output_dir(r.output_dir)
 
-    model.to(device=device, dtype=model_dtype)
+    r.model.to(device=r.device, dtype=r.model_dtype)
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+        r.model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         args.dist_bn = ''  # disable dist_bn when sync BN active
-        model = convert_sync_batchnorm(model)
+        r.model = convert_sync_batchnorm(r.model)
         if utils.is_primary(args):
             _logger.info(
                 'Converted model to use Synchronized BatchNorm. WARNING: You may have issues if using '
                 'zero initialized BN layers (enabled by default for ResNets) while sync-bn enabled.')
-    model_patch_size = model.get_patch_size() if args.naflex_loader and hasattr(model, 'get_patch_size') else None
+    r.model_patch_size = r.model.get_patch_size() if args.naflex_loader and hasattr(r.model, 'get_patch_size') else None
     if args.torchscript:
-        model = torch.jit.script(model)
+        r.model = torch.jit.script(r.model)
 
-    amp_autocast = nullcontext
-    loss_scaler = create_loss_scaler(device, amp_dtype, use_amp=args.amp)
+    r.amp_autocast = nullcontext
+    r.loss_scaler = create_loss_scaler(r.device, r.amp_dtype, use_amp=args.amp)
     if args.amp:
-        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        r.amp_autocast = partial(torch.autocast, device_type=r.device.type, dtype=r.amp_dtype)
         if utils.is_primary(args):
             _logger.info('Using native Torch AMP. Training in mixed precision.')
     elif utils.is_primary(args):
-        _logger.info(f'AMP not enabled. Training in {model_dtype or torch.float32}.')
+        _logger.info(f'AMP not enabled. Training in {r.model_dtype or torch.float32}.')
 
+
+def _create_loaders(args, r: _Run) -> None:
+    """Datasets and loaders (train and eval), mixup, the learning rate from the batch size."""
     # Datasets.
     dataset_name, data_root = resolve_dataset(args.dataset, args.data_dir)
     if args.input_img_mode is None:
-        input_img_mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+        input_img_mode = 'RGB' if r.data_config['input_size'][0] == 3 else 'L'
     else:
         input_img_mode = args.input_img_mode
-    dataset_train = _create_dataset(
+    r.dataset_train = _create_dataset(
         dataset_name, data_root, args.train_split, is_training=True, class_map=args.class_map,
         download=args.dataset_download, batch_size=args.batch_size, seed=args.seed, repeats=args.epoch_repeats,
         input_img_mode=input_img_mode, input_key=args.input_key, target_key=args.target_key,
@@ -558,16 +611,16 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
             download=args.dataset_download, batch_size=args.batch_size, input_img_mode=input_img_mode,
             input_key=args.input_key, target_key=args.target_key, num_samples=args.val_num_samples,
             trust_remote_code=args.dataset_trust_remote_code)
-    dataset_train = with_image_mode(dataset_train, dataset_name, input_img_mode)
+    r.dataset_train = with_image_mode(r.dataset_train, dataset_name, input_img_mode)
     dataset_eval = with_image_mode(dataset_eval, dataset_name, input_img_mode)
 
     # Loaders.
     train_interpolation = args.train_interpolation
     if args.no_aug or not train_interpolation:
-        train_interpolation = data_config['interpolation']
+        train_interpolation = r.data_config['interpolation']
     common_loader_kwargs = dict(
-        mean=data_config['mean'], std=data_config['std'], pin_memory=args.pin_mem,
-        img_dtype=model_dtype or torch.float32, device=device, distributed=args.distributed,
+        mean=r.data_config['mean'], std=r.data_config['std'], pin_memory=args.pin_mem,
+        img_dtype=r.model_dtype or torch.float32, device=r.device, distributed=args.distributed,
         use_prefetcher=args.prefetcher)
     train_loader_kwargs = dict(
         batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode,
@@ -575,59 +628,59 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
         ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
         color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
         gaussian_blur_prob=args.gaussian_blur_prob, auto_augment=args.aa, num_aug_repeats=args.aug_repeats,
-        num_aug_splits=num_aug_splits, interpolation=train_interpolation, num_workers=args.workers,
+        num_aug_splits=r.num_aug_splits, interpolation=train_interpolation, num_workers=args.workers,
         worker_seeding=args.worker_seeding)
 
-    mixup_fn = None
+    r.mixup_fn = None
     mixup_args = {}
-    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
-    if mixup_active:
+    r.mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+    if r.mixup_active:
         mixup_args = dict(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
             label_smoothing=args.smoothing, num_classes=args.num_classes)
 
-    naflex_mode = False
-    scheduled_batch_mode = args.train_img_sizes is not None
-    batch_size_reference = float(args.batch_size)
+    r.naflex_mode = False
+    r.scheduled_batch_mode = args.train_img_sizes is not None
+    r.batch_size_reference = float(args.batch_size)
     if args.naflex_loader:
         from timm.data import create_naflex_loader
         naflex_mixup_fn = None
-        if mixup_active:
+        if r.mixup_active:
             from timm.data import NaFlexMixup
             mixup_args.pop('mode')
             mixup_args.pop('cutmix_minmax')
             naflex_mixup_fn = NaFlexMixup(**mixup_args)
-        if model_patch_size is None:
-            model_patch_size = (16, 16)
+        if r.model_patch_size is None:
+            r.model_patch_size = (16, 16)
             if utils.is_primary(args):
-                _logger.warning(f'Could not determine model patch size, using default: {model_patch_size}')
+                _logger.warning(f'Could not determine model patch size, using default: {r.model_patch_size}')
         patch_loader_kwargs = {}
         if args.naflex_patch_sizes:
             patch_loader_kwargs['patch_size_choices'] = args.naflex_patch_sizes
             if args.naflex_patch_size_probs:
                 patch_loader_kwargs['patch_size_choice_probs'] = args.naflex_patch_size_probs
         else:
-            patch_loader_kwargs['patch_size'] = model_patch_size
-        naflex_mode = True
-        loader_train = create_naflex_loader(
-            dataset=dataset_train, train_seq_lens=args.naflex_train_seq_lens, mixup_fn=naflex_mixup_fn,
+            patch_loader_kwargs['patch_size'] = r.model_patch_size
+        r.naflex_mode = True
+        r.loader_train = create_naflex_loader(
+            dataset=r.dataset_train, train_seq_lens=args.naflex_train_seq_lens, mixup_fn=naflex_mixup_fn,
             rank=args.rank, world_size=args.world_size, patchify_channels_last=not args.naflex_patchify_channels_first,
             **patch_loader_kwargs, **common_loader_kwargs, **train_loader_kwargs)
     else:
         collate_fn = None
-        if mixup_active:
+        if r.mixup_active:
             if args.prefetcher:
-                assert not num_aug_splits  # collate conflict (need to support de-interleaving in collate mixup)
+                assert not r.num_aug_splits  # collate conflict (need to support de-interleaving in collate mixup)
                 collate_fn = FastCollateMixup(**mixup_args)
             else:
-                mixup_fn = Mixup(**mixup_args)
-        if num_aug_splits > 1:
+                r.mixup_fn = Mixup(**mixup_args)
+        if r.num_aug_splits > 1:
             from timm.data import AugMixDataset
-            dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)
-        dataset_train = run.wrap_train_dataset(dataset_train)
-        loader_train = create_loader(
-            dataset_train, input_size=data_config['input_size'], input_size_choices=args.train_img_sizes,
+            r.dataset_train = AugMixDataset(r.dataset_train, num_splits=r.num_aug_splits)
+        r.dataset_train = r.run.wrap_train_dataset(r.dataset_train)
+        r.loader_train = create_loader(
+            r.dataset_train, input_size=r.data_config['input_size'], input_size_choices=args.train_img_sizes,
             batch_size_choices=args.train_batch_sizes, batch_choice_weights=args.train_size_probs,
             batch_choice_seed=args.seed, batch_choice_schedule=args.train_size_schedule,
             batch_schedule_epochs=args.epochs if args.train_size_schedule == 'progressive' else None,
@@ -635,22 +688,22 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
             batch_schedule_random_mix=args.train_size_random_mix, num_batches=args.train_batches_per_epoch,
             collate_fn=collate_fn, use_multi_epochs_loader=args.use_multi_epochs_loader,
             **common_loader_kwargs, **train_loader_kwargs)
-        if scheduled_batch_mode:
-            scheduled_sampler = loader_train.batch_sampler
-            batch_size_reference = scheduled_sampler.average_batch_size
+        if r.scheduled_batch_mode:
+            scheduled_sampler = r.loader_train.batch_sampler
+            r.batch_size_reference = scheduled_sampler.average_batch_size
             if utils.is_primary(args):
                 _logger.info(f'Using scheduled training resolutions {args.train_img_sizes} with batch sizes '
                              f'{scheduled_sampler.batch_sizes}.')
         if args.lighting_std or args.uniform_augment:  # the paper recipe's train transforms timm lacks
             from .transforms import add_stim_transforms
-            add_stim_transforms(loader_train, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
+            add_stim_transforms(r.loader_train, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
                                 uniform_augment=args.uniform_augment, uniform_augment_ops=args.uniform_augment_ops,
-                                uniform_augment_variant=args.uniform_augment_variant, mean=data_config['mean'],
-                                std=data_config['std'])
-        run.on_train_loader(loader_train, args.batch_size)
+                                uniform_augment_variant=args.uniform_augment_variant, mean=r.data_config['mean'],
+                                std=r.data_config['std'])
+        r.run.on_train_loader(r.loader_train, args.batch_size)
 
     if not args.lr:
-        global_batch_size = batch_size_reference * args.world_size * args.grad_accum_steps
+        global_batch_size = r.batch_size_reference * args.world_size * args.grad_accum_steps
         batch_ratio = global_batch_size / args.lr_base_size
         if not args.lr_base_scale:
             on = args.opt.lower()
@@ -662,79 +715,85 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
             _logger.info(f'Learning rate ({args.lr}) calculated from base learning rate ({args.lr_base}) '
                          f'and effective global batch size ({global_batch_size:g}) with {args.lr_base_scale} scaling.')
 
-    loader_eval = None
+    r.loader_eval = None
     if args.val_split:
         eval_workers = args.workers
         if args.distributed and ('tfds' in args.dataset or 'wds' in args.dataset):
             eval_workers = min(2, args.workers)  # reduces validation padding issues with TFDS, WDS
         eval_loader_kwargs = dict(
             batch_size=args.validation_batch_size or args.batch_size, is_training=False,
-            interpolation=data_config['interpolation'], num_workers=eval_workers, crop_pct=data_config['crop_pct'])
+            interpolation=r.data_config['interpolation'], num_workers=eval_workers, crop_pct=r.data_config['crop_pct'])
         if args.naflex_loader:
             from timm.data import create_naflex_loader
-            loader_eval = create_naflex_loader(
-                dataset=dataset_eval, patch_size=model_patch_size, max_seq_len=args.naflex_max_seq_len,
+            r.loader_eval = create_naflex_loader(
+                dataset=dataset_eval, patch_size=r.model_patch_size, max_seq_len=args.naflex_max_seq_len,
                 patchify_channels_last=not args.naflex_patchify_channels_first,
                 **common_loader_kwargs, **eval_loader_kwargs)
         else:
-            loader_eval = create_loader(dataset_eval, input_size=data_config['input_size'],
+            r.loader_eval = create_loader(dataset_eval, input_size=r.data_config['input_size'],
                                         **common_loader_kwargs, **eval_loader_kwargs)
 
-    train_loss_fn = create_train_criterion(args, mixup_active, num_aug_splits).to(device=device)
-    validate_loss_fn = nn.CrossEntropyLoss().to(device=device)
 
-    task = create_train_task(args, model, train_loss_fn, device, data_config, stim)
-    model = task.get_trainable_module()
-    eval_model = task.get_eval_model()
+def _create_task(args, r: _Run) -> None:
+    """Loss, task, optimizer, resumed state, EMA, compilation, DDP."""
+    train_loss_fn = create_train_criterion(args, r.mixup_active, r.num_aug_splits).to(device=r.device)
+    r.validate_loss_fn = nn.CrossEntropyLoss().to(device=r.device)
 
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    r.task = create_train_task(args, r.model, train_loss_fn, r.device, r.data_config, r.stim)
+    r.model = r.task.get_trainable_module()
+    r.eval_model = r.task.get_eval_model()
+
+    r.optimizer = create_optimizer_v2(r.model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     if utils.is_primary(args):
-        defaults = dict(optimizer.defaults, weight_decay=args.weight_decay)  # weight_decay isn't in defaults
-        logging.info(f'Created {type(optimizer).__name__} ({args.opt}) optimizer: '
+        defaults = dict(r.optimizer.defaults, weight_decay=args.weight_decay)  # weight_decay isn't in defaults
+        logging.info(f'Created {type(r.optimizer).__name__} ({args.opt}) optimizer: '
                      + ', '.join(f'{k}: {v}' for k, v in defaults.items()))
 
-    resume_epoch = None
+    r.resume_epoch = None
     if args.resume:
-        resume_epoch = resume_task_checkpoint(
-            task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=utils.is_primary(args))
+        r.resume_epoch = resume_task_checkpoint(
+            r.task, args.resume, optimizer=None if args.no_resume_opt else r.optimizer,
+            loss_scaler=None if args.no_resume_opt else r.loss_scaler, log_info=utils.is_primary(args))
 
     if args.model_ema:
         # EMA after the model is on its device and before DDP
-        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+        r.task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)
         if args.resume:
-            load_task_ema_checkpoint(task, args.resume)
+            load_task_ema_checkpoint(r.task, args.resume)
 
     if args.torchcompile:
         # Before DDP: DDP stays out of the compiled graph. Subnetwork passes run the eager model.
         if utils.is_primary(args):
             _logger.info(f'Compiling task components with backend={args.torchcompile}, mode={args.torchcompile_mode}')
-        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
-        model = task.get_trainable_module()
-        eval_model = task.get_eval_model()
-        if task.has_ema():
-            task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
+        r.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+        r.model = r.task.get_trainable_module()
+        r.eval_model = r.task.get_eval_model()
+        if r.task.has_ema():
+            r.task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
 
     if args.distributed:
         if utils.is_primary(args):
             _logger.info('Preparing task for distributed training')
-        task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None,
+        r.task.prepare_distributed(device_ids=[r.device] if r.device.type == 'cuda' else None,
                                  broadcast_buffers=not args.no_ddp_bb)
-        model = task.get_trainable_module()
+        r.model = r.task.get_trainable_module()
 
-    eval_metric = args.eval_metric if loader_eval is not None else 'loss'
-    decreasing_metric = eval_metric == 'loss'
-    best_metric = best_epoch = None
-    saver = None
+
+def _prepare_run(args, r: _Run) -> None:
+    """Output files (saver, args.yaml, wandb), scheduler and the point to start from."""
+    r.eval_metric = args.eval_metric if r.loader_eval is not None else 'loss'
+    r.decreasing_metric = r.eval_metric == 'loss'
+    r.best_metric = r.best_epoch = None
+    r.saver = None
     if utils.is_primary(args):
-        os.makedirs(output_dir, exist_ok=True)
-        saver = run.create_saver(
-            model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
-            recovery_dir=output_dir, decreasing=decreasing_metric, max_history=args.checkpoint_hist, task=task)
-        best_metric, best_epoch = saver.best_metric, saver.best_epoch
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            f.write(stim.args_yaml(args_text))
+        os.makedirs(r.output_dir, exist_ok=True)
+        r.saver = r.run.create_saver(
+            model=r.model, optimizer=r.optimizer, args=args, amp_scaler=r.loss_scaler, checkpoint_dir=r.output_dir,
+            recovery_dir=r.output_dir, decreasing=r.decreasing_metric, max_history=args.checkpoint_hist, task=r.task)
+        r.best_metric, r.best_epoch = r.saver.best_metric, r.saver.best_epoch
+        with open(os.path.join(r.output_dir, 'args.yaml'), 'w') as f:
+            f.write(r.stim.args_yaml(r.args_text))
         if args.log_wandb:
             try:
                 import wandb
@@ -744,107 +803,113 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
                 args.log_wandb = False
             else:
                 assert not args.wandb_resume_id or args.resume
-                wandb.init(project=args.wandb_project, name=exp_name,
-                           config={**vars(args), 'stim_resolved': stim.summary},
+                wandb.init(project=args.wandb_project, name=r.exp_name,
+                           config={**vars(args), 'stim_resolved': r.stim.summary},
                            tags=args.wandb_tags, resume='must' if args.wandb_resume_id else None,
                            id=args.wandb_resume_id or None)
 
-    num_train_batches = batches_per_epoch(loader_train, args)
+    num_train_batches = batches_per_epoch(r.loader_train, args)
     updates_per_epoch = (num_train_batches + args.grad_accum_steps - 1) // args.grad_accum_steps
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing_metric), updates_per_epoch=updates_per_epoch)
-    if hasattr(task, 'configure_training'):
-        task.configure_training(epochs=args.epochs, batches_per_epoch=num_train_batches)
-    start_epoch, start_batch, updates_done, meters = run.start_point(resume_epoch)
-    if lr_scheduler is not None and (start_epoch > 0 or updates_done):
+    r.lr_scheduler, r.num_epochs = create_scheduler_v2(
+        r.optimizer, **scheduler_kwargs(args, decreasing_metric=r.decreasing_metric), updates_per_epoch=updates_per_epoch)
+    if hasattr(r.task, 'configure_training'):
+        r.task.configure_training(epochs=args.epochs, batches_per_epoch=num_train_batches)
+    r.start_epoch, r.start_batch, r.updates_done, r.meters = r.run.start_point(r.resume_epoch)
+    if r.lr_scheduler is not None and (r.start_epoch > 0 or r.updates_done):
         if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch + updates_done)
+            r.lr_scheduler.step_update(r.start_epoch * updates_per_epoch + r.updates_done)
         else:
-            lr_scheduler.step(start_epoch)
-    if output_dir is not None and args.resume:
-        trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+            r.lr_scheduler.step(r.start_epoch)
+    if r.output_dir is not None and args.resume:
+        trim_summary(os.path.join(r.output_dir, 'summary.csv'), r.start_epoch)
     if utils.is_primary(args):
-        if start_batch:
-            _logger.info(f'Resuming inside epoch {start_epoch}, after batch {start_batch - 1}.')
-        _logger.info(f'Scheduled epochs: {num_epochs}. LR stepped per '
-                     f'{"epoch" if lr_scheduler is None or lr_scheduler.t_in_epochs else "update"}.')
+        if r.start_batch:
+            _logger.info(f'Resuming inside epoch {r.start_epoch}, after batch {r.start_batch - 1}.')
+        _logger.info(f'Scheduled epochs: {r.num_epochs}. LR stepped per '
+                     f'{"r.epoch" if r.lr_scheduler is None or r.lr_scheduler.t_in_epochs else "update"}.')
 
-    results = []
-    interrupted = False
-    last_saved = None
+
+def _train_epochs(args, r: _Run) -> None:
+    """The epochs: train, validate, summarize, checkpoint; stops cleanly on Ctrl-C."""
+    r.results = []
+    r.interrupted = False
+    r.last_saved = None
     try:
         with InterruptRequest() as interrupt:
-            for epoch in range(start_epoch, num_epochs):
-                set_loader_epoch(loader_train, epoch)
-                run.on_epoch_start(epoch, loader_train, start_batch)
-                if hasattr(task, 'set_progress'):  # the task's schedule (e.g. the KL weight) follows the loop
-                    task.set_progress(epoch, start_batch)
+            for r.epoch in range(r.start_epoch, r.num_epochs):
+                set_loader_epoch(r.loader_train, r.epoch)
+                r.run.on_epoch_start(r.epoch, r.loader_train, r.start_batch)
+                if hasattr(r.task, 'set_progress'):  # the task's schedule (e.g. the KL weight) follows the loop
+                    r.task.set_progress(r.epoch, r.start_batch)
 
-                train_metrics, interrupted = train_one_epoch(
-                    epoch, model, loader_train, optimizer, args, task=task, device=device,
-                    lr_scheduler=lr_scheduler, saver=saver, output_dir=output_dir, amp_autocast=amp_autocast,
-                    loss_scaler=loss_scaler, model_dtype=model_dtype, mixup_fn=mixup_fn, naflex_mode=naflex_mode,
-                    scheduled_batch_mode=scheduled_batch_mode, batch_size_reference=batch_size_reference, run=run,
-                    start_batch=start_batch, updates_done=updates_done, meters=meters, interrupt=interrupt)
-                start_batch = updates_done = 0
-                meters = None
-                if interrupted:
-                    last_saved = saver.curr_recovery_file if saver is not None else None
+                train_metrics, r.interrupted = train_one_epoch(
+                    r.epoch, r.model, r.loader_train, r.optimizer, args, task=r.task, device=r.device,
+                    lr_scheduler=r.lr_scheduler, saver=r.saver, output_dir=r.output_dir, amp_autocast=r.amp_autocast,
+                    loss_scaler=r.loss_scaler, model_dtype=r.model_dtype, mixup_fn=r.mixup_fn, naflex_mode=r.naflex_mode,
+                    scheduled_batch_mode=r.scheduled_batch_mode, batch_size_reference=r.batch_size_reference, run=r.run,
+                    start_batch=r.start_batch, updates_done=r.updates_done, meters=r.meters, interrupt=interrupt)
+                r.start_batch = r.updates_done = 0
+                r.meters = None
+                if r.interrupted:
+                    r.last_saved = r.saver.curr_recovery_file if r.saver is not None else None
                     break
 
                 if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                     if utils.is_primary(args):
                         _logger.info('Distributing BatchNorm running means and vars')
-                    utils.distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+                    utils.distribute_bn(r.model, args.world_size, args.dist_bn == 'reduce')
 
-                if (epoch + 1) % args.val_interval != 0 and epoch + 1 != num_epochs:
+                if (r.epoch + 1) % args.val_interval != 0 and r.epoch + 1 != r.num_epochs:
                     if utils.is_primary(args):
                         _logger.info('Skipping eval and checkpointing ')
-                    if lr_scheduler is not None:
-                        lr_scheduler.step(epoch + 1, metric=None)
-                    results.append({'epoch': epoch, 'train': train_metrics})
-                    _after_epoch(epoch, output_dir)
+                    if r.lr_scheduler is not None:
+                        r.lr_scheduler.step(r.epoch + 1, metric=None)
+                    r.results.append({'epoch': r.epoch, 'train': train_metrics})
+                    _after_epoch(r.epoch, r.output_dir)
                     continue
 
                 eval_metrics = None
-                if loader_eval is not None:
-                    stim.before_validation(loader_train, device, amp_autocast)
-                    eval_metrics = validate(eval_model, loader_eval, validate_loss_fn, args, device=device,
-                                            amp_autocast=amp_autocast, model_dtype=model_dtype)
-                    ema_model = task.get_trainable_module(ema=True)
+                if r.loader_eval is not None:
+                    r.stim.before_validation(r.loader_train, r.device, r.amp_autocast)
+                    eval_metrics = validate(r.eval_model, r.loader_eval, r.validate_loss_fn, args, device=r.device,
+                                            amp_autocast=r.amp_autocast, model_dtype=r.model_dtype)
+                    ema_model = r.task.get_trainable_module(ema=True)
                     if ema_model is not None and not args.model_ema_force_cpu:
                         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                             utils.distribute_bn(ema_model, args.world_size, args.dist_bn == 'reduce')
-                        eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, validate_loss_fn, args,
-                                                device=device, amp_autocast=amp_autocast, log_suffix=' (EMA)')
+                        eval_metrics = validate(r.task.get_eval_model(ema=True), r.loader_eval, r.validate_loss_fn, args,
+                                                device=r.device, amp_autocast=r.amp_autocast, log_suffix=' (EMA)')
 
-                if output_dir is not None:
-                    lrs = [param_group['lr'] for param_group in optimizer.param_groups]
-                    utils.update_summary(epoch, train_metrics, eval_metrics,
-                                         filename=os.path.join(output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
+                if r.output_dir is not None:
+                    lrs = [param_group['lr'] for param_group in r.optimizer.param_groups]
+                    utils.update_summary(r.epoch, train_metrics, eval_metrics,
+                                         filename=os.path.join(r.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
                                          log_wandb=args.log_wandb)
-                latest_metric = eval_metrics[eval_metric] if eval_metrics is not None else train_metrics[eval_metric]
-                if saver is not None:
-                    best_metric, best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
-                    last_saved = os.path.join(output_dir, 'last.pth.tar')
-                run.on_epoch_end(epoch, output_dir, best_epoch, task.get_trainable_module(ema=True))
-                if lr_scheduler is not None:
-                    lr_scheduler.step(epoch + 1, latest_metric)
+                latest_metric = eval_metrics[r.eval_metric] if eval_metrics is not None else train_metrics[r.eval_metric]
+                if r.saver is not None:
+                    r.best_metric, r.best_epoch = r.saver.save_checkpoint(r.epoch, metric=latest_metric)
+                    r.last_saved = os.path.join(r.output_dir, 'last.pth.tar')
+                r.run.on_epoch_end(r.epoch, r.output_dir, r.best_epoch, r.task.get_trainable_module(ema=True))
+                if r.lr_scheduler is not None:
+                    r.lr_scheduler.step(r.epoch + 1, latest_metric)
 
-                latest_results = {'epoch': epoch, 'train': train_metrics}
+                latest_results = {'epoch': r.epoch, 'train': train_metrics}
                 if eval_metrics is not None:
                     latest_results['validation'] = eval_metrics
-                results.append(latest_results)
-                _after_epoch(epoch, output_dir)
+                r.results.append(latest_results)
+                _after_epoch(r.epoch, r.output_dir)
     except KeyboardInterrupt:
-        interrupted = True
+        r.interrupted = True
 
+
+def _finish(args, r: _Run) -> Dict[str, Any]:
+    """Close the run: best metric, how to resume an interrupted run, the --result JSON, the Hub."""
     if args.distributed:
         torch.distributed.destroy_process_group()
-    if best_metric is not None:
-        _logger.info(f'*** Best metric: {best_metric} (epoch {best_epoch})')
-    if interrupted:
-        resume_from = last_saved or (os.path.join(output_dir, 'last.pth.tar') if output_dir else None)
+    if r.best_metric is not None:
+        _logger.info(f'*** Best metric: {r.best_metric} (epoch {r.best_epoch})')
+    if r.interrupted:
+        resume_from = r.last_saved or (os.path.join(r.output_dir, 'last.pth.tar') if r.output_dir else None)
         hint = (f' Resume with the same options plus --resume {resume_from}' if resume_from and os.path.exists(resume_from)
                 else ' No checkpoint was written yet.')
         _logger.error(f'Training was interrupted.{hint}')
@@ -852,12 +917,12 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
     if utils.is_primary(args):
         # for parsable results display, dump top-10 summaries to avoid excess console spam
         display_results = sorted(
-            results, key=lambda x: x.get('validation', x.get('train')).get(eval_metric, 0), reverse=decreasing_metric)
+            r.results, key=lambda x: x.get('validation', x.get('train')).get(r.eval_metric, 0), reverse=r.decreasing_metric)
         print(f'--result\n{json.dumps(display_results[-10:], indent=4)}')
 
-    hub_url = publisher.after_training(output_dir, dataset_train, interrupted=interrupted)
-    return {'best_metric': best_metric, 'best_epoch': best_epoch, 'output_dir': output_dir, 'epochs': results,
-            'hub_url': hub_url, 'interrupted': interrupted}
+    hub_url = r.publisher.after_training(r.output_dir, r.dataset_train, interrupted=r.interrupted)
+    return {'best_metric': r.best_metric, 'best_epoch': r.best_epoch, 'output_dir': r.output_dir, 'epochs': r.results,
+            'hub_url': hub_url, 'interrupted': r.interrupted}
 
 
 if __name__ == '__main__':
