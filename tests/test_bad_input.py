@@ -115,6 +115,25 @@ CASES = {
                                        '1', '--stim-min-scale', '0.5'],
                                 '--stim-min-scale 0.5: subnetwork inputs go down to 16 px, but convnext_atto needs at '
                                 'least 32 px'),
+    # Non-finite and null values (every numeric option), and timm options that used to crash late.
+    'stim weight nan': (None, ['--stim-subnets', '1', '--stim-weight', 'nan'], "argument --stim-weight: 'nan': expected a finite number"),
+    'stim weight inf': (None, ['--stim-subnets', '1', '--stim-weight', 'inf'], "argument --stim-weight: 'inf': expected a finite number"),
+    'stim temperature nan': (None, ['--stim-subnets', '1', '--stim-temperature', 'nan'], "--stim-temperature: 'nan': expected a finite"),
+    'stim amplitude nan': (None, ['--stim-subnets', '1', '--stim-amplitude', 'nan'], "--stim-amplitude: 'nan': expected a finite"),
+    'stim warm-in inf': (None, ['--stim-subnets', '1', '--stim-weight-warmup', 'inf'], "--stim-weight-warmup: 'inf': expected a finite"),
+    'yaml stim weight .inf': (lambda p: _write_yaml(p, 'stim_subnets: 1\nstim_weight: .inf\n'), [],
+                              "stim_weight: inf: 'inf': expected a finite number"),
+    'yaml stim_subnets null': (lambda p: _write_yaml(p, 'stim_subnets: null\n'), [],
+                               'stim_subnets: None is null; --stim-subnets needs a value (its default is 0)'),
+    'yaml epochs null': (lambda p: _write_yaml(p, 'epochs: null\n'), [], 'epochs: None is null'),
+    'lr nan': (None, ['--lr', 'nan'], "argument --lr: 'nan': expected a finite number"),
+    'batch 0': (None, ['-b', '0'], '-b/--batch-size 0: expected an int >= 1'),
+    'epochs 0': (None, ['--epochs', '0'], '--epochs 0: expected an int >= 1'),
+    'epochs -1': (None, ['--epochs', '-1'], '--epochs -1: expected an int >= 1'),
+    'batch above the training set': (None, ['-b', '5000'], '-b/--batch-size 5000 is larger than the training set'),
+    'experiment leaves output': (None, ['--experiment', '../../x'], "--experiment '../../x': expected a folder name "
+                                                                     "under --output"),
+    'experiment is absolute': (None, ['--experiment', '/tmp/x'], "--experiment '/tmp/x': expected a folder name"),
 }
 
 
@@ -152,3 +171,31 @@ def test_bad_input_from_the_command_line(tmp_path, env, case):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr and message.format(out=out) in proc.stderr
     assert not out.exists() and not (tmp_path / 'PWNED').exists()
+
+
+def test_two_runs_cannot_take_one_folder(tmp_path):
+    """Both runs see a free folder; only the first to take it gets it (issue: two epoch-0 rows in one summary)."""
+    from timm_stim.errors import InputError
+    from timm_stim.training.runs import check_output_dir, claim_output_dir
+    folder = str(tmp_path / 'out' / 'run')
+    check_output_dir(folder, resuming=False)
+    check_output_dir(folder, resuming=False)  # the second run checks before the first wrote anything
+    claim_output_dir(folder)
+    with pytest.raises(InputError, match='already holds another run'):
+        claim_output_dir(folder)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    claim_output_dir(str(empty))  # an existing empty folder is taken with a marker file
+    with pytest.raises(InputError, match='already holds another run'):
+        claim_output_dir(str(empty))
+
+
+def test_two_runs_started_at_once_with_one_experiment(tmp_path, env):
+    out = tmp_path / 'out'
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_base(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], [err[-2000:] for _, err in results]
+    assert 'already holds another run' in [err for code, err in results if code == 2][0]
+    rows = (out / 'run' / 'summary.csv').read_text().splitlines()
+    assert len(rows) == 2  # the header and one epoch: one run wrote here

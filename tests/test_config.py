@@ -146,3 +146,12 @@ def test_core_never_imports_the_training_program_or_the_tools():
                     if 'training' in parts[:2] or 'tools' in parts[:2]:
                         offenders.append(f'{os.path.relpath(path, ROOT)}: {t}')
     assert not offenders, offenders
+
+
+def test_a_huge_budget_is_warned_about(caplog):
+    args, _ = parse_args(['--model', 'resnet18', '--stim-budget', '1000', '--input-size', '3', '16', '16'])
+    args.rank = 0
+    stim = StimTraining(args)
+    stim.on_model_created(timm.create_model('resnet18', num_classes=10), [(3, 16, 16)])
+    assert stim.resolved.config.num_subnets > 1000
+    assert 'subnetworks per step: each step costs about' in caplog.text

@@ -742,6 +742,18 @@ def check_args(args) -> None:
         if folder is not None and not os.path.isfile(os.path.join(folder, 'config.json')):
             raise InputError(f'--kd-model-name {args.kd_model_name}: no config.json in {folder}; expected a folder in '
                              f'timm\'s Hub format (config.json + model.safetensors, e.g. timm.models.save_for_hf).')
+    for flag, value, low in (('-b/--batch-size', args.batch_size, 1), ('--epochs', args.epochs, 1),
+                             ('-vb/--validation-batch-size', args.validation_batch_size, 1),
+                             ('--grad-accum-steps', args.grad_accum_steps, 1), ('--workers', args.workers, 0),
+                             ('--log-interval', args.log_interval, 1), ('--val-interval', args.val_interval, 1)):
+        if value is not None and value < low:
+            raise InputError(f'{flag} {value}: expected an int >= {low}.')
+    if args.experiment:
+        # A name is a folder under --output: one that leaves it would write another run's place.
+        name = os.path.normpath(args.experiment)
+        if os.path.isabs(args.experiment) or name in ('.', '..') or name.startswith('..' + os.sep):
+            raise InputError(f'--experiment {args.experiment!r}: expected a folder name under --output (no absolute '
+                             f'path, no ".."); pass the parent folder as --output instead.')
     if args.model_dtype not in (None, '', 'float32', 'float16', 'bfloat16'):
         raise InputError(f'--model-dtype {args.model_dtype!r}: expected float32, float16 or bfloat16.')
     if args.amp and args.model_dtype not in (None, '', 'float32'):

@@ -7,7 +7,8 @@ points, the saver) and ``seeding.py``; this object is how the loop uses them:
 
 ==========================  =================================================================
 ``check_resume``            read ``--resume`` safely and check it fits the model
-``check_output_dir``        refuse a non-empty experiment folder for a fresh run
+``check_output_dir``        refuse a non-empty experiment folder for a fresh run, and take it
+                            at once (a second run started meanwhile is refused)
 ``wrap_train_dataset``      per-sample seeding (``--seed-scheme per-sample``, the default)
 ``on_train_loader``         the seeded epoch order; refuse a mid-epoch resume it cannot continue
 ``create_saver``            timm's saver, recording mid-epoch progress in recovery checkpoints
@@ -18,6 +19,7 @@ points, the saver) and ``seeding.py``; this object is how the loop uses them:
 ==========================  =================================================================
 """
 import logging
+import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -25,8 +27,8 @@ import torch.nn as nn
 from timm import utils
 
 from ..errors import InputError
-from .runs import (ProgressCheckpointSaver, ResumePoint, check_output_dir, read_resume_point, remove_recovery_files,
-                   save_best_safetensors)
+from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, claim_output_dir, read_resume_point,
+                   release_output_dir, remove_recovery_files, save_best_safetensors)
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
 
@@ -47,6 +49,7 @@ class RunLifecycle:
         self.epoch_order = None  # seeding.EpochOrderSampler of the train loader (per-sample scheme)
         self.resume_point: Optional[ResumePoint] = None
         self._skip_batch_size = args.batch_size  # samples per batch the loader yields (per process)
+        self._claimed = []  # what claim_output_dir created
 
     @property
     def per_sample(self) -> bool:
@@ -60,7 +63,23 @@ class RunLifecycle:
         return self.resume_point
 
     def check_output_dir(self, output_dir: str) -> None:
-        check_output_dir(output_dir, resuming=bool(self.args.resume))
+        """Refuse an output folder the run must not write into; a fresh run takes its folder at once."""
+        resuming = bool(self.args.resume)
+        check_output_dir(output_dir, resuming=resuming)
+        if not resuming or not os.path.isdir(output_dir):
+            self._claimed = claim_output_dir(output_dir)
+
+    def output_dir_written(self) -> None:
+        """The run's first file is in its folder, which now shows the run: the claim marker can go."""
+        for path in self._claimed:
+            if path.endswith(CLAIM_FILE) and os.path.exists(path):
+                os.remove(path)
+        self._claimed = []
+
+    def release_output_dir(self) -> None:
+        """Give the output folder back when the run stops on bad input before writing anything."""
+        release_output_dir(self._claimed)
+        self._claimed = []
 
     def wrap_train_dataset(self, dataset):
         """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``)."""

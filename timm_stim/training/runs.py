@@ -190,11 +190,67 @@ def check_output_dir(output_dir: str, resuming: bool) -> None:
     if os.path.isdir(output_dir) and not resuming:
         entries = sorted(os.listdir(output_dir))
         if entries:
-            shown = ', '.join(entries[:6]) + (', ...' if len(entries) > 6 else '')
-            raise InputError(
-                f'output folder {output_dir} already holds another run ({len(entries)} entries: {shown}). A new run '
-                f'never writes into it: continue that run with --resume {os.path.join(output_dir, "last.pth.tar")}, '
-                f'or pass another --experiment (or --output).')
+            raise _in_use(output_dir, entries)
+
+
+def _in_use(output_dir: str, entries: List[str]) -> InputError:
+    shown = ', '.join(entries[:6]) + (', ...' if len(entries) > 6 else '')
+    return InputError(
+        f'output folder {output_dir} already holds another run ({len(entries)} entries: {shown}). A new run '
+        f'never writes into it: continue that run with --resume {os.path.join(output_dir, "last.pth.tar")}, '
+        f'or pass another --experiment (or --output).')
+
+
+CLAIM_FILE = '.timm-stim-run'  # in a run's folder from the moment it is taken until its first file is written
+
+
+def claim_output_dir(output_dir: str) -> List[str]:
+    """Take a fresh run's output folder at once, so that a second run started meanwhile is refused.
+
+    ``check_output_dir`` alone leaves a window: two runs started together both see an empty or
+    missing folder. Creating a marker file in it with ``O_EXCL`` is atomic: exactly one run gets
+    the folder; the other finds the marker (or, later, the run's files) and is refused.
+
+    Returns:
+        What was created (folders, then the marker), for ``release_output_dir``.
+
+    Raises:
+        InputError: another run took the folder first.
+    """
+    created: List[str] = []
+    missing, folder = [], os.path.abspath(output_dir)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+            created.append(folder)
+        except FileExistsError:  # made by the other run meanwhile
+            pass
+    marker = os.path.join(output_dir, CLAIM_FILE)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        release_output_dir(created)
+        raise _in_use(output_dir, sorted(os.listdir(output_dir))) from None
+    entries = sorted(e for e in os.listdir(output_dir) if e != CLAIM_FILE)
+    if entries:  # filled between the check and the claim
+        release_output_dir(created + [marker])
+        raise _in_use(output_dir, entries)
+    return created + [marker]
+
+
+def release_output_dir(created: List[str]) -> None:
+    """Undo ``claim_output_dir`` (newest first), leaving anything a run wrote since."""
+    for path in reversed(created):
+        try:
+            if os.path.isdir(path):
+                os.rmdir(path)  # only when still empty
+            else:
+                os.remove(path)
+        except OSError:
+            pass
 
 
 class ProgressCheckpointSaver(utils.CheckpointSaver):

@@ -34,6 +34,8 @@ __all__ = ['StimTraining', 'train_input_sizes']
 
 _logger = logging.getLogger('train_stim')
 
+MANY_SUBNETS = 32  # above this, a step is so slow that the value is most likely a mistake: say so
+
 
 def train_input_sizes(args, input_size: Sequence[int]) -> list:
     """Every input size (C, H, W) training feeds the model: each ``--train-img-sizes`` entry, else ``input_size``."""
@@ -120,6 +122,10 @@ class StimTraining:
         if utils.is_primary(self.args):
             for line in describe(self.resolved):
                 _logger.info(line)
+            k = self.resolved.config.num_subnets
+            if k > MANY_SUBNETS:
+                _logger.warning(f'{k:.0f} subnetworks per step: each step costs about {k:.0f} extra passes and may take '
+                                f'minutes (ST++ runs 6). A smaller --stim-budget / --stim-subnets is likely meant.')
 
     def _attach(self, model: nn.Module) -> Stimulator:
         cfg, name = self.config, self.args.model

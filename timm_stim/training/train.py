@@ -127,6 +127,19 @@ def _create_dataset(name, root, split, **kwargs):
                          f'{str(e).strip().splitlines()[0]}') from None
 
 
+def _check_batch_fits(args, dataset) -> None:
+    """Refuse a batch larger than a process's share of the training set: timm drops the last partial
+    training batch, so the epoch would have no batch at all (and the run would crash later)."""
+    if not hasattr(dataset, '__len__') or args.train_img_sizes is not None:
+        return
+    per_process = len(dataset) // max(args.world_size, 1)
+    if per_process < args.batch_size:
+        raise InputError(f'-b/--batch-size {args.batch_size} is larger than the training set ({len(dataset)} images'
+                         f'{f" over {args.world_size} processes" if args.world_size > 1 else ""}): every training '
+                         f'batch is full (the last partial one is dropped, as in timm), so an epoch would train '
+                         f'nothing. Use -b {max(per_process, 1)} or less.')
+
+
 def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torch.device,
                       data_config: Dict[str, Any], stim: StimTraining):
     """The loop's task: timm's (classification, or distillation with ``--kd-model-name``), stimulative when ST is on.
@@ -483,10 +496,14 @@ def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
     """timm's ``main``, in its phases."""
     r = _Run(args_text=args_text, config_cls=config_cls)
     _setup(args, r)
-    _create_model(args, r)
-    _create_loaders(args, r)
-    _create_task(args, r)
-    _prepare_run(args, r)
+    try:
+        _create_model(args, r)
+        _create_loaders(args, r)
+        _create_task(args, r)
+        _prepare_run(args, r)
+    except InputError:
+        r.run.release_output_dir()  # bad input found before any file was written: leave no folder behind
+        raise
     _train_epochs(args, r)
     return _finish(args, r)
 
@@ -612,6 +629,7 @@ def _create_loaders(args, r: _Run) -> None:
             input_key=args.input_key, target_key=args.target_key, num_samples=args.val_num_samples,
             trust_remote_code=args.dataset_trust_remote_code)
     r.dataset_train = with_image_mode(r.dataset_train, dataset_name, input_img_mode)
+    _check_batch_fits(args, r.dataset_train)
     dataset_eval = with_image_mode(dataset_eval, dataset_name, input_img_mode)
 
     # Loaders.
@@ -794,6 +812,7 @@ def _prepare_run(args, r: _Run) -> None:
         r.best_metric, r.best_epoch = r.saver.best_metric, r.saver.best_epoch
         with open(os.path.join(r.output_dir, 'args.yaml'), 'w') as f:
             f.write(r.stim.args_yaml(r.args_text))
+        r.run.output_dir_written()
         if args.log_wandb:
             try:
                 import wandb
