@@ -355,6 +355,44 @@ def test_push_folder_failures_are_clear_and_token_free(hub_env, hub_server, tmp_
     assert info.value.transient and hub_server.token not in str(info.value)
 
 
+@pytest.mark.parametrize('token', ['hf_x', 'k3y9'])  # real tokens are long; a test or a local Hub's need not be
+@pytest.mark.parametrize('where', ['server message', 'retried server message', 'exception'])
+def test_a_short_token_is_masked_wherever_a_failure_shows_it(hub_env, hub_server, tmp_path, monkeypatch, caplog,
+                                                            where, token):
+    from huggingface_hub import HfApi
+    hub_server.token = token
+    monkeypatch.setenv('HF_TOKEN', token)
+    if where == 'server message':
+        hub_server.fail_next('/api/repos/create', 403, message=f'the token {token} may not write to tester')
+    elif where == 'retried server message':  # logged at each retry, then raised
+        hub_server.fail_next('/api/repos/create', 503, times=hub.RETRY_ATTEMPTS, message=f'busy, token={token}')
+    else:
+        def echoing_bug(*args, **kwargs):
+            raise RuntimeError(f'client bug: Authorization: Bearer {token}')
+        monkeypatch.setattr(HfApi, 'create_repo', echoing_bug)
+    with pytest.raises(hub.HubPushError) as info:
+        hub.push_folder(str(_small_folder(tmp_path)), 'tester/echo')
+    shown = info.value.report() + caplog.text
+    assert token not in shown
+    assert '***' in str(info.value)  # the message is kept, the token masked
+
+
+@pytest.mark.parametrize('extra,secret', [
+    (['--token', 'hf_x'], 'hf_x'),                            # push has no --token: argparse would echo the value
+    (['--token=hf_SECRETvalue'], 'hf_SECRETvalue'),
+    (['--hf-token', 'plainsecret'], 'plainsecret'),           # any option named like a token, whatever its value
+    (['--auth', 'hf_abc123'], 'hf_abc123'),                   # any unknown option followed by a token-like value
+])
+def test_push_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
+    with pytest.raises(SystemExit) as info:
+        hub.main([str(tmp_path / 'model.pth'), 'tester/x', *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments' in err and '***' in err
+    assert secret not in err
+    assert hub_server.requests == []
+
+
 def test_push_folder_private_repo_on_a_branch(hub_env, hub_server, tmp_path):
     folder = _small_folder(tmp_path)
     url = hub.push_folder(str(folder), 'tester/branched', private=True, revision='v1', commit_message='first')

@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -151,9 +152,16 @@ def warn_if_no_token(repo_id: str) -> bool:
     return False
 
 
-def _scrub(text: str, token: Optional[str]) -> str:
-    if token and len(token) >= 8:  # real tokens are long; a short test value would mangle the text
+def _scrub(text: str, token: Optional[str], values: Sequence[str] = ()) -> str:
+    """``text`` with ``token`` (whatever its length: a server may echo even a short one) and ``values`` as ``***``.
+
+    ``values`` (command-line values that may be tokens) are masked where they stand whole, so that a short one
+    blanks out no letters of the message.
+    """
+    if token:
         text = text.replace(token, '***')
+    for value in values:
+        text = re.sub(rf'(?<![^\s\'"=]){re.escape(value)}(?![^\s\'",])', '***', text)
     return text
 
 
@@ -670,8 +678,32 @@ def dataset_label_names(dataset, num_classes: Optional[int] = None) -> Optional[
 # Command line
 # ---------------------------------------------------------------------------------------------
 
+def _token_like(argv: Sequence[str]) -> List[str]:
+    """The values of ``argv`` that may be a token: ``hf_...``, and the value of any option named like ``--*token*``."""
+    values = []
+    for i, arg in enumerate(argv):
+        option, equals, value = arg.partition('=') if arg.startswith('-') else ('', '', arg)
+        if 'token' in option.lower():
+            values.append(value if equals else (argv[i + 1] if i + 1 < len(argv) else ''))
+        elif value.startswith('hf_'):
+            values.append(value)
+    return [v for v in values if v]
+
+
+class _PushParser(argparse.ArgumentParser):
+    """argparse whose errors never show a token: they quote the values they refuse (e.g. ``--token hf_...``)."""
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None):
+        self._secrets = _token_like(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        hint = '; the token comes from HF_TOKEN or `hf auth login`, never from an option' if 'token' in message else ''
+        super().error(_scrub(message, _token(), getattr(self, '_secrets', ())) + hint)
+
+
 def create_push_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _PushParser(
         prog='timm-stim push',
         description='Publish a checkpoint to the Hugging Face Hub in timm\'s format (model.safetensors, config.json, '
                     'README.md model card, args.yaml, summary.csv), loadable with '
