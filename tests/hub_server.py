@@ -10,8 +10,10 @@ and download files
 headers ``hf_hub_download`` needs). Files live in memory, one snapshot per commit.
 
 Every request must carry ``Authorization: Bearer <token>`` with the server's token; others get
-401. ``refuse_all`` answers 401 to everything, ``fail_next`` injects transient errors, and
-``requests`` records what was asked (method, path, whether the token matched) for assertions.
+401. ``refuse_all`` answers 401 to everything, ``fail_next`` injects transient errors (an HTTP
+status, or ``DROP``: the connection is closed without an answer), and ``requests`` records what
+was asked (method, path, whether the token matched) for assertions. A commit whose header names
+a ``parentCommit`` that is no longer the branch head is refused with 412, as the Hub does.
 
 Usage::
 
@@ -29,7 +31,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-__all__ = ['HubServer', 'Repo', 'git_blob_oid']
+__all__ = ['HubServer', 'Repo', 'git_blob_oid', 'DROP']
+
+DROP = 0  # fail_next status: close the connection without answering (a dropped connection)
 
 
 def git_blob_oid(content: bytes) -> str:
@@ -75,7 +79,7 @@ class HubServer:
         self.repos: Dict[str, Repo] = {}
         self.requests: List[Tuple[str, str, bool]] = []
         self.refuse_all = False
-        self._failures: List[Tuple[str, int]] = []  # (path fragment, status) answered once each, in order
+        self._failures: List[Tuple[str, int, Optional[str]]] = []  # (path fragment, status, message), in order
         self._lock = threading.RLock()
         self._httpd = ThreadingHTTPServer((host, 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -104,10 +108,14 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def fail_next(self, path_fragment: str, status: int = 500, times: int = 1) -> None:
-        """Answer ``status`` to the next ``times`` requests whose path contains ``path_fragment``."""
+    def fail_next(self, path_fragment: str, status: int = 500, times: int = 1, message: Optional[str] = None) -> None:
+        """Answer ``status`` to the next ``times`` requests whose path contains ``path_fragment``.
+
+        ``status`` ``DROP`` closes the connection without answering. ``message`` is the error
+        message sent (header and body; default "injected error STATUS").
+        """
         with self._lock:
-            self._failures.extend([(path_fragment, status)] * times)
+            self._failures.extend([(path_fragment, status, message)] * times)
 
     def reset(self) -> None:
         """Forget recorded requests and pending failures; stop refusing (repositories are kept)."""
@@ -132,12 +140,12 @@ class HubServer:
             repo.messages[oid] = f'Update {path}'
             repo.branches[revision] = oid
 
-    def _take_failure(self, path: str) -> Optional[int]:
+    def _take_failure(self, path: str) -> Optional[Tuple[int, Optional[str]]]:
         with self._lock:
-            for i, (fragment, status) in enumerate(self._failures):
+            for i, (fragment, status, message) in enumerate(self._failures):
                 if fragment in path:
                     del self._failures[i]
-                    return status
+                    return status, message
         return None
 
 
@@ -193,9 +201,13 @@ def _make_handler(server: HubServer):
             body = self._body() if self.command in ('POST', 'PUT') else b''
             if server.refuse_all or not authorized:
                 return self._error(401, 'Invalid credentials in Authorization header')
-            status = server._take_failure(path)
-            if status is not None:
-                return self._error(status, f'injected error {status}')
+            failure = server._take_failure(path)
+            if failure is not None:
+                status, message = failure
+                if status == DROP:  # the client sees the connection closed without a response
+                    self.close_connection = True
+                    return None
+                return self._error(status, message or f'injected error {status}')
             try:
                 self._route(path, body)
             except Exception as e:  # a server bug must show up as a clear 500, not a hang
@@ -306,6 +318,9 @@ def _make_handler(server: HubServer):
                     key, value = item['key'], item['value']
                     if key == 'header':
                         summary = value.get('summary', '')
+                        expected = value.get('parentCommit')
+                        if expected and expected != parent:  # the Hub's compare-and-swap on the branch head
+                            return self._error(412, 'A commit has happened since. Please refresh and try again.')
                     elif key == 'file':
                         if value.get('encoding') != 'base64':
                             return self._error(400, 'only base64 file content is supported')

@@ -27,6 +27,8 @@ from timm_stim.tools.summary import read_summary
 from timm_stim.training.args import parse_args as train_parse_args
 from timm_stim.training.train import main as train_main
 
+from hub_server import DROP
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -325,6 +327,29 @@ def test_creation_is_retried_by_us_and_uploads_by_huggingface_hub(hub_env, hub_s
     assert len(ours) == 1 and ours[0].startswith('creating tester/flaky: the Hub answered 500')
 
 
+@pytest.mark.parametrize('path,status,pushed', [
+    ('/api/repos/create', 500, False), ('/api/repos/create', DROP, False),  # not retried by huggingface_hub
+    ('/api/models/tester/layer-off', 503, False),                           # reading the card: not retried either
+    ('/preupload/main', 503, True), ('/commit/main', 502, True), ('/commit/main', DROP, True),  # retried by it
+])
+def test_what_huggingface_hub_retries_without_our_retries(hub_env, hub_server, tmp_path, monkeypatch, path, status,
+                                                          pushed):
+    # The measurement behind _with_retries (docs/hub.md): one transient failure, our retries off.
+    monkeypatch.setattr(hub, 'RETRY_ATTEMPTS', 1)
+    hub_server.fail_next(path, status)
+    folder = str(_small_folder(tmp_path))
+    if pushed:
+        assert hub.push_folder(folder, 'tester/layer-off') == f'{hub_server.url}/tester/layer-off'
+        assert set(hub_server.files('tester/layer-off')) >= {'config.json', 'README.md'}
+    else:
+        with pytest.raises(hub.HubPushError) as info:
+            hub.push_folder(folder, 'tester/layer-off')
+        assert info.value.transient and 'Gave up after 1 attempts' in str(info.value)
+        monkeypatch.setattr(hub, 'RETRY_ATTEMPTS', 4)  # with them: published
+        hub_server.fail_next(path, status)
+        assert hub.push_folder(folder, 'tester/layer-off') == f'{hub_server.url}/tester/layer-off'
+
+
 def test_push_folder_failures_are_clear_and_token_free(hub_env, hub_server, tmp_path, monkeypatch):
     folder = _small_folder(tmp_path)
     hub_server.fail_next('/api/repos/create', 503, times=hub.RETRY_ATTEMPTS)
@@ -353,6 +378,44 @@ def test_push_folder_failures_are_clear_and_token_free(hub_env, hub_server, tmp_
     with pytest.raises(hub.HubPushError, match='could not reach the Hub at http://127.0.0.1:9') as info:
         hub.push_folder(str(folder), 'tester/x')
     assert info.value.transient and hub_server.token not in str(info.value)
+
+
+@pytest.mark.parametrize('token', ['hf_x', 'k3y9'])  # real tokens are long; a test or a local Hub's need not be
+@pytest.mark.parametrize('where', ['server message', 'retried server message', 'exception'])
+def test_a_short_token_is_masked_wherever_a_failure_shows_it(hub_env, hub_server, tmp_path, monkeypatch, caplog,
+                                                            where, token):
+    from huggingface_hub import HfApi
+    hub_server.token = token
+    monkeypatch.setenv('HF_TOKEN', token)
+    if where == 'server message':
+        hub_server.fail_next('/api/repos/create', 403, message=f'the token {token} may not write to tester')
+    elif where == 'retried server message':  # logged at each retry, then raised
+        hub_server.fail_next('/api/repos/create', 503, times=hub.RETRY_ATTEMPTS, message=f'busy, token={token}')
+    else:
+        def echoing_bug(*args, **kwargs):
+            raise RuntimeError(f'client bug: Authorization: Bearer {token}')
+        monkeypatch.setattr(HfApi, 'create_repo', echoing_bug)
+    with pytest.raises(hub.HubPushError) as info:
+        hub.push_folder(str(_small_folder(tmp_path)), 'tester/echo')
+    shown = info.value.report() + caplog.text
+    assert token not in shown
+    assert '***' in str(info.value)  # the message is kept, the token masked
+
+
+@pytest.mark.parametrize('extra,secret', [
+    (['--token', 'hf_x'], 'hf_x'),                            # push has no --token: argparse would echo the value
+    (['--token=hf_SECRETvalue'], 'hf_SECRETvalue'),
+    (['--hf-token', 'plainsecret'], 'plainsecret'),           # any option named like a token, whatever its value
+    (['--auth', 'hf_abc123'], 'hf_abc123'),                   # any unknown option followed by a token-like value
+])
+def test_push_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
+    with pytest.raises(SystemExit) as info:
+        hub.main([str(tmp_path / 'model.pth'), 'tester/x', *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments' in err and '***' in err
+    assert secret not in err
+    assert hub_server.requests == []
 
 
 def test_push_folder_private_repo_on_a_branch(hub_env, hub_server, tmp_path):
@@ -421,6 +484,31 @@ def test_push_keeps_a_card_edited_on_the_hub_unless_asked(hub_env, hub_server, t
     # Asked to replace it: replaced.
     assert hub.main([str(run / 'last.pth.tar'), repo, '--replace-card']) == 0
     assert _top1(_card(hub_server, repo)) == 50.0 and b'My own words' not in hub_server.files(repo)['README.md']
+
+
+def test_a_card_edited_on_the_hub_while_pushing_is_kept(hub_env, hub_server, tmp_path, monkeypatch, caplog):
+    repo, run = 'tester/race', tmp_path / 'run'
+    _fake_run(run, [30.0])
+    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0  # timm-stim's card: the next push may update it
+    original = hub_server.files(repo)['README.md']
+    edited = original.replace(b'# Model card for race', b'# Edited on the Hub while a push ran')
+    assert edited != original
+    read_card = hub._card_on_hub
+
+    def read_then_edit(*args):  # someone saves an edit on the Hub just after the push read the card
+        head_and_card = read_card(*args)
+        if hub_server.files(repo)['README.md'] == original:
+            hub_server.edit(repo, 'README.md', edited)
+        return head_and_card
+    monkeypatch.setattr(hub, '_card_on_hub', read_then_edit)
+    _fake_run(run, [30.0, 40.0])
+    hub_server.reset()
+    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert hub_server.files(repo)['README.md'] == edited  # not overwritten by the card read before the edit
+    assert hub_server.files(repo)['summary.csv'] == (run / 'summary.csv').read_bytes()  # the rest is published
+    commits = [p for _, p, _ in hub_server.requests if p == f'/api/models/{repo}/commit/main']
+    assert len(commits) == 2  # refused (the head moved since the card was read), then made on the new head
+    assert 'changed on the Hub while publishing (412)' in caplog.text and 'Keeping the model card' in caplog.text
 
 
 def test_push_opens_a_pull_request(hub_env, hub_server, tmp_path, capsys):
