@@ -91,13 +91,16 @@ class StageAdapter:
     def stages(self, model: nn.Module) -> List[List[nn.Module]]:
         """The blocks of each residual stage, in execution order.
 
+        The default reads timm's most common layout: ``model.stages``, each stage a sequence of
+        blocks or holding them in ``.blocks``; families laid out otherwise override it.
+
         Args:
             model: a model of this family.
 
         Returns:
             One list of block modules per stage.
         """
-        raise NotImplementedError
+        return [list(getattr(stage, 'blocks', stage)) for stage in model.stages]
 
     def skip_function(self, model: nn.Module, stage_idx: int, block_idx: int, block: nn.Module) -> SkipFunction:
         """What the block computes when dropped: the block with its residual branch removed.

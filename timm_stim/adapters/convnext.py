@@ -1,5 +1,4 @@
 """Adapter for timm's ``ConvNeXt`` (convnext_*)."""
-from typing import List
 
 import torch.nn as nn
 from timm.models.convnext import ConvNeXt
@@ -22,9 +21,6 @@ class ConvNeXtAdapter(StageAdapter):
     """
     family = 'convnext'
     examples = 'convnext_atto .. convnext_xxlarge, convnext_*_ols (ConvNeXtBlock)'
-
-    def stages(self, model: nn.Module) -> List[List[nn.Module]]:
-        return [list(stage.blocks) for stage in model.stages]
 
     def skip_function(self, model: nn.Module, stage_idx: int, block_idx: int, block: nn.Module) -> SkipFunction:
         self.check_identity_shortcut(block, stage_idx, block_idx)

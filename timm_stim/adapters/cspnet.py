@@ -1,5 +1,4 @@
 """Adapter for timm's ``CspNet`` (cspresnet*, cspresnext50, cspdarknet53, darknet*, cs3*)."""
-from typing import List
 
 import torch.nn as nn
 from timm.models.cspnet import BottleneckBlock, CspNet, DarkBlock, EdgeBlock
@@ -28,9 +27,6 @@ class CspNetAdapter(StageAdapter):
     family = 'cspnet'
     examples = ('cspresnet50, cspresnet50d, cspresnet50w, cspresnext50, cspdarknet53, darknet*, cs3* '
                 '(blocks: BottleneckBlock, DarkBlock, EdgeBlock)')
-
-    def stages(self, model: nn.Module) -> List[List[nn.Module]]:
-        return [list(stage.blocks) for stage in model.stages]
 
     def skip_function(self, model: nn.Module, stage_idx: int, block_idx: int, block: nn.Module) -> SkipFunction:
         if isinstance(block, (DarkBlock, EdgeBlock)):

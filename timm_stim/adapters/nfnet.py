@@ -1,5 +1,4 @@
 """Adapter for timm's normalizer-free ``NormFreeNet`` (nf_resnet*, nf_ecaresnet*, nf_seresnet*, nf_regnet*, nfnet*)."""
-from typing import List
 
 import torch.nn as nn
 from timm.models.nfnet import NormFreeBlock, NormFreeNet
@@ -24,9 +23,6 @@ class NormFreeNetAdapter(StageAdapter):
     """
     family = 'nfnet'
     examples = 'nf_resnet*, nf_ecaresnet*, nf_seresnet*, nf_regnet*, nfnet_*, dm_nfnet_*, eca_nfnet_* (NormFreeBlock)'
-
-    def stages(self, model: nn.Module) -> List[List[nn.Module]]:
-        return [list(stage) for stage in model.stages]
 
     def skip_function(self, model: nn.Module, stage_idx: int, block_idx: int, block: nn.Module) -> SkipFunction:
         if not isinstance(block, NormFreeBlock):

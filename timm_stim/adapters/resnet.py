@@ -81,9 +81,6 @@ class ResNetV2Adapter(StageAdapter):
     family = 'resnetv2'
     examples = 'resnetv2_* (blocks: PreActBasic, PreActBottleneck, Bottleneck)'
 
-    def stages(self, model: nn.Module) -> List[List[nn.Module]]:
-        return [list(stage.blocks) for stage in model.stages]
-
     def skip_function(self, model: nn.Module, stage_idx: int, block_idx: int, block: nn.Module) -> SkipFunction:
         self.check_identity_shortcut(block, stage_idx, block_idx)
         if isinstance(block, (PreActBasic, PreActBottleneck)):

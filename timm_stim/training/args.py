@@ -450,14 +450,7 @@ def _add_distill_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the train transforms of the paper's recipe that timm lacks.
-
-    Args:
-        parser: parser to add the group to.
-
-    Returns:
-        The same parser, for chaining.
-    """
+    """Add the group of options for the train transforms of the paper's recipe that timm lacks; returns ``parser``."""
     group = parser.add_argument_group('Extra train transforms (timm_stim)')
     group.add_argument('--lighting-std', type=float, default=0.0, metavar='STD',
                        help='alphastd of AlexNet PCA lighting noise; 0 => off (official ImageNet recipe: 0.1)')
@@ -478,14 +471,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of how a run draws its random numbers (exact resume, or timm's own stream).
-
-    Args:
-        parser: parser to add the group to.
-
-    Returns:
-        The same parser, for chaining.
-    """
+    """Add the group of options for how a run draws its random numbers (exact resume, or timm's own stream); returns ``parser``."""
     from .seeding import SEED_SCHEMES
     group = parser.add_argument_group('Reproducible runs (timm_stim)')
     group.add_argument('--seed-scheme', type=str, default='per-sample', choices=SEED_SCHEMES,
@@ -498,14 +484,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options that publish the trained model to the Hugging Face Hub.
-
-    Args:
-        parser: parser to add the group to.
-
-    Returns:
-        The same parser, for chaining.
-    """
+    """Add the group of options for publishing the trained model to the Hugging Face Hub; returns ``parser``."""
     group = parser.add_argument_group('Hugging Face Hub (timm_stim)')
     group.add_argument('--push-to-hub', type=str, default=None, metavar='USER/REPO',
                        help='publish the trained model to this Hub repository at the end (default: off)')
