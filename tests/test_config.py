@@ -75,9 +75,9 @@ def test_every_field_is_a_flag_with_its_default():
     ('temperature', float('nan'), 'temperature=nan: expected a number > 0'),
     ('amplitude', float('inf'), 'amplitude=inf: expected a number > 0'),
     ('weight_warmup_epochs', float('inf'), 'weight_warmup_epochs=inf: expected a number of epochs >= 0'),
-    ('num_subnets', None, 'num_subnets=None: expected a number >= 0'),
+    ('num_subnets', None, 'num_subnets=None: expected an int >= 0'),
     ('min_scale', 0.0, 'min_scale=0.0: expected a number in (0, 1]'),
-    ('mode', 'skip', "mode='skip': expected one of depth, drop"),
+    ('normalize', 'kl-', "normalize='kl-': expected one of none, kl, all"),
 ])
 def test_bad_values_are_refused_naming_the_option(field, value, message):
     with pytest.raises(ConfigError) as e:

@@ -77,6 +77,11 @@ def _space(value: Any) -> Optional[str]:
     return None if ok else 'expected uniform, stpp, keep:K, or the largest drop per stage, e.g. "0,1,3,0"'
 
 
+def _checked_by_attach(value: Any) -> Optional[str]:
+    # mode and bn are the Stimulator's: ``attach`` checks them (and says so) when it attaches.
+    return None
+
+
 def stim_option(default: Any, help: str, check: Check, *, flag: Optional[str] = None, metavar: Optional[str] = None,
                 type: Optional[Callable] = None, choices: Optional[Tuple] = None) -> Any:
     """A ``StimConfig`` field: its default and everything the command line and the checks need.
@@ -104,7 +109,8 @@ class StimConfig:
     num_subnets: float = stim_option(
         0, 'subnetworks per step, K; 0 turns stimulative training off unless --stim-budget is given (ST: 1, '
            'ST++: 6). Through the Python API a fraction is a mean (each step draws floor or ceil)',
-        at_least(0, note=' (0 turns stimulative training off)'), flag='--stim-subnets', metavar='K', type=int)
+        at_least(0, 'an int', note=' (0 turns stimulative training off), or a fraction such as 1.6 (subnetworks per '
+                                   'step on average)'), flag='--stim-subnets', metavar='K', type=int)
     budget: Optional[float] = stim_option(
         None, 'instead of K: the expected extra cost per step, in full forward+backward passes, estimated from '
               'FLOPs of the space and the input sizes; K = budget / cost on average, drawn per step (printed and '
@@ -117,7 +123,7 @@ class StimConfig:
                    'e.g. "0,1,3,0"', _space, metavar='S', type=str)
     mode: str = stim_option(
         'depth', 'depth: keep the first blocks of each stage (official); drop: drop randomly chosen blocks',
-        one_of('depth', 'drop'), type=str, choices=('depth', 'drop'))
+        _checked_by_attach, type=str, choices=('depth', 'drop'))
     normalize: str = stim_option(
         'none', 'logit normalization: none; kl: KL- on both logits; all: the task loss also sees normalized '
                 'logits, as the official ST++ code', one_of('none', 'kl', 'all'), flag='--stim-norm', type=str,
@@ -156,7 +162,7 @@ class StimConfig:
     start_epoch: int = stim_option(0, 'first epoch that trains subnetworks', at_least(0, 'an int', integer=True), metavar='E',
                                    type=int)
     bn: str = stim_option('freeze', 'BatchNorm running statistics during subnetwork passes: freeze, or update '
-                                    '(official)', one_of('freeze', 'update'), type=str, choices=('freeze', 'update'))
+                                    '(official)', _checked_by_attach, type=str, choices=('freeze', 'update'))
     bn_recal: int = stim_option(
         0, 'training program: re-estimate the full network\'s BatchNorm statistics on N training images before '
            'each validation; 0 => off (official: 2000)', at_least(0, 'a number of images', integer=True), metavar='N',
