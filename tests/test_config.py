@@ -155,3 +155,17 @@ def test_a_huge_budget_is_warned_about(caplog):
     stim.on_model_created(timm.create_model('resnet18', num_classes=10), [(3, 16, 16)])
     assert stim.resolved.config.num_subnets > 1000
     assert 'subnetworks per step: each step costs about' in caplog.text
+
+
+def test_readme_library_example_runs():
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    code = text.split('## Library\n', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
+    namespace = {}
+    exec(compile(code, 'README.md', 'exec'), namespace)
+    assert namespace['result']['stim_kl'] > 0 and timm_stim_get(namespace) is None
+
+
+def timm_stim_get(namespace):
+    """The model after the example's ``stim.detach()``: no stimulator left."""
+    from timm_stim import get_stimulator
+    return get_stimulator(namespace['model'])
