@@ -23,6 +23,7 @@ from timm.models import save_for_hf
 import timm_stim.tools.hub as hub
 import timm_stim.tools.push as push
 from timm_stim.errors import InputError
+from timm_stim.tools.export import main as export_main
 from timm_stim.tools.modelcard import base_model_of, is_unedited
 from timm_stim.tools.summary import read_summary
 from timm_stim.training.args import parse_args as train_parse_args
@@ -417,6 +418,24 @@ def test_push_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_serve
     assert 'unrecognized arguments' in err and '***' in err
     assert secret not in err
     assert hub_server.requests == []
+
+
+@pytest.mark.parametrize('extra,secret', [
+    (['--token', 'hf_x'], 'hf_x'),                            # export has no --token: argparse would echo the value
+    (['--token=hf_SECRETvalue'], 'hf_SECRETvalue'),
+    (['--hf-token', 'plainsecret'], 'plainsecret'),           # any option named like a token, whatever its value
+    (['--auth', 'hf_abc123'], 'hf_abc123'),                   # any unknown option followed by a token-like value
+])
+def test_export_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
+    out = tmp_path / 'exported'
+    with pytest.raises(SystemExit) as info:
+        export_main([str(tmp_path / 'model.pth'), '--depths', '1,1,1,1', '--out', str(out), '--push-to-hub',
+                     'tester/x', *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments' in err and '***' in err
+    assert secret not in err
+    assert hub_server.requests == [] and not out.exists()
 
 
 def test_push_folder_private_repo_on_a_branch(hub_env, hub_server, tmp_path):

@@ -33,6 +33,7 @@ from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_mode
 from ..errors import CommandFailed, InputError, command_main
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
+from .push import TokenMaskingParser
 
 __all__ = ['EXPORT_FAMILIES', 'parse_depths', 'parse_blocks', 'export_subnet', 'save_exported', 'max_logit_diff',
            'main']
@@ -258,7 +259,7 @@ def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_con
 
 
 def create_export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = TokenMaskingParser(
         prog='python -m timm_stim export',
         description='Save a subnetwork of a trained residual network as a plain, smaller timm model in timm\'s '
                     'Hugging Face format (loads with timm.create_model("local-dir:DIR", pretrained=True)). '

@@ -4,7 +4,7 @@ What timm's ``push_to_hf_hub`` publishes (``model.safetensors``, ``config.json``
 ``args.yaml``, ``summary.csv`` and ``training_curves.png``; it loads with ``timm.create_model("hf-hub:USER/REPO",
 pretrained=True)``. ``timm_stim.tools.hub_folder`` prepares the files in a temporary folder (a failed push changes no
 local file) and ``timm_stim.tools.hub`` publishes it; this module adds the options (``PushRequest``), the command that
-retries a failed push, and a command-line parser whose errors never show a token.
+retries a failed push, and ``TokenMaskingParser``, the command-line parser whose errors never show a token.
 """
 import argparse
 import logging
@@ -13,7 +13,7 @@ import shlex
 import sys
 import tempfile
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import InputError, command_main
 from .checkpoints import CHECKPOINT_EXTS, read_train_args
@@ -22,7 +22,7 @@ from .hub_folder import _ema_evaluated, dataset_label_names, prepare_push_folder
 from .modelcard import DEFAULT_LICENSE
 
 __all__ = ['PushRequest', 'push', 'push_training_output', 'push_after_training', 'retry_command',
-           'create_push_parser', 'main']
+           'TokenMaskingParser', 'create_push_parser', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -222,23 +222,30 @@ def _token_like(argv: Sequence[str]) -> List[str]:
     return [v for v in values if v]
 
 
-class _PushParser(argparse.ArgumentParser):
-    """argparse whose errors never show a token: they quote the values they refuse (e.g. ``--token hf_...``)."""
+class TokenMaskingParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose errors never show a token, for every command that may publish to the Hub.
 
-    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None):
+    argparse's errors quote the values they refuse (``unrecognized arguments: --token hf_...``): here the token and
+    every value of the command line that may be one (see ``_token_like``) show as ``***``. Build it as an
+    ``ArgumentParser`` (``timm-stim push``, ``timm-stim export``).
+    """
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,
+                         namespace: Any = None) -> Tuple[argparse.Namespace, List[str]]:
         self._secrets = _token_like(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         hint = '; the token comes from HF_TOKEN or `hf auth login`, never from an option' if 'token' in message else ''
         super().error(_mask(message, getattr(self, '_secrets', ())) + hint)
 
 
 def create_push_parser() -> argparse.ArgumentParser:
     """The ``timm-stim push`` parser: one argument per ``PushRequest`` field."""
-    parser = _PushParser(prog='timm-stim push', description='Publish a checkpoint to the Hugging Face Hub in timm\'s '
-                         'format, loadable with timm.create_model("hf-hub:USER/REPO", pretrained=True). The token '
-                         'comes from HF_TOKEN or `hf auth login`, the endpoint from HF_ENDPOINT.')
+    parser = TokenMaskingParser(
+        prog='timm-stim push', description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
+        'with timm.create_model("hf-hub:USER/REPO", pretrained=True). The token comes from HF_TOKEN or `hf auth '
+        'login`, the endpoint from HF_ENDPOINT.')
     for f in fields(PushRequest):
         if f.default is MISSING:
             parser.add_argument(f.name, **f.metadata)
