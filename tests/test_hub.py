@@ -1,4 +1,4 @@
-"""Publishing to the Hugging Face Hub (timm_stim.tools.hub), end to end against a local Hub server.
+"""Publishing to the Hugging Face Hub (timm_stim.tools.hub, hub_folder, push), end to end against a local Hub server.
 
 The Hub is ``tests/hub_server.py`` (fixture ``hub_server`` in conftest.py). In this process,
 ``hub_env`` points huggingface_hub's constants at it (huggingface_hub reads HF_ENDPOINT when it is
@@ -21,7 +21,9 @@ from safetensors.torch import load_file
 from timm.models import save_for_hf
 
 import timm_stim.tools.hub as hub
+import timm_stim.tools.push as push
 from timm_stim.errors import InputError
+from timm_stim.tools.export import main as export_main
 from timm_stim.tools.modelcard import base_model_of, is_unedited
 from timm_stim.tools.summary import read_summary
 from timm_stim.training.args import parse_args as train_parse_args
@@ -157,12 +159,12 @@ def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, cap
 
 def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server, tmp_path, capfd, monkeypatch):
     before = {}
-    real_push = hub.push_training_output
+    real_push = push.push_training_output
 
     def hash_then_push(output_dir, *args, **kwargs):
         before.update(_hash_tree(output_dir))
         return real_push(output_dir, *args, **kwargs)
-    monkeypatch.setattr(hub, 'push_training_output', hash_then_push)
+    monkeypatch.setattr(push, 'push_training_output', hash_then_push)
     scratch = tmp_path / 'tmp'
     scratch.mkdir()
     monkeypatch.setattr(tempfile, 'tempdir', str(scratch))  # the upload folder must be a temporary one
@@ -188,7 +190,7 @@ def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server
     hub_server.refuse_all = False
     argv = shlex.split(command)
     assert argv[:4] == ['python', '-m', 'timm_stim', 'push']
-    assert hub.main(argv[4:]) == 0
+    assert push.main(argv[4:]) == 0
     published = load_file_from_bytes(hub_server.files(repo)['model.safetensors'], tmp_path)
     best = load_file(str(out / 'model_best.safetensors'))
     assert published.keys() == best.keys() and all(torch.equal(published[k], best[k]) for k in best)
@@ -250,7 +252,7 @@ def test_push_command_takes_ema_weights_and_hub_format_folders(hub_env, hub_serv
     ema = timm.create_model('test_resnet', num_classes=3)
     checkpoint = tmp_path / 'timm.pth.tar'
     torch.save({'epoch': 4, 'state_dict': model.state_dict(), 'state_dict_ema': ema.state_dict()}, checkpoint)
-    assert hub.main([str(checkpoint), 'tester/ema', '--model', 'test_resnet', '--num-classes', '3', '--use-ema']) == 0
+    assert push.main([str(checkpoint), 'tester/ema', '--model', 'test_resnet', '--num-classes', '3', '--use-ema']) == 0
     published = timm.create_model('hf-hub:tester/ema', pretrained=True)
     assert torch.equal(_logits(published), _logits(ema))
     assert 'EMA weights of `timm.pth.tar` (epoch 4)' in hub_server.files('tester/ema')['README.md'].decode()
@@ -259,7 +261,7 @@ def test_push_command_takes_ema_weights_and_hub_format_folders(hub_env, hub_serv
     folder = tmp_path / 'exported'
     save_for_hf(model, str(folder), model_config={'label_names': ['x', 'y', 'z']}, safe_serialization=True)
     before = _hash_tree(folder)
-    assert hub.main([str(folder), 'tester/exported']) == 0
+    assert push.main([str(folder), 'tester/exported']) == 0
     assert _hash_tree(folder) == before
     published = timm.create_model('hf-hub:tester/exported', pretrained=True)
     assert torch.equal(_logits(published), _logits(model))
@@ -293,7 +295,7 @@ def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_ser
         'not_hub_folder': [str(tmp_path), 'tester/x'],
     }[case]
     with pytest.raises(SystemExit) as info:
-        hub.main(argv)
+        push.main(argv)
     assert info.value.code == 2
     assert message in caplog.text and 'Nothing was sent to the Hub' in caplog.text
     assert hub_server.requests == []
@@ -410,12 +412,30 @@ def test_a_short_token_is_masked_wherever_a_failure_shows_it(hub_env, hub_server
 ])
 def test_push_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
     with pytest.raises(SystemExit) as info:
-        hub.main([str(tmp_path / 'model.pth'), 'tester/x', *extra])
+        push.main([str(tmp_path / 'model.pth'), 'tester/x', *extra])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert 'unrecognized arguments' in err and '***' in err
     assert secret not in err
     assert hub_server.requests == []
+
+
+@pytest.mark.parametrize('extra,secret', [
+    (['--token', 'hf_x'], 'hf_x'),                            # export has no --token: argparse would echo the value
+    (['--token=hf_SECRETvalue'], 'hf_SECRETvalue'),
+    (['--hf-token', 'plainsecret'], 'plainsecret'),           # any option named like a token, whatever its value
+    (['--auth', 'hf_abc123'], 'hf_abc123'),                   # any unknown option followed by a token-like value
+])
+def test_export_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
+    out = tmp_path / 'exported'
+    with pytest.raises(SystemExit) as info:
+        export_main([str(tmp_path / 'model.pth'), '--depths', '1,1,1,1', '--out', str(out), '--push-to-hub',
+                     'tester/x', *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments' in err and '***' in err
+    assert secret not in err
+    assert hub_server.requests == [] and not out.exists()
 
 
 def test_push_folder_private_repo_on_a_branch(hub_env, hub_server, tmp_path):
@@ -457,7 +477,7 @@ def _top1(card):
 def test_push_keeps_a_card_edited_on_the_hub_unless_asked(hub_env, hub_server, tmp_path, caplog):
     repo, run = 'tester/kept-card', tmp_path / 'run'
     _fake_run(run, [30.0], pretrained=True)
-    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert push.main([str(run / 'last.pth.tar'), repo]) == 0
     files = hub_server.files(repo)
     assert {'args.yaml', 'summary.csv', 'training_curves.png', 'model.safetensors', 'config.json'} <= set(files)
     card = _card(hub_server, repo)
@@ -468,7 +488,7 @@ def test_push_keeps_a_card_edited_on_the_hub_unless_asked(hub_env, hub_server, t
 
     # A card timm-stim wrote and nobody edited follows the new weights.
     _fake_run(run, [30.0, 40.0], pretrained=True)
-    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert push.main([str(run / 'last.pth.tar'), repo]) == 0
     assert _top1(_card(hub_server, repo)) == 40.0
 
     # Edited on the Hub: kept, said so; the other files are still updated.
@@ -476,20 +496,20 @@ def test_push_keeps_a_card_edited_on_the_hub_unless_asked(hub_env, hub_server, t
     hub_server.edit(repo, 'README.md', edited)
     _fake_run(run, [30.0, 40.0, 50.0], pretrained=True)
     caplog.clear()
-    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert push.main([str(run / 'last.pth.tar'), repo]) == 0
     assert hub_server.files(repo)['README.md'] == edited
     assert hub_server.files(repo)['summary.csv'] == (run / 'summary.csv').read_bytes()
     assert 'Keeping the model card of tester/kept-card' in caplog.text and '--replace-card' in caplog.text
 
     # Asked to replace it: replaced.
-    assert hub.main([str(run / 'last.pth.tar'), repo, '--replace-card']) == 0
+    assert push.main([str(run / 'last.pth.tar'), repo, '--replace-card']) == 0
     assert _top1(_card(hub_server, repo)) == 50.0 and b'My own words' not in hub_server.files(repo)['README.md']
 
 
 def test_a_card_edited_on_the_hub_while_pushing_is_kept(hub_env, hub_server, tmp_path, monkeypatch, caplog):
     repo, run = 'tester/race', tmp_path / 'run'
     _fake_run(run, [30.0])
-    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0  # timm-stim's card: the next push may update it
+    assert push.main([str(run / 'last.pth.tar'), repo]) == 0  # timm-stim's card: the next push may update it
     original = hub_server.files(repo)['README.md']
     edited = original.replace(b'# Model card for race', b'# Edited on the Hub while a push ran')
     assert edited != original
@@ -503,7 +523,7 @@ def test_a_card_edited_on_the_hub_while_pushing_is_kept(hub_env, hub_server, tmp
     monkeypatch.setattr(hub, '_card_on_hub', read_then_edit)
     _fake_run(run, [30.0, 40.0])
     hub_server.reset()
-    assert hub.main([str(run / 'last.pth.tar'), repo]) == 0
+    assert push.main([str(run / 'last.pth.tar'), repo]) == 0
     assert hub_server.files(repo)['README.md'] == edited  # not overwritten by the card read before the edit
     assert hub_server.files(repo)['summary.csv'] == (run / 'summary.csv').read_bytes()  # the rest is published
     commits = [p for _, p, _ in hub_server.requests if p == f'/api/models/{repo}/commit/main']
@@ -514,7 +534,7 @@ def test_a_card_edited_on_the_hub_while_pushing_is_kept(hub_env, hub_server, tmp
 def test_push_opens_a_pull_request(hub_env, hub_server, tmp_path, capsys):
     repo, run = 'tester/with-pr', tmp_path / 'run'
     _fake_run(run, [30.0])
-    assert hub.main([str(run / 'last.pth.tar'), repo, '--create-pr']) == 0
+    assert push.main([str(run / 'last.pth.tar'), repo, '--create-pr']) == 0
     assert f'Published to {hub_server.url}/{repo}/discussions/1' in capsys.readouterr().out
     assert 'model.safetensors' not in hub_server.files(repo)  # main is untouched
     assert {'model.safetensors', 'README.md', 'args.yaml'} <= set(hub_server.files(repo, 'refs/pr/1'))
@@ -523,13 +543,14 @@ def test_push_opens_a_pull_request(hub_env, hub_server, tmp_path, capsys):
 
 def test_training_push_takes_create_pr_and_replace_card_as_objects(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(hub, 'push', lambda request: seen.append(request) or 'url')
+    monkeypatch.setattr(push, 'push', lambda request: seen.append(request) or 'url')
     args = train_parse_args(['--model', 'resnet18', '--num-classes', '10', '--push-to-hub', 'tester/x',
                              '--hub-create-pr', '--hub-replace-card', '--hub-private'])[0]
-    assert hub.push_after_training(args, str(tmp_path), None) == 'url'
+    assert push.push_after_training(args, str(tmp_path), None) == 'url'
     request, = seen
     assert (request.checkpoint, request.repo_id) == (str(tmp_path / 'model_best.pth.tar'), 'tester/x')
     assert (request.create_pr, request.replace_card, request.private, request.model) == (True, True, True, 'resnet18')
-    assert hub.retry_command(request).endswith('--model resnet18 --num-classes 10 --private --create-pr --replace-card')
+    assert push.retry_command(request).endswith(
+        '--model resnet18 --num-classes 10 --private --create-pr --replace-card')
     with pytest.raises(InputError, match='a pull request is opened against main'):
         hub.check_push_options('tester/x', 'dev', create_pr=True)

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from timm_stim.tools.analyze import main as analyze_main
 from timm_stim.tools.export import main as export_main
-from timm_stim.tools.hub import main as push_main
+from timm_stim.tools.push import main as push_main
 
 from test_hub import hub_env  # noqa: F401  (fixture: huggingface_hub pointed at the local Hub server)
 

@@ -3,7 +3,7 @@
 Commands:
     train    timm's train.py with stimulative training (timm_stim.training.train; same as train_stim.py)
     recipes  list the shipped training recipes, or print one (timm_stim.training.recipes)
-    push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.tools.hub)
+    push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.tools.push)
     analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.tools.analyze)
     export   save a trained subnetwork as a plain, smaller timm model (timm_stim.tools.export)
     data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.training.data)
@@ -16,7 +16,7 @@ from typing import List, Optional
 COMMANDS = {
     'train': ('timm_stim.training.train', 'train a timm model: every option of timm\'s train.py, plus --stim-*'),
     'recipes': ('timm_stim.training.recipes', 'list the shipped recipes (train -c NAME runs one), or print one'),
-    'push': ('timm_stim.tools.hub', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
+    'push': ('timm_stim.tools.push', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
     'analyze': ('timm_stim.tools.analyze', 'evaluate the full network and its subnetworks (network loafing)'),
     'export': ('timm_stim.tools.export', 'save a subnetwork as a plain timm model of smaller depth'),
     'data': ('timm_stim.training.data', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),

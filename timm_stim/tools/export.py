@@ -33,6 +33,7 @@ from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_mode
 from ..errors import CommandFailed, InputError, command_main
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
+from .push import TokenMaskingParser
 
 __all__ = ['EXPORT_FAMILIES', 'parse_depths', 'parse_blocks', 'export_subnet', 'save_exported', 'max_logit_diff',
            'main']
@@ -209,13 +210,13 @@ def save_exported(model: nn.Module, out_dir: str, *, data_config: Optional[Dict[
                   model_config: Optional[Dict[str, Any]] = None, model_card: Optional[str] = None) -> str:
     """Write an exported model in timm's Hub format into ``out_dir`` (which must not exist or be empty).
 
-    ``timm_stim.tools.hub.save_timm_hf_folder`` (``timm.models.save_for_hf``) writes the files into a
+    ``timm_stim.tools.hub_folder.save_timm_hf_folder`` (``timm.models.save_for_hf``) writes the files into a
     temporary sibling folder, which is then renamed to ``out_dir``: the folder is complete or absent.
 
     Returns:
         ``out_dir``.
     """
-    from .hub import save_timm_hf_folder
+    from .hub_folder import save_timm_hf_folder
     _check_out_dir(out_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -258,7 +259,7 @@ def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_con
 
 
 def create_export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = TokenMaskingParser(
         prog='python -m timm_stim export',
         description='Save a subnetwork of a trained residual network as a plain, smaller timm model in timm\'s '
                     'Hugging Face format (loads with timm.create_model("local-dir:DIR", pretrained=True)). '
@@ -284,7 +285,8 @@ def create_export_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> str:
     """Everything ``main`` does after parsing; return the output folder."""
     from timm.data import resolve_data_config
-    from .hub import HubPushError, PushRequest, check_push_options, push
+    from .hub import HubPushError, check_push_options
+    from .push import PushRequest, push
     if args.push_to_hub:
         try:
             check_push_options(args.push_to_hub, args.hub_revision, args.hub_create_pr)

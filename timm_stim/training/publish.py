@@ -2,7 +2,7 @@
 
 The options are checked before any work (a bad repository name must not cost a training
 run), a missing token is said at the start, and the trained model is pushed at the end by
-``timm_stim.tools.hub`` (imported only when a push is asked for).
+``timm_stim.tools.push`` (the Hub tools are imported only when a push is asked for).
 """
 from typing import Optional
 
@@ -51,5 +51,5 @@ class Publisher:
         """Push the run's model; returns its URL (None when not asked or not the primary process)."""
         if not self.args.push_to_hub or output_dir is None:
             return None
-        from ..tools.hub import push_after_training
+        from ..tools.push import push_after_training
         return push_after_training(self.args, output_dir, dataset_train, interrupted=interrupted)
