@@ -120,7 +120,7 @@ def _refused(argv, message, caplog):
 
 def test_missing_checkpoint_and_data_are_refused(tmp_path, caplog):
     _refused([str(tmp_path / 'none.pth.tar'), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'o')],
-             'does not exist', caplog)
+             f'{tmp_path / "none.pth.tar"}: no such file; expected a checkpoint', caplog)
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(_model().state_dict(), ckpt)
     _refused([str(ckpt), '--model', 'resnet18', '--data-dir', str(tmp_path / 'nodata'), '--out', str(tmp_path / 'o')],

@@ -34,6 +34,7 @@ from timm import utils
 
 from .data import is_embedded, resolve_dataset
 from ..errors import InputError, UnsupportedModelError, check_model_name
+from ..loading import check_checkpoint_path
 from .runs import ProgressCheckpointSaver, ResumePoint, check_output_dir, read_resume_point, remove_recovery_files
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
@@ -136,10 +137,8 @@ def check_args(args) -> None:
         if args.hub_which == 'ema' and not args.model_ema:
             raise InputError('--hub-which ema publishes the EMA weights, but --model-ema is off: add --model-ema '
                              'or use --hub-which best / last.')
-    if args.resume and not os.path.isfile(args.resume):
-        what = 'a folder' if os.path.isdir(args.resume) else 'no such file'
-        raise InputError(f'--resume {args.resume}: {what}; expected a checkpoint written by train_stim.py or timm '
-                         f'(e.g. OUTPUT/EXPERIMENT/last.pth.tar).')
+    if args.resume:  # read in full once the model exists (its weights must fit it)
+        check_checkpoint_path(args.resume, '--resume')
 
 
 # ---------------------------------------------------------------------------------------------
