@@ -71,6 +71,16 @@ def _setup_truncated(tmp_path, option):
     return [option, str(tmp_path / 'cut.pth.tar')]
 
 
+def _setup_garbage(tmp_path, option):
+    (tmp_path / 'garbage.pth.tar').write_bytes(bytes(range(256)) * 16)  # not a torch file at all
+    return [option, str(tmp_path / 'garbage.pth.tar')]
+
+
+def _setup_no_weights(tmp_path, option):
+    torch.save([1, 2, 3], tmp_path / 'list.pth.tar')  # a valid, safe torch file without a state dict
+    return [option, str(tmp_path / 'list.pth.tar')]
+
+
 def _setup_other_model_resume(tmp_path):
     torch.save({'state_dict': timm.create_model('resnet34', num_classes=10).state_dict(), 'epoch': 0},
                tmp_path / 'r34.pth.tar')
@@ -113,6 +123,22 @@ CASES = {
     'resume truncated': (lambda p: _setup_truncated(p, '--resume'), [], _truncated('--resume', 'cut.pth.tar')),
     'resume other model': (_setup_other_model_resume, [], 'does not fit --model resnet18'),
     'resume runs code': (lambda p: _setup_malicious(p, '--resume'), [], _runs_code('--resume')),
+    'initial checkpoint missing': (None, ['--initial-checkpoint', '/nonexistent/init.pth.tar'],
+                                   _missing('--initial-checkpoint', '/nonexistent/init.pth.tar')),
+    'initial checkpoint truncated': (lambda p: _setup_truncated(p, '--initial-checkpoint'), [],
+                                     _truncated('--initial-checkpoint', 'cut.pth.tar')),
+    'initial checkpoint garbage': (lambda p: _setup_garbage(p, '--initial-checkpoint'), [],
+                                   _truncated('--initial-checkpoint', 'garbage.pth.tar')),
+    'initial checkpoint runs code': (lambda p: _setup_malicious(p, '--initial-checkpoint'), [],
+                                     _runs_code('--initial-checkpoint')),
+    'initial checkpoint holds no weights': (lambda p: _setup_no_weights(p, '--initial-checkpoint'), [],
+                                            '--initial-checkpoint {tmp}/list.pth.tar holds no model weights'),
+    'pretrained path missing': (None, ['--pretrained', '--pretrained-path', '/nonexistent/weights.pth'],
+                                _missing('--pretrained-path', '/nonexistent/weights.pth')),
+    'pretrained path truncated': (lambda p: _setup_truncated(p, '--pretrained-path'), ['--pretrained'],
+                                  _truncated('--pretrained-path', 'cut.pth.tar')),
+    'pretrained path runs code': (lambda p: _setup_malicious(p, '--pretrained-path'), ['--pretrained'],
+                                  _runs_code('--pretrained-path')),
     'yaml stim_norm': (lambda p: _write_yaml(p, 'stim_norm: bogus\n'), [],
                        "stim_norm: 'bogus' is not one of none, kl, all"),
     'yaml stim_subnets': (lambda p: _write_yaml(p, 'stim_subnets: 2.7\n'), [], 'stim_subnets: 2.7 is not a valid int'),
@@ -163,7 +189,7 @@ def test_bad_input_stops_before_any_work(tmp_path, env, monkeypatch, caplog, cap
     assert not (tmp_path / 'PWNED').exists()  # nothing in a file ran
 
 
-@pytest.mark.parametrize('case', ['resume runs code', 'subnet inputs too small'])
+@pytest.mark.parametrize('case', ['resume runs code', 'initial checkpoint runs code', 'subnet inputs too small'])
 def test_bad_input_from_the_command_line(tmp_path, env, case):
     # The same, as a user sees it: one message on stderr, no traceback.
     setup, extra, _ = CASES[case]

@@ -106,7 +106,7 @@ def _error(caplog):
 
 @pytest.mark.parametrize('kind', ['missing', 'cut.pth.tar', 'evil'])
 def test_one_message_whichever_command_reads_the_file(files, tmp_path, caplog, monkeypatch, kind):
-    """analyze, export and train_stim.py --resume say the same about the same file."""
+    """analyze, export, train_stim.py --resume and --initial-checkpoint say the same about the same file."""
     from timm_stim.training.train import main as train_main
     monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
     path = str(tmp_path / 'nothing.pth.tar') if kind == 'missing' else files[kind]
@@ -119,6 +119,7 @@ def test_one_message_whichever_command_reads_the_file(files, tmp_path, caplog, m
         'export': (lambda: export_main([path, '--model', 'test_resnet', '--depths', '1,1,1,1',
                                         '--out', str(tmp_path / 'exported')]), ''),
         'resume': (lambda: train_main([*train, '--resume', path]), '--resume '),
+        'initial': (lambda: train_main([*train, '--initial-checkpoint', path]), '--initial-checkpoint '),
     }
     bodies = {}
     for name, (command, option) in readers.items():

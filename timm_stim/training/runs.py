@@ -6,7 +6,7 @@
   checks it against the model before anything else is loaded or written.
 * ``ProgressCheckpointSaver``: timm's ``CheckpointSaver`` whose recovery checkpoints also
   record how far into the epoch they were taken and the epoch's running averages, so a
-  resumed run continues that epoch exactly.
+  resumed run continues that epoch exactly; it reads its history back with ``timm_stim.loading``.
 * ``trim_summary`` / ``remove_recovery_files``: a resumed run keeps one header and one row per
   epoch in summary.csv, and drops recovery files it no longer needs.
 * ``InterruptRequest``: Ctrl-C stops the run at the next step boundary, with a recovery
@@ -156,6 +156,20 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
         if self.progress is not None:
             state[PROGRESS_KEY] = self.progress
         return state
+
+    def load_state_dict_from_checkpoint(self, checkpoint_path: str) -> bool:
+        """Restore the checkpoint history of ``--resume``, read as every checkpoint is (``timm_stim.loading``).
+
+        timm's own method memory-maps the file, which fails for an old-format (non-zip) checkpoint
+        and then silently starts the history afresh.
+        """
+        checkpoint = load_checkpoint(checkpoint_path, '--resume')
+        state = checkpoint.get('saver') if isinstance(checkpoint, dict) else None
+        if state is None:
+            _logger.warning(f"No checkpoint history in '{checkpoint_path}', ranked checkpoints start fresh.")
+            return False
+        self.load_state_dict(state)
+        return True
 
     def save_recovery(self, epoch, batch_idx=0, progress: Optional[Dict[str, Any]] = None):
         self.progress = progress

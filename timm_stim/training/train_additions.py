@@ -34,7 +34,7 @@ from timm import utils
 
 from .data import is_embedded, resolve_dataset
 from ..errors import InputError, UnsupportedModelError, check_model_name
-from ..loading import check_checkpoint_path
+from ..loading import check_checkpoint_path, check_weights_file
 from .runs import ProgressCheckpointSaver, ResumePoint, check_output_dir, read_resume_point, remove_recovery_files
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
@@ -137,8 +137,14 @@ def check_args(args) -> None:
         if args.hub_which == 'ema' and not args.model_ema:
             raise InputError('--hub-which ema publishes the EMA weights, but --model-ema is off: add --model-ema '
                              'or use --hub-which best / last.')
-    if args.resume:  # read in full once the model exists (its weights must fit it)
+    # Checkpoint files, read as every checkpoint is (timm_stim.loading): --resume is read in full once the
+    # model exists (its weights must fit it); the weights timm loads while creating the model are read now.
+    if args.resume:
         check_checkpoint_path(args.resume, '--resume')
+    weights = (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path))
+    for option, path in weights:
+        if path:
+            check_weights_file(path, option)
 
 
 # ---------------------------------------------------------------------------------------------
