@@ -152,6 +152,19 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
     assert len(_read(tmp_path / 'out' / 'analyze.csv')) == 5
 
 
+def test_amp_dtype_rule_shared_with_training(caplog):
+    """One rule for --amp-dtype, in training and analyze: bfloat16 on CPU (float16 autocast is CUDA's)."""
+    import logging
+    from timm_stim.devices import resolve_amp_dtype
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert resolve_amp_dtype('bfloat16', cuda) == torch.bfloat16 and resolve_amp_dtype('float16', cuda) == torch.float16
+    assert resolve_amp_dtype('bfloat16', cpu) == torch.bfloat16
+    caplog.set_level(logging.INFO)
+    assert resolve_amp_dtype('float16', cpu) == torch.bfloat16 and caplog.text == ''  # no logger: says nothing
+    assert resolve_amp_dtype('float16', cpu, logging.getLogger('train_stim')) == torch.bfloat16
+    assert 'AMP on CPU uses bfloat16' in caplog.text
+
+
 def test_command_line_dispatch(tmp_path):
     from timm_stim.__main__ import main as dispatch
     with pytest.raises(SystemExit) as e:

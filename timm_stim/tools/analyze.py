@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoints import LOCAL_DIR, LoadedModel, copy_train_options, hub_repo_of, load_model
+from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
 from ..flops import count_flops
 from ..stimulator import MODES, Stimulator, attach
@@ -385,7 +386,7 @@ def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:
     """``torch.autocast`` as training uses it for ``--amp`` (bfloat16 on CPU), or ``nullcontext``."""
     if not args.amp:
         return nullcontext
-    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' or device.type == 'cpu' else torch.float16
+    dtype = resolve_amp_dtype(args.amp_dtype, device)
     print(f'Evaluating in mixed precision ({dtype}{", as autocast on CPU supports" if device.type == "cpu" else ""})',
           flush=True)
     return partial(torch.autocast, device_type=device.type, dtype=dtype)

@@ -31,6 +31,7 @@ from timm.utils import NativeScaler
 
 from .args import parse_args
 from .data import resolve_dataset, with_image_mode
+from ..devices import resolve_amp_dtype
 from ..errors import EXIT_INTERRUPTED, InputError, run_command
 from ..loading import create_model_from_options
 from .runs import InterruptRequest, trim_summary
@@ -392,12 +393,7 @@ def _main(args, args_text: str) -> Dict[str, Any]:
     model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     if model_dtype == torch.float16:
         _logger.warning('float16 is not recommended for training, for half precision bfloat16 is recommended.')
-    amp_dtype = torch.float16
-    if args.amp and args.amp_dtype == 'bfloat16':
-        amp_dtype = torch.bfloat16
-    if args.amp and device.type == 'cpu' and amp_dtype == torch.float16:
-        amp_dtype = torch.bfloat16  # float16 autocast is a CUDA feature
-        _logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
+    amp_dtype = resolve_amp_dtype(args.amp_dtype, device, _logger if args.amp else None)
     if args.push_to_hub and utils.is_primary(args):
         from ..tools.hub import warn_if_no_token
         warn_if_no_token(args.push_to_hub)
