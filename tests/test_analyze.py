@@ -1,4 +1,5 @@
 """python -m timm_stim analyze: subnetworks of checkpoints on the embedded digits (CPU, random weights)."""
+import argparse
 import csv
 
 import pytest
@@ -150,6 +151,20 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
     assert sum(batch for _, _, batch, _ in heads) == 5 * 40  # full + 4 one-block-removed networks, 40 images each
     assert all(cl for name, _, _, cl in seen if name == 'Conv2d')
     assert len(_read(tmp_path / 'out' / 'analyze.csv')) == 5
+
+
+def test_every_train_option_can_be_shared():
+    """copy_train_options finds every option of train_stim.py (its parser records them with public calls)."""
+    from timm_stim.tools.checkpoints import copy_train_options
+    from timm_stim.training.args import create_train_parser
+    options = [s for a in create_train_parser()[1]._actions for s in a.option_strings if s not in ('-h', '--help')]
+    assert len(options) > 200
+    parser = argparse.ArgumentParser()
+    actions = copy_train_options(parser, options, 'all of them')
+    assert set(actions) == set(options)
+    args = parser.parse_args(['--torchscript', '-b', '7', '--stim-space', 'stpp'])  # one of an exclusive pair, ...
+    assert (args.torchscript, args.batch_size, args.stim_space) == (True, 7, 'stpp')
+    assert actions['-b'] is actions['--batch-size']
 
 
 def test_amp_dtype_rule_shared_with_training(caplog):

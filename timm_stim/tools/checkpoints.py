@@ -12,11 +12,14 @@ hold tensors only), and its weights are picked as ``timm.models.load_state_dict`
 other Python objects, or is damaged, is refused with ``timm_stim.loading``'s one message.
 Weights are loaded strictly, so a wrong ``--model`` / ``--num-classes`` is reported instead of
 silently re-initializing layers.
+
+The commands share ``train_stim.py``'s definitions of the options they have in common
+(``copy_train_options``).
 """
 import argparse
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -235,27 +238,72 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
     return LoadedModel(model.eval(), source, name, train_args, data_config_from_args(train_args), info, use_ema)
 
 
-def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str], title: str) -> None:
+class _RecordingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that remembers the arguments of every ``add_argument`` call, by option string.
+
+    argparse keeps a parser's actions in private attributes only; recording the calls (public
+    API) lets another command add an option exactly as ``train_stim.py`` defines it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.definitions: Dict[str, Tuple[Tuple[Any, ...], Dict[str, Any]]] = {}
+        super().__init__(*args, **kwargs)  # adds -h/--help through add_argument
+
+    def _recorded(self, action: argparse.Action, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> argparse.Action:
+        for option in action.option_strings:
+            self.definitions[option] = (args, kwargs)
+        return action
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        return self._recorded(super().add_argument(*args, **kwargs), args, kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        return self._recording(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        return self._recording(super().add_mutually_exclusive_group(**kwargs))
+
+    def _recording(self, group):
+        """``group`` with its ``add_argument`` (and its own groups') recorded too."""
+        add, add_exclusive = group.add_argument, group.add_mutually_exclusive_group
+
+        def add_argument(*a, **k) -> argparse.Action:
+            return self._recorded(add(*a, **k), a, k)
+
+        def add_mutually_exclusive_group(**k):
+            return self._recording(add_exclusive(**k))
+        group.add_argument = add_argument
+        group.add_mutually_exclusive_group = add_mutually_exclusive_group
+        return group
+
+
+def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str],
+                       title: str) -> Dict[str, argparse.Action]:
     """Add ``train_stim.py``'s definitions of ``options`` (same names, defaults, help) to ``parser``.
 
-    The options are taken from ``timm_stim.training.args.create_train_parser`` so that a command shares
+    The options are defined by ``timm_stim.training.args.create_train_parser`` so that a command shares
     them with training exactly (``-b``, ``--workers``, ``--img-size``, ``--mean``, ...).
 
     Args:
         parser: the command's parser.
         options: option strings as train_stim.py spells them (``'--crop-pct'``).
         title: title of the argument group they are shown under in ``--help``.
+
+    Returns:
+        The added actions, by the option strings of ``options``.
     """
     from ..training.args import create_train_parser
-    _, train_parser = create_train_parser()
-    by_option = {s: a for a in train_parser._actions for s in a.option_strings}
-    missing = [o for o in options if o not in by_option]
+    _, train_parser = create_train_parser(parser_class=_RecordingParser)
+    missing = [o for o in options if o not in train_parser.definitions]
     if missing:
         raise KeyError(f'train_stim.py defines no option {", ".join(missing)}')
     group = parser.add_argument_group(title)
-    added: List[argparse.Action] = []
+    added: Dict[int, argparse.Action] = {}  # one action per definition ('-b' and '--batch-size' are one)
+    actions: Dict[str, argparse.Action] = {}
     for option in options:
-        action = by_option[option]
-        if action not in added:
-            group._add_action(action)
-            added.append(action)
+        args, kwargs = train_parser.definitions[option]
+        key = id(kwargs)
+        if key not in added:
+            added[key] = group.add_argument(*args, **kwargs)
+        actions[option] = added[key]
+    return actions

@@ -15,7 +15,7 @@ missing file and unknown keys instead of failing later or ignoring them.
 """
 import argparse
 import difflib
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 import yaml
 from timm.utils import ParseKwargs
@@ -590,11 +590,16 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def create_train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def create_train_parser(parser_class: Type[argparse.ArgumentParser] = argparse.ArgumentParser,
+                        ) -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """Build the parsers of ``train_stim.py``: timm's train.py parsers plus the timm_stim groups.
 
     As in timm, a first parser reads only ``-c/--config`` so that its YAML can set the defaults
     of the main parser before the rest of the command line is parsed.
+
+    Args:
+        parser_class: class of the main parser (the tools pass one that records the definitions,
+            to share options with training).
 
     Returns:
         (config_parser, parser): the ``-c/--config`` parser and the main parser.
@@ -603,7 +608,7 @@ def create_train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentPar
     config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                                help='YAML config file specifying default arguments')
 
-    parser = argparse.ArgumentParser(
+    parser = parser_class(
         description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
     # Not in timm's main parser (config_parser consumes it first); listed so --help shows it.
