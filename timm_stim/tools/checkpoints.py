@@ -14,10 +14,12 @@ Weights are loaded strictly, so a wrong ``--model`` / ``--num-classes`` is repor
 silently re-initializing layers.
 
 The commands share ``train_stim.py``'s definitions of the options they have in common
-(``copy_train_options``).
+(``copy_train_options``); renamed options keep their old names as deprecated aliases
+(``add_deprecated_alias``).
 """
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -30,7 +32,7 @@ from ..loading import checkpoint_error, create_model_from_options, load_checkpoi
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'copy_train_options',
+    'load_model', 'copy_train_options', 'add_deprecated_alias',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -307,3 +309,32 @@ def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str],
             added[key] = group.add_argument(*args, **kwargs)
         actions[option] = added[key]
     return actions
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old option name: stores into the new option's dest and says on stderr to use the new name."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new_option: str = '', **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_option = new_option
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f'{parser.prog}: {option_string} is deprecated; use {self.new_option} (same meaning, as in '
+              f'train_stim.py).', file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: Any, old: str, new: argparse.Action) -> None:
+    """Keep ``old`` working as a hidden alias of the option ``new`` (same dest, type and choices).
+
+    Using it prints one deprecation note on stderr naming the new option; its value goes where
+    the new option's would.
+
+    Args:
+        parser: the parser or argument group ``new`` was added to.
+        old: the old option string (``'--subnets'``).
+        new: the action of the new option (what ``add_argument`` returned).
+    """
+    parser.add_argument(old, action=_DeprecatedAlias, dest=new.dest, new_option=new.option_strings[-1],
+                        type=new.type, choices=new.choices, metavar=new.metavar, nargs=new.nargs,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
