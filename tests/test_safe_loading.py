@@ -154,3 +154,26 @@ def test_zip_checkpoints_are_memory_mapped_and_old_format_ones_read_whole(tmp_pa
         assert checkpoint['epoch'] == 2
         assert all(torch.equal(checkpoint['state_dict'][k], v) for k, v in state_dict.items())
     assert calls == [(True, True), (False, True)]
+
+
+@pytest.mark.parametrize('option', ['--initial-checkpoint', '--pretrained-path'])
+@pytest.mark.parametrize('old_format', [False, True], ids=['zip', 'old-format'])
+def test_valid_weights_pass_the_check_and_load(tmp_path, monkeypatch, option, old_format):
+    """A good file passes the up-front check and its weights are the model's, in either torch format."""
+    from timm_stim.training.args import parse_args
+    from timm_stim.training.train import create_train_model
+    from timm_stim.training.train_additions import check_args
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
+    state_dict = timm.create_model('test_resnet', num_classes=4).state_dict()
+    path = tmp_path / 'weights.pth.tar'
+    torch.save({'state_dict': state_dict, 'epoch': 1}, path, _use_new_zipfile_serialization=not old_format)
+    args, _ = parse_args(['--dataset', 'embedded/digits', '--model', 'test_resnet', '--num-classes', '4', option,
+                          str(path), *(['--pretrained'] if option == '--pretrained-path' else [])])
+    check_args(args)
+    torch.manual_seed(1)  # other random weights than the file's
+    model = create_train_model(args)
+    # --pretrained-path loads like a pretrained download: timm re-initializes the classifier (num_classes=-1).
+    head = model.pretrained_cfg['classifier'] + '.' if option == '--pretrained-path' else None
+    kept = {k: v for k, v in state_dict.items() if head is None or not k.startswith(head)}
+    assert len(kept) > len(state_dict) - 3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
