@@ -1,4 +1,4 @@
-"""Loading never executes code from a file: analyze, export, push and train_stim.py on malicious and damaged checkpoints.
+"""Loading never runs code from a file: analyze, export, push and train_stim.py on malicious and damaged checkpoints.
 
 A pickle whose object's ``__reduce__`` calls ``os.system`` would run its command under
 ``torch.load(weights_only=False)``. Every command must refuse such a file (exit code 2, a message
