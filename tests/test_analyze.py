@@ -1,4 +1,5 @@
 """python -m timm_stim analyze: subnetworks of checkpoints on the embedded digits (CPU, random weights)."""
+import argparse
 import csv
 
 import pytest
@@ -64,7 +65,9 @@ def test_analyze_checkpoints_of_every_kind(tmp_path, capsys):
         assert all(0 <= float(r['top1']) <= float(r['top5']) <= 100 for r in mine)
     with open(out / 'analyze.png', 'rb') as f:
         assert f.read(8) == PNG_MAGIC
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert '--subnets is deprecated; use --stim-subnets' in captured.err  # the former names still work
     assert '[24/24]' in printed and '| checkpoint | full top-1 |' in printed and 'b.safetensors' in printed
 
 
@@ -95,8 +98,12 @@ def test_labels_tell_checkpoints_apart():
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--subnets', '-1'], '--subnets -1'),
-    (['--bn-recal', '-5'], '--bn-recal -5'),
+    (['--stim-subnets', '-1'], '--stim-subnets -1: expected a number of sampled subnetworks >= 0'),
+    (['--stim-bn-recal', '-5'], '--stim-bn-recal -5: expected a number of images >= 0'),
+    (['--stim-space', 'bogus'], "Unknown space 'bogus'"),
+    # the former names, deprecated aliases: the same checks, reported with the new names
+    (['--subnets', '-1'], '--stim-subnets -1: expected a number of sampled subnetworks >= 0'),
+    (['--bn-recal', '-5'], '--stim-bn-recal -5: expected a number of images >= 0'),
     (['--space', 'bogus'], "Unknown space 'bogus'"),
     (['--labels', 'a,b'], 'gives 2 names for 1 checkpoints'),
     (['--model', 'resnet1888'], "'resnet1888' is not a timm model"),
@@ -120,7 +127,7 @@ def _refused(argv, message, caplog):
 
 def test_missing_checkpoint_and_data_are_refused(tmp_path, caplog):
     _refused([str(tmp_path / 'none.pth.tar'), '--model', 'resnet18', *DATA, '--out', str(tmp_path / 'o')],
-             'does not exist', caplog)
+             f'{tmp_path / "none.pth.tar"}: no such file; expected a checkpoint', caplog)
     ckpt = tmp_path / 'm.pth.tar'
     torch.save(_model().state_dict(), ckpt)
     _refused([str(ckpt), '--model', 'resnet18', '--data-dir', str(tmp_path / 'nodata'), '--out', str(tmp_path / 'o')],
@@ -141,7 +148,7 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
                          inputs[0].dim() == 4 and inputs[0].is_contiguous(memory_format=torch.channels_last)))
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
-        assert main([str(ckpt), '--model', 'resnet18', '--subnets', '0', '--bn-recal', '0', '--amp',
+        assert main([str(ckpt), '--model', 'resnet18', '--stim-subnets', '0', '--stim-bn-recal', '0', '--amp',
                      '--channels-last', '--val-num-samples', '40', '--out', str(tmp_path / 'out'), *DATA]) == 0
     finally:
         handle.remove()
@@ -150,6 +157,55 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
     assert sum(batch for _, _, batch, _ in heads) == 5 * 40  # full + 4 one-block-removed networks, 40 images each
     assert all(cl for name, _, _, cl in seen if name == 'Conv2d')
     assert len(_read(tmp_path / 'out' / 'analyze.csv')) == 5
+
+
+def test_every_train_option_can_be_shared():
+    """copy_train_options finds every option of train_stim.py (its parser records them with public calls)."""
+    from timm_stim.tools.checkpoints import copy_train_options
+    from timm_stim.training.args import create_train_parser
+    options = [s for a in create_train_parser()[1]._actions for s in a.option_strings if s not in ('-h', '--help')]
+    assert len(options) > 200
+    parser = argparse.ArgumentParser()
+    actions = copy_train_options(parser, options, 'all of them')
+    assert set(actions) == set(options)
+    args = parser.parse_args(['--torchscript', '-b', '7', '--stim-space', 'stpp'])  # one of an exclusive pair, ...
+    assert (args.torchscript, args.batch_size, args.stim_space) == (True, 7, 'stpp')
+    assert actions['-b'] is actions['--batch-size']
+
+
+def test_amp_dtype_rule_shared_with_training(caplog):
+    """One rule for --amp-dtype, in training and analyze: bfloat16 on CPU (float16 autocast is CUDA's)."""
+    import logging
+    from timm_stim.devices import resolve_amp_dtype
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert resolve_amp_dtype('bfloat16', cuda) == torch.bfloat16 and resolve_amp_dtype('float16', cuda) == torch.float16
+    assert resolve_amp_dtype('bfloat16', cpu) == torch.bfloat16
+    caplog.set_level(logging.INFO)
+    assert resolve_amp_dtype('float16', cpu) == torch.bfloat16 and caplog.text == ''  # no logger: says nothing
+    assert resolve_amp_dtype('float16', cpu, logging.getLogger('train_stim')) == torch.bfloat16
+    assert 'AMP on CPU uses bfloat16' in caplog.text
+
+
+def test_option_names_are_train_stims_and_former_names_are_deprecated_aliases(capsys):
+    from timm_stim.tools.analyze import create_analyze_parser
+    parser = create_analyze_parser()
+    new = parser.parse_args(['x.pth', '--stim-subnets', '3', '--stim-bn-recal', '64', '--stim-space', 'stpp',
+                             '--stim-mode', 'drop'])
+    assert capsys.readouterr().err == ''  # the new names say nothing
+    old = parser.parse_args(['x.pth', '--subnets', '3', '--bn-recal', '64', '--space', 'stpp', '--mode', 'drop'])
+    assert vars(old) == vars(new)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f'python -m timm_stim analyze: --{name} is deprecated; use --stim-{name} (same meaning, as in '
+                     f'train_stim.py).' for name in ('subnets', 'bn-recal', 'space', 'mode')]
+    defaults = parser.parse_args(['x.pth'])
+    assert (defaults.stim_subnets, defaults.stim_bn_recal, defaults.stim_space, defaults.stim_mode) == (
+        64, 1000, 'uniform', 'depth')
+    for argv in (['--mode', 'bogus'], ['--stim-mode', 'bogus']):  # the alias checks as the new option does
+        with pytest.raises(SystemExit):
+            parser.parse_args(['x.pth', *argv])
+        assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert '--subnets' not in parser.format_usage()  # hidden; the new option's help names it
+    assert 'formerly --subnets' in parser.format_help()
 
 
 def test_command_line_dispatch(tmp_path):
@@ -164,11 +220,20 @@ def test_options_shared_with_train_stim_have_its_names_and_defaults():
     from timm_stim.training.args import create_train_parser
     from timm_stim.tools.export import create_export_parser
     train = {a.dest: a for a in create_train_parser()[1]._actions}
+    # --model and --device differ on purpose: no default architecture, and cpu where there is no GPU.
+    # analyze's --stim-subnets and --stim-bn-recal count per checkpoint / per subnetwork (training's: per
+    # step / before validation), so their defaults differ; their names are training's (checked below).
+    own = ('help', 'model', 'device', 'stim_subnets', 'stim_bn_recal')
     for parser in (create_analyze_parser(), create_export_parser()):
-        # --model and --device differ on purpose: no default architecture, and cpu where there is no GPU.
-        shared = [a for a in parser._actions if a.dest in train and a.dest not in ('help', 'model', 'device')]
+        visible = [a for a in parser._actions if a.help != argparse.SUPPRESS]  # not the deprecated aliases
+        shared = [a for a in visible if a.dest in train and a.dest not in own]
         assert len(shared) >= 5
         for action in shared:
-            assert (action.option_strings, action.default, action.type, action.nargs) == (
+            assert (action.option_strings, action.default, action.type, action.nargs, action.choices) == (
                 train[action.dest].option_strings, train[action.dest].default, train[action.dest].type,
-                train[action.dest].nargs), action.dest
+                train[action.dest].nargs, train[action.dest].choices), action.dest
+        for action in visible:
+            if action.dest in own[3:]:
+                assert action.option_strings == train[action.dest].option_strings, action.dest
+    analyze = {a.dest for a in create_analyze_parser()._actions if a.help != argparse.SUPPRESS}
+    assert {'stim_subnets', 'stim_bn_recal', 'stim_space', 'stim_mode'} <= analyze

@@ -63,12 +63,22 @@ def _setup_output_in_use(tmp_path):
     return []
 
 
-def _setup_truncated_resume(tmp_path):
+def _setup_truncated(tmp_path, option):
     model = timm.create_model('resnet18', num_classes=10)
     torch.save({'state_dict': model.state_dict(), 'epoch': 0}, tmp_path / 'full.pth.tar')
     data = (tmp_path / 'full.pth.tar').read_bytes()
     (tmp_path / 'cut.pth.tar').write_bytes(data[:len(data) // 3])
-    return ['--resume', str(tmp_path / 'cut.pth.tar')]
+    return [option, str(tmp_path / 'cut.pth.tar')]
+
+
+def _setup_garbage(tmp_path, option):
+    (tmp_path / 'garbage.pth.tar').write_bytes(bytes(range(256)) * 16)  # not a torch file at all
+    return [option, str(tmp_path / 'garbage.pth.tar')]
+
+
+def _setup_no_weights(tmp_path, option):
+    torch.save([1, 2, 3], tmp_path / 'list.pth.tar')  # a valid, safe torch file without a state dict
+    return [option, str(tmp_path / 'list.pth.tar')]
 
 
 def _setup_other_model_resume(tmp_path):
@@ -77,9 +87,23 @@ def _setup_other_model_resume(tmp_path):
     return ['--resume', str(tmp_path / 'r34.pth.tar')]
 
 
-def _setup_malicious_resume(tmp_path):
+def _setup_malicious(tmp_path, option):
     torch.save({'state_dict': {}, 'epoch': _RunsCode(tmp_path / 'PWNED')}, tmp_path / 'evil.pth.tar')
-    return ['--resume', str(tmp_path / 'evil.pth.tar')]
+    return [option, str(tmp_path / 'evil.pth.tar')]
+
+
+# The one message of timm_stim.loading for a checkpoint that cannot be read, whichever option names it.
+def _missing(option, path):
+    return f'{option} {path}: no such file; expected a checkpoint'
+
+
+def _truncated(option, name):
+    return (f'{option} {{tmp}}/{name} could not be read as a checkpoint', 'It may be truncated or damaged')
+
+
+def _runs_code(option):
+    return (f'{option} {{tmp}}/evil.pth.tar holds Python objects that are not allowed in a checkpoint (posix.system)',
+            'nothing of it was executed', 'If you trust this file (and only then), convert it once')
 
 
 def _setup_empty_image_folder(tmp_path):
@@ -94,10 +118,27 @@ CASES = {
     'output holds another run': (_setup_output_in_use, [],
                                  'output folder {out}/run already holds another run (2 entries: last.pth.tar, '
                                  'summary.csv). A new run never writes into it: continue that run with --resume'),
-    'resume missing': (None, ['--resume', '/nonexistent/last.pth.tar'], '--resume /nonexistent/last.pth.tar: no such file'),
-    'resume truncated': (_setup_truncated_resume, [], 'could not be read as a checkpoint'),
+    'resume missing': (None, ['--resume', '/nonexistent/last.pth.tar'],
+                       _missing('--resume', '/nonexistent/last.pth.tar')),
+    'resume truncated': (lambda p: _setup_truncated(p, '--resume'), [], _truncated('--resume', 'cut.pth.tar')),
     'resume other model': (_setup_other_model_resume, [], 'does not fit --model resnet18'),
-    'resume runs code': (_setup_malicious_resume, [], 'holds objects that are not allowed in a checkpoint'),
+    'resume runs code': (lambda p: _setup_malicious(p, '--resume'), [], _runs_code('--resume')),
+    'initial checkpoint missing': (None, ['--initial-checkpoint', '/nonexistent/init.pth.tar'],
+                                   _missing('--initial-checkpoint', '/nonexistent/init.pth.tar')),
+    'initial checkpoint truncated': (lambda p: _setup_truncated(p, '--initial-checkpoint'), [],
+                                     _truncated('--initial-checkpoint', 'cut.pth.tar')),
+    'initial checkpoint garbage': (lambda p: _setup_garbage(p, '--initial-checkpoint'), [],
+                                   _truncated('--initial-checkpoint', 'garbage.pth.tar')),
+    'initial checkpoint runs code': (lambda p: _setup_malicious(p, '--initial-checkpoint'), [],
+                                     _runs_code('--initial-checkpoint')),
+    'initial checkpoint holds no weights': (lambda p: _setup_no_weights(p, '--initial-checkpoint'), [],
+                                            '--initial-checkpoint {tmp}/list.pth.tar holds no model weights'),
+    'pretrained path missing': (None, ['--pretrained', '--pretrained-path', '/nonexistent/weights.pth'],
+                                _missing('--pretrained-path', '/nonexistent/weights.pth')),
+    'pretrained path truncated': (lambda p: _setup_truncated(p, '--pretrained-path'), ['--pretrained'],
+                                  _truncated('--pretrained-path', 'cut.pth.tar')),
+    'pretrained path runs code': (lambda p: _setup_malicious(p, '--pretrained-path'), ['--pretrained'],
+                                  _runs_code('--pretrained-path')),
     'yaml stim_norm': (lambda p: _write_yaml(p, 'stim_norm: bogus\n'), [],
                        "stim_norm: 'bogus' is not one of none, kl, all"),
     'yaml stim_subnets': (lambda p: _write_yaml(p, 'stim_subnets: 2.7\n'), [], 'stim_subnets: 2.7 is not a valid int'),
@@ -137,39 +178,48 @@ CASES = {
 }
 
 
+def _messages(case, out, tmp_path):
+    """The texts the error of ``case`` must contain ({out}, {tmp}: the output and the test's folder)."""
+    messages = CASES[case][2]
+    return [m.format(out=out, tmp=tmp_path) for m in ((messages,) if isinstance(messages, str) else messages)]
+
+
 def _run(tmp_path, case, caplog):
     from timm_stim.training.train import main
-    setup, extra, message = CASES[case]
+    setup, extra, _ = CASES[case]
     out = tmp_path / 'out'
     extra = (setup(tmp_path) if setup else []) + extra
     before = _snapshot(out)
     with pytest.raises(SystemExit) as info:
         main(_base(out, *extra))
-    return info.value.code, message.format(out=out), before, _snapshot(out)
+    return info.value.code, _messages(case, out, tmp_path), before, _snapshot(out)
 
 
 @pytest.mark.parametrize('case', list(CASES), ids=list(CASES))
 def test_bad_input_stops_before_any_work(tmp_path, env, monkeypatch, caplog, capsys, case):
     monkeypatch.setenv('TIMM_STIM_CACHE', env['TIMM_STIM_CACHE'])
-    code, message, before, after = _run(tmp_path, case, caplog)
+    code, messages, before, after = _run(tmp_path, case, caplog)
     assert code == 2
     text = caplog.text + capsys.readouterr().err  # argparse reports YAML values on stderr
-    assert message in text, text[-3000:]
+    for message in messages:
+        assert message in text, text[-3000:]
     assert 'Traceback' not in text
     assert after == before  # nothing created, nothing changed
     assert not (tmp_path / 'PWNED').exists()  # nothing in a file ran
 
 
-@pytest.mark.parametrize('case', ['resume runs code', 'subnet inputs too small'])
+@pytest.mark.parametrize('case', ['resume runs code', 'initial checkpoint runs code', 'subnet inputs too small'])
 def test_bad_input_from_the_command_line(tmp_path, env, case):
     # The same, as a user sees it: one message on stderr, no traceback.
-    setup, extra, message = CASES[case]
+    setup, extra, _ = CASES[case]
     out = tmp_path / 'out'
     extra = (setup(tmp_path) if setup else []) + extra
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_base(out), *extra],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert 'Traceback' not in proc.stderr and message.format(out=out) in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    for message in _messages(case, out, tmp_path):
+        assert message in proc.stderr, proc.stderr[-3000:]
     assert not out.exists() and not (tmp_path / 'PWNED').exists()
 
 

@@ -118,6 +118,29 @@ def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, r
     _assert_same_run(os.path.join(tmp_path, 'run'), references[0])
 
 
+def test_resume_from_an_old_format_checkpoint(tmp_path, monkeypatch, references):
+    # A valid checkpoint in torch's old (non-zip) format, e.g. re-saved by an older tool: it cannot be
+    # memory-mapped, so it is read whole, and resuming from it repeats the uninterrupted run, checkpoint
+    # history included.
+    import timm_stim.training.train as train_mod
+
+    def stop(epoch, output_dir):
+        if epoch == 0:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, '_after_epoch', stop)
+    with pytest.raises(SystemExit) as info:
+        main(_args(tmp_path, 0))
+    assert info.value.code == 130
+    monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
+    last = os.path.join(tmp_path, 'run', 'last.pth.tar')
+    torch.save(_load(last), last, _use_new_zipfile_serialization=False)
+    with open(last, 'rb') as f:
+        assert f.read(4) != b'PK\x03\x04'  # really the old format
+    main(_args(tmp_path, 0, '--resume', last))
+    _assert_same_run(os.path.join(tmp_path, 'run'), references[0])
+    assert _load(last)['saver'] == _load(os.path.join(references[0], 'last.pth.tar'))['saver']
+
+
 # ---------------------------------------------------------------------------------------------
 # A real process, killed
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Loading never executes code from a file: analyze, export and push on malicious and damaged checkpoints.
+"""Loading never runs code from a file: analyze, export, push and train_stim.py on malicious and damaged checkpoints.
 
 A pickle whose object's ``__reduce__`` calls ``os.system`` would run its command under
 ``torch.load(weights_only=False)``. Every command must refuse such a file (exit code 2, a message
 saying what is not allowed and how to convert a trusted file) without the command ever running,
-and must refuse truncated files with a message instead of a traceback.
+and must refuse truncated files with a message instead of a traceback. Every reader goes through
+``timm_stim.loading``, so they all say the same about the same file.
 """
 import os
 import subprocess
@@ -94,3 +95,85 @@ def test_command_line_reports_without_traceback(hub_env, files, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'not allowed in a checkpoint' in proc.stderr and 'Traceback' not in proc.stderr
     assert not files['marker'].exists()
+
+
+def _error(caplog):
+    """The text of the last error a command logged (run_command logs 'error: MESSAGE')."""
+    errors = [r.getMessage() for r in caplog.records if r.levelname == 'ERROR' and r.getMessage().startswith('error: ')]
+    assert errors, caplog.text[-2000:]
+    return errors[-1][len('error: '):]
+
+
+@pytest.mark.parametrize('kind', ['missing', 'cut.pth.tar', 'evil'])
+def test_one_message_whichever_command_reads_the_file(files, tmp_path, caplog, monkeypatch, kind):
+    """analyze, export, train_stim.py --resume and --initial-checkpoint say the same about the same file."""
+    from timm_stim.training.train import main as train_main
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
+    path = str(tmp_path / 'nothing.pth.tar') if kind == 'missing' else files[kind]
+    train = ['--dataset', 'embedded/digits', '--model', 'test_resnet', '--num-classes', '4', '--device', 'cpu',
+             '--input-size', '3', '16', '16', '--epochs', '1', '--output', str(tmp_path / 'train'),
+             '--experiment', 'run']
+    readers = {
+        'analyze': (lambda: analyze_main([path, '--model', 'test_resnet', '--dataset', 'embedded/digits',
+                                          '--out', str(tmp_path / 'analysis'), '--device', 'cpu']), ''),
+        'export': (lambda: export_main([path, '--model', 'test_resnet', '--depths', '1,1,1,1',
+                                        '--out', str(tmp_path / 'exported')]), ''),
+        'resume': (lambda: train_main([*train, '--resume', path]), '--resume '),
+        'initial': (lambda: train_main([*train, '--initial-checkpoint', path]), '--initial-checkpoint '),
+    }
+    bodies = {}
+    for name, (command, option) in readers.items():
+        caplog.clear()
+        with pytest.raises(SystemExit) as info:
+            command()
+        assert info.value.code == 2, name
+        message = _error(caplog)
+        assert message.startswith(option + path), (name, message)
+        bodies[name] = message[len(option + path):].replace('\nNothing was written.', '')
+    assert len(set(bodies.values())) == 1, bodies
+    assert not files['marker'].exists()
+    assert not any(os.path.exists(tmp_path / d) for d in ('analysis', 'exported', 'train'))
+
+
+def test_zip_checkpoints_are_memory_mapped_and_old_format_ones_read_whole(tmp_path, monkeypatch):
+    """torch can memory-map only its zip format; an old-format (non-zip) checkpoint is read whole, and loads."""
+    from timm_stim.loading import load_checkpoint
+    state_dict = timm.create_model('test_resnet', num_classes=4).state_dict()
+    new, old = tmp_path / 'new.pth.tar', tmp_path / 'old.pth.tar'
+    torch.save({'state_dict': state_dict, 'epoch': 2}, new)
+    torch.save({'state_dict': state_dict, 'epoch': 2}, old, _use_new_zipfile_serialization=False)
+    calls = []
+    original = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get('mmap'), kwargs.get('weights_only')))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(torch, 'load', spy)
+    for path in (new, old):
+        checkpoint = load_checkpoint(str(path))
+        assert checkpoint['epoch'] == 2
+        assert all(torch.equal(checkpoint['state_dict'][k], v) for k, v in state_dict.items())
+    assert calls == [(True, True), (False, True)]
+
+
+@pytest.mark.parametrize('option', ['--initial-checkpoint', '--pretrained-path'])
+@pytest.mark.parametrize('old_format', [False, True], ids=['zip', 'old-format'])
+def test_valid_weights_pass_the_check_and_load(tmp_path, monkeypatch, option, old_format):
+    """A good file passes the up-front check and its weights are the model's, in either torch format."""
+    from timm_stim.training.args import parse_args
+    from timm_stim.training.train import create_train_model
+    from timm_stim.training.train_additions import check_args
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
+    state_dict = timm.create_model('test_resnet', num_classes=4).state_dict()
+    path = tmp_path / 'weights.pth.tar'
+    torch.save({'state_dict': state_dict, 'epoch': 1}, path, _use_new_zipfile_serialization=not old_format)
+    args, _ = parse_args(['--dataset', 'embedded/digits', '--model', 'test_resnet', '--num-classes', '4', option,
+                          str(path), *(['--pretrained'] if option == '--pretrained-path' else [])])
+    check_args(args)
+    torch.manual_seed(1)  # other random weights than the file's
+    model = create_train_model(args)
+    # --pretrained-path loads like a pretrained download: timm re-initializes the classifier (num_classes=-1).
+    head = model.pretrained_cfg['classifier'] + '.' if option == '--pretrained-path' else None
+    kept = {k: v for k, v in state_dict.items() if head is None or not k.startswith(head)}
+    assert len(kept) > len(state_dict) - 3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())

@@ -3,12 +3,13 @@
 ``python -m timm_stim analyze CHECKPOINT [CHECKPOINT ...] --model NAME --dataset/--data-dir ...``
 evaluates, on the validation split and for every checkpoint, the full network, every network
 with exactly one droppable block removed (block 0 of a stage holds the downsample and stays)
-and ``--subnets`` subnetworks sampled from ``--space``. Each subnetwork gets its own BatchNorm
-statistics first (``--bn-recal`` training images, eval transform, the same images in the same
-order for every subnetwork); the checkpoint's own statistics are restored afterwards, and the
-full network is evaluated with them. It writes ``analyze.csv`` (one row per checkpoint and
-subnetwork), ``analyze.png`` (top-1 against FLOPs, one colour per checkpoint) and prints a
-summary table.
+and ``--stim-subnets`` subnetworks sampled from ``--stim-space`` (``--stim-mode``). Each
+subnetwork gets its own BatchNorm statistics first (``--stim-bn-recal`` training images, eval
+transform, the same images in the same order for every subnetwork); the checkpoint's own
+statistics are restored afterwards, and the full network is evaluated with them. It writes
+``analyze.csv`` (one row per checkpoint and subnetwork), ``analyze.png`` (top-1 against FLOPs,
+one colour per checkpoint) and prints a summary table. Options mean what they mean in ``train_stim.py`` and have its names; the former
+names ``--subnets``, ``--space``, ``--mode`` and ``--bn-recal`` still work, with a deprecation note.
 
 Library use::
 
@@ -31,10 +32,11 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, copy_train_options, hub_repo_of, load_model
+from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, copy_train_options, hub_repo_of, load_model
+from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
 from ..flops import count_flops
-from ..stimulator import MODES, Stimulator, attach
+from ..stimulator import Stimulator, attach
 from ..subnet import Subnet
 from ..bn import recalibrate_bn
 
@@ -328,16 +330,13 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                         help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
-    group = parser.add_argument_group('Analysis')
-    group.add_argument('--subnets', type=int, default=64, metavar='N',
-                       help='subnetworks sampled per checkpoint (default: 64)')
-    group.add_argument('--space', default='uniform', metavar='S',
-                       help='space they are sampled from: uniform, stpp, keep:K or "0,1,3,0" (default: uniform)')
-    group.add_argument('--mode', default='depth', choices=MODES,
-                       help='depth: keep the first blocks of each stage (official); drop: random blocks')
-    group.add_argument('--bn-recal', type=int, default=1000, metavar='N',
-                       help='training images (eval transform) BN statistics are re-estimated on for each '
-                            'subnetwork; 0 keeps the checkpoint\'s statistics (default: 1000)')
+    group = parser.add_argument_group('Analysis (option names as in train_stim.py)')
+    subnets = group.add_argument('--stim-subnets', type=int, default=64, metavar='N',
+                                 help='subnetworks sampled per checkpoint (default: 64; formerly --subnets)')
+    bn_recal = group.add_argument('--stim-bn-recal', type=int, default=1000, metavar='N',
+                                  help='training images (eval transform) BN statistics are re-estimated on for each '
+                                       'subnetwork; 0 keeps the checkpoint\'s statistics (default: 1000; formerly '
+                                       '--bn-recal)')
     group.add_argument('--out', default='output/analyze', metavar='DIR',
                        help=f'folder for {CSV_FILE} and {PLOT_FILE} (default: output/analyze)')
     group.add_argument('--labels', default=None, metavar='A,B,...',
@@ -346,9 +345,14 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                        help='x axis of the plot (default: flops)')
     group.add_argument('--device', default=None,
                        help='device, e.g. cuda, cpu (default: cuda when available, else cpu)')
+    sampling = copy_train_options(parser, ('--stim-space', '--stim-mode'),
+                                  'Subnetworks sampled (as in train_stim.py; formerly --space, --mode)')
     copy_train_options(parser, _TRAIN_OPTIONS,
                        'Model and data (as in train_stim.py; classes and preprocessing default to the checkpoint\'s: '
                        'its classifier, args.yaml beside it or its Hub config)')
+    for old, new in (('--subnets', subnets), ('--bn-recal', bn_recal), ('--space', sampling['--stim-space']),
+                     ('--mode', sampling['--stim-mode'])):
+        add_deprecated_alias(group, old, new)
     return parser
 
 
@@ -364,10 +368,11 @@ def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.subnets < 0:
-        raise InputError(f'--subnets {args.subnets}: expected a number of sampled subnetworks >= 0.')
-    if args.bn_recal < 0:
-        raise InputError(f'--bn-recal {args.bn_recal}: expected a number of images >= 0 (0 skips re-estimation).')
+    if args.stim_subnets < 0:
+        raise InputError(f'--stim-subnets {args.stim_subnets}: expected a number of sampled subnetworks >= 0.')
+    if args.stim_bn_recal < 0:
+        raise InputError(f'--stim-bn-recal {args.stim_bn_recal}: expected a number of images >= 0 (0 skips '
+                         f're-estimation).')
     if args.batch_size < 1:
         raise InputError(f'-b/--batch-size {args.batch_size}: expected >= 1.')
     if args.val_num_samples is not None and args.val_num_samples < 1:
@@ -385,7 +390,7 @@ def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:
     """``torch.autocast`` as training uses it for ``--amp`` (bfloat16 on CPU), or ``nullcontext``."""
     if not args.amp:
         return nullcontext
-    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' or device.type == 'cpu' else torch.float16
+    dtype = resolve_amp_dtype(args.amp_dtype, device)
     print(f'Evaluating in mixed precision ({dtype}{", as autocast on CPU supports" if device.type == "cpu" else ""})',
           flush=True)
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
@@ -425,7 +430,8 @@ def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torc
         return torch.utils.data.DataLoader(_seeded_subset(dataset, min(num_images, len(dataset)), args.seed),
                                            batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
 
-    recal = collect_batches(loader(args.train_split, args.bn_recal), args.bn_recal) if args.bn_recal > 0 else []
+    recal = (collect_batches(loader(args.train_split, args.stim_bn_recal), args.stim_bn_recal)
+             if args.stim_bn_recal > 0 else [])
     return loader(args.val_split, args.val_num_samples), recal
 
 
@@ -464,15 +470,15 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     for source in args.checkpoints:
         item = load_model(source, args.model, args.num_classes)
         try:
-            stim = attach(item.model, space=args.space, mode=args.mode, bn='update')
+            stim = attach(item.model, space=args.stim_space, mode=args.stim_mode, bn='update')
         except ValueError as e:
             raise InputError(f'{source} ({item.architecture}): {e}') from None
         loaded.append((item, stim, _data_config(args, item)))
 
-    plans = [analysis_subnets(stim, args.subnets, args.seed) for _, stim, _ in loaded]
+    plans = [analysis_subnets(stim, args.stim_subnets, args.seed) for _, stim, _ in loaded]
     total = sum(len(p) for p in plans)
-    recal_text = (f'BN statistics re-estimated on {args.bn_recal} {args.train_split!r} images per subnetwork'
-                  if args.bn_recal else 'the checkpoints\' BN statistics')
+    recal_text = (f'BN statistics re-estimated on {args.stim_bn_recal} {args.train_split!r} images per subnetwork'
+                  if args.stim_bn_recal else 'the checkpoints\' BN statistics')
     print(f'Evaluating {total} networks of {len(loaded)} checkpoint(s) on the {args.val_split!r} split ({recal_text})',
           flush=True)
     amp_autocast = _amp_autocast(args, device)

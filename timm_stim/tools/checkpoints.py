@@ -4,38 +4,41 @@ A source is a timm checkpoint (``.pth.tar``, ``.pth``, ``.safetensors``, ...; wr
 ``train_stim.py``, timm's ``train.py`` or ``torch.save``) or a model in timm's Hugging Face
 format (``hf-hub:USER/REPO`` or ``local-dir:DIR``).
 
-Loading never executes code from a file: ``.safetensors`` hold tensors only, and every pickle
-goes through timm's own ``timm.models.load_state_dict`` (``torch.load(weights_only=True)`` with
-``argparse.Namespace`` allowed, as timm's training checkpoints carry one), which also picks
-``state_dict`` / ``state_dict_ema`` / ``model`` and strips wrapper prefixes. A file that holds
-other Python objects is refused with a message saying how to convert a file you trust.
+Loading never executes code from a file: every checkpoint file is read by
+``timm_stim.loading.load_checkpoint``, as training reads ``--resume`` (``torch.load(weights_only=True)``
+with ``argparse.Namespace`` allowed, as timm's training checkpoints carry one; ``.safetensors``
+hold tensors only), and its weights are picked as ``timm.models.load_state_dict`` picks them
+(``state_dict`` / ``state_dict_ema`` / ``model``, wrapper prefixes stripped). A file that holds
+other Python objects, or is damaged, is refused with ``timm_stim.loading``'s one message.
 Weights are loaded strictly, so a wrong ``--model`` / ``--num-classes`` is reported instead of
 silently re-initializing layers.
+
+The commands share ``train_stim.py``'s definitions of the options they have in common
+(``copy_train_options``); renamed options keep their old names as deprecated aliases
+(``add_deprecated_alias``).
 """
 import argparse
 import os
-import pickle
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..errors import InputError, check_model_name, is_hub_name
+from ..loading import checkpoint_error, create_model_from_options, load_checkpoint, require_state_dict
 
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
-    'read_checkpoint_info',
-    'read_state_dict', 'create_model_from_args', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'copy_train_options',
+    'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
+    'load_model', 'copy_train_options', 'add_deprecated_alias',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
 ARGS_FILE = 'args.yaml'
 LOCAL_DIR = 'local-dir:'  # the one HUB_PREFIXES entry that names a local folder
 
-# What a timm training checkpoint may hold besides tensors and plain data (timm allows the same).
-SAFE_GLOBALS = (argparse.Namespace,)
 # Preprocessing keys of args.yaml / a Hub config that describe how the weights expect their input.
 DATA_CONFIG_KEYS = ('input_size', 'img_size', 'in_chans', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
 
@@ -98,69 +101,26 @@ def read_train_args(folder: str) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _convert_hint(path: str) -> str:
-    converted = (path[:-len('.pth.tar')] if path.endswith('.pth.tar') else os.path.splitext(path)[0]) + '_weights.pth'
-    return (f'If you trust this file (and only then), convert it once to a plain state dict and pass that file:\n'
-            f'  python -c "import torch; c = torch.load({path!r}, map_location=\'cpu\', weights_only=False); '
-            f'torch.save(c.get(\'state_dict\', c) if isinstance(c, dict) else c.state_dict(), {converted!r})"')
-
-
-def _unreadable(path: str, err: BaseException) -> InputError:
-    """The ``InputError`` for a checkpoint that ``torch.load(weights_only=True)`` refused or could not read."""
-    unsafe: List[str] = []
-    if isinstance(err, pickle.UnpicklingError):
-        try:
-            allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
-            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
-        except Exception:  # not a zip checkpoint (legacy or damaged): say what torch said instead
-            unsafe = []
-    if unsafe:
-        return InputError(
-            f'{path} holds Python objects that are not allowed in a checkpoint ({", ".join(unsafe)}). timm-stim, '
-            f'like timm, reads checkpoints with torch.load(weights_only=True), which loads tensors and plain data '
-            f'only, so that a file cannot run code; nothing of it was executed.\n{_convert_hint(path)}')
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return InputError(f'{path} could not be read as a checkpoint ({type(err).__name__}: {reason[:300]}). It may be '
-                      f'truncated or damaged (copy it again), or hold objects that weights_only loading refuses.\n'
-                      f'{_convert_hint(path)}')
-
-
-def read_checkpoint_info(path: str) -> CheckpointInfo:
-    """Epoch and EMA presence of a checkpoint file, read safely; also proves the file is readable.
-
-    ``.pth`` files are memory-mapped (only the pickle is read; tensors stay on disk) where
-    their format allows it.
-
-    Raises:
-        InputError: the file is truncated, damaged or holds objects that are not allowed.
-    """
-    if path.endswith('.safetensors'):
-        from safetensors import safe_open
-        try:
-            with safe_open(path, framework='pt') as f:
-                f.keys()
-        except Exception as e:
-            raise InputError(f'{path} could not be read as safetensors ({type(e).__name__}: {e}). It may be '
-                             f'truncated or damaged: copy it again.') from None
-        return CheckpointInfo()
-    checkpoint = None
-    for mmap in (True, False):  # mmap needs the zip format of torch >= 1.6; older files are read whole
-        try:
-            with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-            break
-        except Exception as e:
-            if not mmap or isinstance(e, pickle.UnpicklingError):
-                raise _unreadable(path, e) from None
+def _info_of(checkpoint: Any) -> CheckpointInfo:
+    """What a loaded checkpoint says about itself (epoch, EMA weights)."""
     if not isinstance(checkpoint, dict):
-        raise InputError(f'{path} does not hold a state dict (got a {type(checkpoint).__name__}).')
+        return CheckpointInfo()
     epoch = checkpoint.get('epoch')
     return CheckpointInfo(epoch=epoch if isinstance(epoch, int) else None,
                           has_ema=any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema')))
 
 
+def read_checkpoint_info(path: str) -> CheckpointInfo:
+    """Epoch and EMA presence of a checkpoint file, read safely (``timm_stim.loading.load_checkpoint``).
+
+    Raises:
+        InputError: the file is missing, truncated, damaged or holds objects that are not allowed.
+    """
+    return _info_of(load_checkpoint(path))
+
+
 def read_state_dict(path: str, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], CheckpointInfo]:
-    """The weights of a checkpoint file, read as timm reads them (``timm.models.load_state_dict``).
+    """The weights of a checkpoint file, read safely and picked as ``timm.models.load_state_dict`` does.
 
     Args:
         path: a ``.safetensors`` file or a ``torch.save`` file (a state dict, or a dict with
@@ -173,41 +133,15 @@ def read_state_dict(path: str, use_ema: bool = False) -> Tuple[Dict[str, torch.T
     Raises:
         InputError: unreadable or unsafe file, missing EMA weights, or no tensors where weights belong.
     """
-    from timm.models import load_state_dict
-    info = read_checkpoint_info(path)  # first: refuses unsafe or damaged files with a clear message
+    checkpoint = load_checkpoint(path)  # refuses unsafe or damaged files with timm_stim.loading's message
+    info = _info_of(checkpoint)
     if use_ema and not info.has_ema:
         if path.endswith('.safetensors'):
             raise InputError(f'--use-ema: {path} is a .safetensors file holding one set of weights; pass the '
                              f'.pth.tar checkpoint that holds state_dict_ema.')
         raise InputError(f'--use-ema: {path} holds no EMA weights (state_dict_ema); train with --model-ema or drop '
                          f'--use-ema.')
-    try:
-        state_dict = load_state_dict(path, use_ema=use_ema, device='cpu', weights_only=True)
-    except Exception as e:
-        raise _unreadable(path, e) from None
-    if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise InputError(f'{path} does not look like a timm checkpoint: no state_dict / model entry of tensors.')
-    return state_dict, info
-
-
-def create_model_from_args(name: str, train_args: Dict[str, Any], num_classes: Optional[int]) -> nn.Module:
-    """``timm.create_model(name)`` (random weights) with the model options of a run's ``args.yaml``.
-
-    Raises:
-        InputError: naming the options timm could not build the model with.
-    """
-    import timm
-    kwargs = dict(num_classes=num_classes if num_classes is not None else train_args.get('num_classes'),
-                  in_chans=train_args.get('in_chans'), global_pool=train_args.get('gp'),
-                  bn_eps=train_args.get('bn_eps'), bn_momentum=train_args.get('bn_momentum'))
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    kwargs.update(train_args.get('model_kwargs') or {})
-    if 'in_chans' not in kwargs and train_args.get('input_size'):
-        kwargs['in_chans'] = int(train_args['input_size'][0])
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except Exception as e:
-        raise InputError(f'could not create --model {name} with {kwargs}: {type(e).__name__}: {e}') from None
+    return require_state_dict(checkpoint, path, use_ema=use_ema), info
 
 
 def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: str, name: str) -> None:
@@ -250,7 +184,7 @@ def check_source(source: str) -> None:
         raise InputError(f'{source} is a folder; pass it as local-dir:{source} if it is in timm\'s Hub format, or '
                          f'pass a checkpoint file inside it.')
     if not os.path.isfile(source):
-        raise InputError(f'checkpoint {source!r} does not exist.')
+        raise checkpoint_error(source)
     if not source.endswith(CHECKPOINT_EXTS):
         raise InputError(f'checkpoint {source!r}: expected a {", ".join(CHECKPOINT_EXTS)} file, or '
                          f'hf-hub:USER/REPO / local-dir:DIR.')
@@ -301,32 +235,106 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
     state_dict, info = read_state_dict(source, use_ema=use_ema)
     if num_classes is None:  # the checkpoint's own classifier says best (args.yaml may be of another run)
         num_classes = _classes_in(state_dict, name)
-    model = create_model_from_args(name, train_args, num_classes)
+    model = create_model_from_options(train_args, name=name, num_classes=num_classes, for_training=False)
     load_weights(model, state_dict, source, name)
     return LoadedModel(model.eval(), source, name, train_args, data_config_from_args(train_args), info, use_ema)
 
 
-def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str], title: str) -> None:
+class _RecordingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that remembers the arguments of every ``add_argument`` call, by option string.
+
+    argparse keeps a parser's actions in private attributes only; recording the calls (public
+    API) lets another command add an option exactly as ``train_stim.py`` defines it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.definitions: Dict[str, Tuple[Tuple[Any, ...], Dict[str, Any]]] = {}
+        super().__init__(*args, **kwargs)  # adds -h/--help through add_argument
+
+    def _recorded(self, action: argparse.Action, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> argparse.Action:
+        for option in action.option_strings:
+            self.definitions[option] = (args, kwargs)
+        return action
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        return self._recorded(super().add_argument(*args, **kwargs), args, kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        return self._recording(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        return self._recording(super().add_mutually_exclusive_group(**kwargs))
+
+    def _recording(self, group):
+        """``group`` with its ``add_argument`` (and its own groups') recorded too."""
+        add, add_exclusive = group.add_argument, group.add_mutually_exclusive_group
+
+        def add_argument(*a, **k) -> argparse.Action:
+            return self._recorded(add(*a, **k), a, k)
+
+        def add_mutually_exclusive_group(**k):
+            return self._recording(add_exclusive(**k))
+        group.add_argument = add_argument
+        group.add_mutually_exclusive_group = add_mutually_exclusive_group
+        return group
+
+
+def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str],
+                       title: str) -> Dict[str, argparse.Action]:
     """Add ``train_stim.py``'s definitions of ``options`` (same names, defaults, help) to ``parser``.
 
-    The options are taken from ``timm_stim.training.args.create_train_parser`` so that a command shares
+    The options are defined by ``timm_stim.training.args.create_train_parser`` so that a command shares
     them with training exactly (``-b``, ``--workers``, ``--img-size``, ``--mean``, ...).
 
     Args:
         parser: the command's parser.
         options: option strings as train_stim.py spells them (``'--crop-pct'``).
         title: title of the argument group they are shown under in ``--help``.
+
+    Returns:
+        The added actions, by the option strings of ``options``.
     """
     from ..training.args import create_train_parser
-    _, train_parser = create_train_parser()
-    by_option = {s: a for a in train_parser._actions for s in a.option_strings}
-    missing = [o for o in options if o not in by_option]
+    _, train_parser = create_train_parser(parser_class=_RecordingParser)
+    missing = [o for o in options if o not in train_parser.definitions]
     if missing:
         raise KeyError(f'train_stim.py defines no option {", ".join(missing)}')
     group = parser.add_argument_group(title)
-    added: List[argparse.Action] = []
+    added: Dict[int, argparse.Action] = {}  # one action per definition ('-b' and '--batch-size' are one)
+    actions: Dict[str, argparse.Action] = {}
     for option in options:
-        action = by_option[option]
-        if action not in added:
-            group._add_action(action)
-            added.append(action)
+        args, kwargs = train_parser.definitions[option]
+        key = id(kwargs)
+        if key not in added:
+            added[key] = group.add_argument(*args, **kwargs)
+        actions[option] = added[key]
+    return actions
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old option name: stores into the new option's dest and says on stderr to use the new name."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new_option: str = '', **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_option = new_option
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f'{parser.prog}: {option_string} is deprecated; use {self.new_option} (same meaning, as in '
+              f'train_stim.py).', file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: Any, old: str, new: argparse.Action) -> None:
+    """Keep ``old`` working as a hidden alias of the option ``new`` (same dest, type and choices).
+
+    Using it prints one deprecation note on stderr naming the new option; its value goes where
+    the new option's would.
+
+    Args:
+        parser: the parser or argument group ``new`` was added to.
+        old: the old option string (``'--subnets'``).
+        new: the action of the new option (what ``add_argument`` returned).
+    """
+    parser.add_argument(old, action=_DeprecatedAlias, dest=new.dest, new_option=new.option_strings[-1],
+                        type=new.type, choices=new.choices, metavar=new.metavar, nargs=new.nargs,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -131,7 +131,7 @@ def export_subnet(model: nn.Module, subnet_or_depths: Union[Subnet, Sequence[int
             removal is not exactly what ``activate`` computes.
     """
     import timm
-    from timm.models._input import get_model_args
+    from timm.models import get_model_args
     had_stim = get_stimulator(model) is not None
     stim = _stimulator(model)
     try:

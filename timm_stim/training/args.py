@@ -25,6 +25,7 @@ from timm.utils import ParseKwargs
 
 from ..config import StimConfig, add_config_args
 from ..errors import InputError, check_model_name
+from ..loading import check_checkpoint_path, check_weights_file
 from .data import is_embedded, resolve_dataset
 from .seeding import SEED_SCHEMES
 
@@ -460,11 +461,18 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def create_train_parser(config_cls: Type[StimConfig] = StimConfig) -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
+                        parser_class: Type[argparse.ArgumentParser] = argparse.ArgumentParser,
+                        ) -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """Build the parsers of ``train_stim.py``: timm's train.py parsers plus the timm_stim groups.
 
     As in timm, a first parser reads only ``-c/--config`` so that its YAML can set the defaults
     of the main parser before the rest of the command line is parsed.
+
+    Args:
+        config_cls: ``StimConfig`` or a subclass: the ``--stim-*`` options.
+        parser_class: class of the main parser (the tools pass one that records the definitions,
+            to share options with training).
 
     Returns:
         (config_parser, parser): the ``-c/--config`` parser and the main parser.
@@ -473,7 +481,7 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig) -> Tuple[argp
     config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                                help='YAML config file specifying default arguments')
 
-    parser = argparse.ArgumentParser(
+    parser = parser_class(
         description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
     # Every float option (timm's --lr, --momentum, ... and ours) refuses NaN and infinities.
@@ -712,7 +720,10 @@ def check_args(args) -> None:
         resolve_dataset(args.dataset, args.data_dir)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
-    if args.resume and not os.path.isfile(args.resume):
-        what = 'a folder' if os.path.isdir(args.resume) else 'no such file'
-        raise InputError(f'--resume {args.resume}: {what}; expected a checkpoint written by train_stim.py or timm '
-                         f'(e.g. OUTPUT/EXPERIMENT/last.pth.tar).')
+    # Checkpoint files, read as every checkpoint is (timm_stim.loading): --resume is read in full once the
+    # model exists (its weights must fit it); the weights timm loads while creating the model are read now.
+    if args.resume:
+        check_checkpoint_path(args.resume, '--resume')
+    for option, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
+        if path:
+            check_weights_file(path, option)

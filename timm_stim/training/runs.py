@@ -2,11 +2,11 @@
 
 * ``check_output_dir``: a fresh run never writes into a non-empty experiment folder; an
   output path that is a file or cannot be written is refused before any work.
-* ``read_resume_point``: reads a ``--resume`` checkpoint safely (``weights_only``, as timm's
-  own loader) and checks it against the model before anything else is loaded or written.
+* ``read_resume_point``: reads a ``--resume`` checkpoint safely (``timm_stim.loading``) and
+  checks it against the model before anything else is loaded or written.
 * ``ProgressCheckpointSaver``: timm's ``CheckpointSaver`` whose recovery checkpoints also
   record how far into the epoch they were taken and the epoch's running averages, so a
-  resumed run continues that epoch exactly.
+  resumed run continues that epoch exactly; it reads its history back with ``timm_stim.loading``.
 * ``trim_summary`` / ``remove_recovery_files``: a resumed run keeps one header and one row per
   epoch in summary.csv, and drops recovery files it no longer needs.
 * ``InterruptRequest``: Ctrl-C stops the run at the next step boundary, with a recovery
@@ -16,11 +16,9 @@ import csv
 import glob
 import logging
 import os
-import pickle
 import re
 import signal
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -29,52 +27,16 @@ import torch.nn as nn
 from timm import utils
 
 from ..errors import InputError
+from ..loading import load_checkpoint, require_state_dict
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
-    'remove_recovery_files', 'InterruptRequest', 'UNSAFE_CHECKPOINT_HINT',
+    'remove_recovery_files', 'InterruptRequest',
 ]
 
 _logger = logging.getLogger(__name__)
 
 PROGRESS_KEY = 'timm_stim_progress'
-
-UNSAFE_CHECKPOINT_HINT = (
-    'Loading it would have to run code stored in the file, which timm_stim never does. If you trust the '
-    'file, convert it once: `python -c "import torch; c = torch.load(\'IN\', weights_only=False); '
-    'torch.save({\'state_dict\': c.get(\'state_dict\', c)}, \'OUT.pth.tar\')"`, then pass OUT.pth.tar.')
-
-
-def describe_load_error(path: str, err: BaseException) -> str:
-    """A user-facing reason why ``torch.load(path, weights_only=True)`` failed."""
-    cause = err.__cause__ or err
-    if isinstance(cause, pickle.UnpicklingError) or 'weights_only' in str(err):
-        unsafe = ''
-        if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):
-            try:
-                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                unsafe = f' ({", ".join(names)})' if names else ''
-            except Exception:
-                pass
-        return f'{path} holds objects that are not allowed in a checkpoint{unsafe}. {UNSAFE_CHECKPOINT_HINT}'
-    return (f'{path} could not be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}); '
-            f'it may be truncated (e.g. the copy or the run that wrote it was interrupted) or not a torch checkpoint.')
-
-
-def load_checkpoint_safely(path: str) -> Any:
-    """A checkpoint read as timm reads training checkpoints (``weights_only=True``, tensors memory-mapped).
-
-    Raises:
-        InputError: the file is truncated, not a checkpoint, or holds objects outside torch's and
-            timm's allow-list (loading them could run code).
-    """
-    from timm.utils.checkpoint_saver import load_checkpoint_metadata
-    try:
-        return load_checkpoint_metadata(path)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            AttributeError, KeyError) as e:
-        raise InputError(describe_load_error(path, e)) from None
-
 
 @dataclass
 class ResumePoint:
@@ -99,16 +61,6 @@ class ResumePoint:
     @property
     def mid_epoch(self) -> bool:
         return self.batches_done > 0
-
-
-def _state_dict_of(checkpoint: Any) -> Optional[Dict[str, Any]]:
-    if isinstance(checkpoint, dict):
-        for key in ('state_dict', 'model'):
-            if isinstance(checkpoint.get(key), dict):
-                return checkpoint[key]
-        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return checkpoint
-    return None
 
 
 def check_fits_model(state_dict: Dict[str, Any], model: nn.Module, path: str, model_name: str,
@@ -141,15 +93,8 @@ def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoi
     Raises:
         InputError: missing, unreadable, truncated or unsafe file, or weights of another model.
     """
-    if not os.path.exists(path):
-        raise InputError(f'--resume {path}: no such file.')
-    if not os.path.isfile(path):
-        raise InputError(f'--resume {path} is a folder; pass a checkpoint in it (e.g. {os.path.join(path, "last.pth.tar")}).')
-    checkpoint = load_checkpoint_safely(path)
-    state_dict = _state_dict_of(checkpoint)
-    if state_dict is None:
-        raise InputError(f'--resume {path} holds no model weights (no state_dict); expected a checkpoint written by '
-                         f'train_stim.py or timm\'s train.py.')
+    checkpoint = load_checkpoint(path, '--resume')
+    state_dict = require_state_dict(checkpoint, path, '--resume')
     train_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     train_args = vars(train_args) if hasattr(train_args, '__dict__') else dict(train_args or {})
     check_fits_model(state_dict, model, path, model_name, trained_as=train_args.get('model'))
@@ -267,6 +212,20 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
         if self.progress is not None:
             state[PROGRESS_KEY] = self.progress
         return state
+
+    def load_state_dict_from_checkpoint(self, checkpoint_path: str) -> bool:
+        """Restore the checkpoint history of ``--resume``, read as every checkpoint is (``timm_stim.loading``).
+
+        timm's own method memory-maps the file, which fails for an old-format (non-zip) checkpoint
+        and then silently starts the history afresh.
+        """
+        checkpoint = load_checkpoint(checkpoint_path, '--resume')
+        state = checkpoint.get('saver') if isinstance(checkpoint, dict) else None
+        if state is None:
+            _logger.warning(f"No checkpoint history in '{checkpoint_path}', ranked checkpoints start fresh.")
+            return False
+        self.load_state_dict(state)
+        return True
 
     def save_recovery(self, epoch, batch_idx=0, progress: Optional[Dict[str, Any]] = None):
         self.progress = progress

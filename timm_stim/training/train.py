@@ -19,7 +19,6 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Sequence, Type
 
-import timm
 import torch
 import torch.nn as nn
 from timm import utils
@@ -33,7 +32,9 @@ from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_
 from timm.utils import NativeScaler
 
 from ..config import StimConfig
+from ..devices import resolve_amp_dtype
 from ..errors import EXIT_INTERRUPTED, InputError, run_command
+from ..loading import create_model_from_options
 from .args import check_args, parse_args
 from .data import resolve_dataset, with_image_mode
 from .lifecycle import RunLifecycle
@@ -49,40 +50,8 @@ _logger = logging.getLogger('train_stim')
 # ---------------------------------------------------------------------------------------------
 
 def create_train_model(args) -> nn.Module:
-    """``timm.create_model`` with the keyword arguments timm's train.py passes."""
-    factory_kwargs = {}
-    if args.pretrained_path:
-        # 'file' has priority over 'url' and 'hf_hub'; num_classes=-1 adapts the head.
-        factory_kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
-    in_chans = 3
-    if args.in_chans is not None:
-        in_chans = args.in_chans
-    elif args.input_size is not None:
-        in_chans = args.input_size[0]
-    model = timm.create_model(
-        args.model,
-        pretrained=args.pretrained,
-        in_chans=in_chans,
-        num_classes=args.num_classes,
-        drop_rate=args.drop,
-        # --drop-connect is timm's deprecated name of --drop-path (timm's train.py no longer reads it)
-        drop_path_rate=args.drop_path if args.drop_path is not None else args.drop_connect,
-        drop_block_rate=args.drop_block,
-        global_pool=args.gp,
-        bn_momentum=args.bn_momentum,
-        bn_eps=args.bn_eps,
-        scriptable=args.torchscript,
-        checkpoint_path=args.initial_checkpoint,
-        **factory_kwargs,
-        **args.model_kwargs,
-    )
-    if args.head_init_scale is not None:
-        with torch.no_grad():
-            model.get_classifier().weight.mul_(args.head_init_scale)
-            model.get_classifier().bias.mul_(args.head_init_scale)
-    if args.head_init_bias is not None:
-        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
-    return model
+    """``timm.create_model`` with the keyword arguments timm's train.py passes (``timm_stim.loading``)."""
+    return create_model_from_options(vars(args), for_training=True)
 
 
 def create_train_criterion(args, mixup_active: bool, num_aug_splits: int) -> nn.Module:
@@ -541,12 +510,7 @@ def _setup(args, r: _Run) -> None:
     r.model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     if r.model_dtype == torch.float16:
         _logger.warning('float16 is not recommended for training, for half precision bfloat16 is recommended.')
-    r.amp_dtype = torch.float16
-    if args.amp and args.amp_dtype == 'bfloat16':
-        r.amp_dtype = torch.bfloat16
-    if args.amp and r.device.type == 'cpu' and r.amp_dtype == torch.float16:
-        r.amp_dtype = torch.bfloat16  # float16 autocast is a CUDA feature
-        _logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
+    r.amp_dtype = resolve_amp_dtype(args.amp_dtype, r.device, _logger if args.amp else None)
     r.publisher.warn_if_no_token()
 
     utils.random_seed(args.seed, args.rank)
