@@ -162,7 +162,7 @@ def test_valid_weights_pass_the_check_and_load(tmp_path, monkeypatch, option, ol
     """A good file passes the up-front check and its weights are the model's, in either torch format."""
     from timm_stim.training.args import parse_args
     from timm_stim.training.train import create_train_model
-    from timm_stim.training.train_additions import check_args
+    from timm_stim.training.args import check_args
     monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
     state_dict = timm.create_model('test_resnet', num_classes=4).state_dict()
     path = tmp_path / 'weights.pth.tar'
