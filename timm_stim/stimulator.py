@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from timm.utils import unwrap_model
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .adapters import SkipFunction, StageAdapter, get_adapter
@@ -27,20 +28,9 @@ _ATTR = '_timm_stim_stimulator'
 _MISSING = object()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP, DataParallel and torch.compile wrappers hold the real model.
-    while True:
-        if hasattr(model, 'module') and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, '_orig_mod') and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def get_stimulator(model: nn.Module) -> Optional['Stimulator']:
     """The ``Stimulator`` attached to the model (DDP / compiled wrappers are looked through), or None."""
-    return _unwrap(model).__dict__.get(_ATTR)
+    return unwrap_model(model).__dict__.get(_ATTR)
 
 
 class Stimulator:
@@ -213,7 +203,7 @@ def attach(
         UnsupportedModelError: no adapter for the model's class, or a block cannot be dropped.
         ValueError: invalid space, mode or bn; or a Stimulator is already attached.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if mode not in MODES:
         raise ValueError(f'Invalid mode {mode!r}: expected one of {MODES}.')
     if bn not in BN_MODES:

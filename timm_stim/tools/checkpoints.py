@@ -240,45 +240,6 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
     return LoadedModel(model.eval(), source, name, train_args, data_config_from_args(train_args), info, use_ema)
 
 
-class _RecordingParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that remembers the arguments of every ``add_argument`` call, by option string.
-
-    argparse keeps a parser's actions in private attributes only; recording the calls (public
-    API) lets another command add an option exactly as ``train_stim.py`` defines it.
-    """
-
-    def __init__(self, *args, **kwargs):
-        self.definitions: Dict[str, Tuple[Tuple[Any, ...], Dict[str, Any]]] = {}
-        super().__init__(*args, **kwargs)  # adds -h/--help through add_argument
-
-    def _recorded(self, action: argparse.Action, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> argparse.Action:
-        for option in action.option_strings:
-            self.definitions[option] = (args, kwargs)
-        return action
-
-    def add_argument(self, *args, **kwargs) -> argparse.Action:
-        return self._recorded(super().add_argument(*args, **kwargs), args, kwargs)
-
-    def add_argument_group(self, *args, **kwargs):
-        return self._recording(super().add_argument_group(*args, **kwargs))
-
-    def add_mutually_exclusive_group(self, **kwargs):
-        return self._recording(super().add_mutually_exclusive_group(**kwargs))
-
-    def _recording(self, group):
-        """``group`` with its ``add_argument`` (and its own groups') recorded too."""
-        add, add_exclusive = group.add_argument, group.add_mutually_exclusive_group
-
-        def add_argument(*a, **k) -> argparse.Action:
-            return self._recorded(add(*a, **k), a, k)
-
-        def add_mutually_exclusive_group(**k):
-            return self._recording(add_exclusive(**k))
-        group.add_argument = add_argument
-        group.add_mutually_exclusive_group = add_mutually_exclusive_group
-        return group
-
-
 def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str],
                        title: str) -> Dict[str, argparse.Action]:
     """Add ``train_stim.py``'s definitions of ``options`` (same names, defaults, help) to ``parser``.
@@ -295,7 +256,7 @@ def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str],
         The added actions, by the option strings of ``options``.
     """
     from ..training.args import create_train_parser
-    _, train_parser = create_train_parser(parser_class=_RecordingParser)
+    _, train_parser = create_train_parser()
     missing = [o for o in options if o not in train_parser.definitions]
     if missing:
         raise KeyError(f'train_stim.py defines no option {", ".join(missing)}')

@@ -461,9 +461,51 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+class RecordingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that remembers every ``add_argument`` call: its action by dest and its
+    arguments by option string.
+
+    argparse keeps a parser's actions in private attributes only; recording the calls (public
+    API) lets ``-c`` YAML values be checked by each option's own action, and another command add
+    an option exactly as ``train_stim.py`` defines it (``timm_stim.tools.checkpoints``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.definitions: Dict[str, Tuple[Tuple[Any, ...], Dict[str, Any]]] = {}
+        self.actions: Dict[str, argparse.Action] = {}  # by dest
+        super().__init__(*args, **kwargs)  # adds -h/--help through add_argument
+
+    def _recorded(self, action: argparse.Action, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> argparse.Action:
+        for option in action.option_strings:
+            self.definitions[option] = (args, kwargs)
+        self.actions[action.dest] = action
+        return action
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        return self._recorded(super().add_argument(*args, **kwargs), args, kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        return self._recording(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        return self._recording(super().add_mutually_exclusive_group(**kwargs))
+
+    def _recording(self, group):
+        """``group`` with its ``add_argument`` (and its own groups') recorded too."""
+        add, add_exclusive = group.add_argument, group.add_mutually_exclusive_group
+
+        def add_argument(*a, **k) -> argparse.Action:
+            return self._recorded(add(*a, **k), a, k)
+
+        def add_mutually_exclusive_group(**k):
+            return self._recording(add_exclusive(**k))
+        group.add_argument = add_argument
+        group.add_mutually_exclusive_group = add_mutually_exclusive_group
+        return group
+
+
 def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
-                        parser_class: Type[argparse.ArgumentParser] = argparse.ArgumentParser,
-                        ) -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+                        ) -> Tuple[argparse.ArgumentParser, 'RecordingParser']:
     """Build the parsers of ``train_stim.py``: timm's train.py parsers plus the timm_stim groups.
 
     As in timm, a first parser reads only ``-c/--config`` so that its YAML can set the defaults
@@ -471,8 +513,6 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
 
     Args:
         config_cls: ``StimConfig`` or a subclass: the ``--stim-*`` options.
-        parser_class: class of the main parser (the tools pass one that records the definitions,
-            to share options with training).
 
     Returns:
         (config_parser, parser): the ``-c/--config`` parser and the main parser.
@@ -481,7 +521,7 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
     config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                                help='YAML config file specifying default arguments')
 
-    parser = parser_class(
+    parser = RecordingParser(
         description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
     # Every float option (timm's --lr, --momentum, ... and ours) refuses NaN and infinities.
@@ -500,7 +540,7 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
     return config_parser, parser
 
 
-def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+def _load_config(path: str, parser: 'RecordingParser') -> Dict[str, Any]:
     """Read a ``-c`` YAML file and check its keys against the parser's dests.
 
     timm's ``_parse_args`` passes the file straight to ``set_defaults``, so a misspelt key is
@@ -531,7 +571,7 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
                      f'got a {type(cfg).__name__}.')
 
     cfg = _translate_legacy_keys(cfg, path, parser)
-    dests = sorted({a.dest for a in parser._actions if a.dest not in ('help', argparse.SUPPRESS)})
+    dests = sorted(d for d in parser.actions if d not in ('help', argparse.SUPPRESS))
     unknown = [k for k in cfg if k not in dests and k not in INFORMATIONAL_CONFIG_KEYS]
     if unknown:
         hints = []
@@ -541,8 +581,7 @@ def _load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
         parser.error(f'config file {path!r} has unknown option(s): {", ".join(hints)}. '
                      f'Keys are option dests, e.g. batch_size for --batch-size.')
     cfg = {k: v for k, v in cfg.items() if k not in INFORMATIONAL_CONFIG_KEYS}
-    actions = {a.dest: a for a in parser._actions}
-    return {key: _config_value(actions[key], value, path, parser) for key, value in cfg.items()}
+    return {key: _config_value(parser.actions[key], value, path, parser) for key, value in cfg.items()}
 
 
 def _translate_legacy_keys(cfg: Dict[str, Any], path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:

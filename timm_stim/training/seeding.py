@@ -42,7 +42,11 @@ def derive_seed(*parts: Any) -> int:
 
 
 def seed_all(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (timm's augmentations draw from all three)."""
+    """Seed Python's, NumPy's and torch's global generators (timm's augmentations draw from all three).
+
+    Not ``timm.utils.random_seed``: the derived seeds are 64-bit, which NumPy's ``seed`` refuses;
+    torch and Python keep every bit, NumPy takes the low 32.
+    """
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
