@@ -11,9 +11,14 @@
   epoch in summary.csv, and drops recovery files it no longer needs.
 * ``InterruptRequest``: Ctrl-C stops the run at the next step boundary, with a recovery
   checkpoint, instead of in the middle of an optimizer step.
+* ``check_resume_output_dir``: a resume writes into its checkpoint's own folder or a new one,
+  never into another run's.
+* ``update_summary`` / ``check_summary``: every summary.csv row stays under its column, also
+  when a resume logs other metrics.
 """
 import csv
 import glob
+import io
 import logging
 import os
 import pickle
@@ -21,8 +26,9 @@ import re
 import signal
 import tempfile
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,7 +38,8 @@ from ..errors import InputError
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
-    'remove_recovery_files', 'InterruptRequest', 'UNSAFE_CHECKPOINT_HINT',
+    'remove_recovery_files', 'InterruptRequest', 'UNSAFE_CHECKPOINT_HINT', 'check_resume_output_dir',
+    'check_summary', 'update_summary',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -88,6 +95,8 @@ class ResumePoint:
         updates_done: optimizer updates of ``epoch`` already made.
         meters: the epoch's running sums and counts of the logged train metrics at that point.
         train_args: the options the checkpoint was trained with (its ``args``), if recorded.
+        recovery_without_progress: (epoch, update or None) of a recovery checkpoint taken inside
+            that epoch with no record of how far (timm's train.py writes such); None otherwise.
     """
     path: str
     epoch: int
@@ -95,10 +104,12 @@ class ResumePoint:
     updates_done: int = 0
     meters: Dict[str, List[float]] = field(default_factory=dict)
     train_args: Dict[str, Any] = field(default_factory=dict)
+    recovery_without_progress: Optional[Tuple[int, Optional[int]]] = None
 
     @property
     def mid_epoch(self) -> bool:
         return self.batches_done > 0
+
 
 
 def _state_dict_of(checkpoint: Any) -> Optional[Dict[str, Any]]:
@@ -160,7 +171,24 @@ def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoi
     if progress:
         return ResumePoint(path, int(progress['epoch']), int(progress['batches_done']), int(progress['updates_done']),
                            dict(progress.get('meters') or {}), train_args)
-    return ResumePoint(path, epoch, train_args=train_args)
+    return ResumePoint(path, epoch, train_args=train_args,
+                       recovery_without_progress=_recovery_without_progress(path, checkpoint))
+
+
+def _recovery_without_progress(path: str, checkpoint: Any) -> Optional[Tuple[int, Optional[int]]]:
+    """(epoch, update) of a recovery checkpoint that records no progress, else None.
+
+    timm's ``CheckpointSaver.save_recovery`` names them ``recovery-EPOCH-UPDATE.pth.tar`` and,
+    unlike epoch checkpoints, stores no ``metric``; either tells (a file may have been renamed).
+    """
+    if not isinstance(checkpoint, dict) or 'epoch' not in checkpoint:
+        return None
+    match = _RECOVERY.search(os.path.basename(path))
+    if match and int(match.group(1)) == int(checkpoint['epoch']):
+        return int(checkpoint['epoch']), int(match.group(2))
+    if isinstance(checkpoint.get('saver'), dict) and 'metric' not in checkpoint:
+        return int(checkpoint['epoch']), None
+    return None
 
 
 def check_output_dir(output_dir: str, resuming: bool) -> None:
@@ -197,6 +225,117 @@ def check_output_dir(output_dir: str, resuming: bool) -> None:
                 f'or pass another --experiment (or --output).')
 
 
+def _is_checkpoint_folder(folder: str, checkpoint: str) -> bool:
+    """Whether ``folder`` is the folder holding ``checkpoint`` (same file system entry: links, spellings)."""
+    try:
+        return os.path.samefile(os.path.dirname(os.path.abspath(checkpoint)), folder)
+    except OSError:
+        return False
+
+
+def check_resume_output_dir(output_dir: str, resume: str) -> None:
+    """Refuse, before any work, a resume into a folder that holds another run.
+
+    A resume writes into its checkpoint's own folder (continuing that run) or into an empty or
+    new one. Another run's folder would get this run's summary rows under its header, and its
+    checkpoints and args.yaml overwritten.
+    """
+    if not os.path.isdir(output_dir) or _is_checkpoint_folder(output_dir, resume):
+        return
+    entries = sorted(os.listdir(output_dir))
+    if not entries:
+        return
+    own = os.path.dirname(os.path.abspath(resume))
+    shown = ', '.join(entries[:6]) + (', ...' if len(entries) > 6 else '')
+    raise InputError(
+        f'--resume {resume} continues the run in {own}, but the output folder {output_dir} holds another run '
+        f'({len(entries)} entries: {shown}). A resume writes into the checkpoint\'s own folder or into an empty or '
+        f'new one: pass --output {os.path.dirname(own)} --experiment {os.path.basename(own)} to continue in '
+        f'{own}, or another --experiment for a new folder.')
+
+
+def _read_rows(filename: str) -> Tuple[List[List[str]], bool]:
+    """summary.csv's rows (blank lines left out), and whether its last line is complete."""
+    with open(filename, newline='') as f:
+        text = f.read()
+    rows = [row for row in csv.reader(io.StringIO(text, newline='')) if row]
+    return rows, text.endswith(('\n', '\r'))
+
+
+def check_summary(filename: str) -> None:
+    """Refuse, before any work, a summary.csv whose rows do not fit its header.
+
+    Earlier versions appended a resumed run's rows under the old header when the run logged
+    other metrics; which value belongs to which column is then unknown, and trimming the file
+    would drop such rows. A last row cut short by a kill is no problem (``trim_summary`` drops it).
+    """
+    if not os.path.isfile(filename):
+        return
+    rows, complete = _read_rows(filename)
+    if not rows:
+        return
+    header = rows[0]
+    for number, row in enumerate(rows[1:], start=2):
+        cut_short = number == len(rows) and not complete
+        if row == header or len(row) == len(header) or cut_short:
+            continue
+        raise InputError(
+            f'{filename}: row {number} (epoch {row[0]}) has {len(row)} values under {len(header)} columns '
+            f'({", ".join(header)}): an earlier version wrote it when a resume changed the logged metrics, and '
+            f'which value belongs to which column is unknown. Fix or delete that row (or move the file away), or '
+            f'resume into another --experiment.')
+
+
+def update_summary(epoch: int, train_metrics: Dict[str, Any], eval_metrics: Optional[Dict[str, Any]],
+                   filename: str, lr: Optional[float] = None, log_wandb: bool = False) -> None:
+    """timm's ``update_summary``, keeping every row under its column when a resume logs other metrics.
+
+    A resumed run can log metrics the run before it did not (``train_stim_kl`` when stimulative
+    training is turned on) or miss some (turned off). New columns go after the file's own, left
+    empty in earlier rows; a column this run does not log is left empty in its rows.
+
+    Args:
+        epoch: the epoch of the row.
+        train_metrics: the epoch's train metrics (columns ``train_NAME``).
+        eval_metrics: its validation metrics (``eval_NAME``), if any.
+        filename: summary.csv.
+        lr: the learning rate column.
+        log_wandb: also log the row to wandb.
+    """
+    rows = _read_rows(filename)[0] if os.path.isfile(filename) else []
+    header = rows[0] if rows else None
+    row = OrderedDict(epoch=epoch)
+    row.update(('train_' + k, v) for k, v in train_metrics.items())
+    row.update(('eval_' + k, v) for k, v in (eval_metrics or {}).items())
+    if lr is not None:
+        row['lr'] = lr
+    if header is None or header == list(row):
+        utils.update_summary(epoch, train_metrics, eval_metrics, filename, lr=lr, log_wandb=log_wandb)
+        return
+    columns = header + [k for k in row if k not in header]
+    if len(columns) > len(header):
+        _add_summary_columns(filename, columns)
+    if log_wandb:
+        import wandb
+        wandb.log(row)
+    with open(filename, mode='a', newline='') as f:
+        csv.DictWriter(f, fieldnames=columns, restval='').writerow(row)
+
+
+def _add_summary_columns(filename: str, columns: List[str]) -> None:
+    """Rewrite summary.csv under ``columns`` (its own, then new ones), earlier rows leaving the new ones empty."""
+    rows, _ = _read_rows(filename)
+    added = columns[len(rows[0]):]
+    tmp = filename + '.tmp'
+    with open(tmp, 'w', newline='') as f:  # written aside and renamed: a kill leaves the old file whole
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(row + [''] * len(added) for row in rows[1:])
+    os.replace(tmp, filename)
+    _logger.info(f'{filename}: this run also logs {", ".join(added)}; added as columns after the existing ones '
+                 f'(empty in earlier rows).')
+
+
 class ProgressCheckpointSaver(utils.CheckpointSaver):
     """timm's ``CheckpointSaver``; recovery checkpoints also carry the epoch's progress.
 
@@ -222,17 +361,26 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
 
 
 def trim_summary(filename: str, start_epoch: int) -> None:
-    """Keep summary.csv's header and its rows before ``start_epoch``, dropping a row cut short by a kill."""
+    """Keep summary.csv's header and its rows before ``start_epoch``; every row dropped is said in the log.
+
+    A last row without its line end was cut short by a kill: it is dropped (with a warning). Rows
+    of ``start_epoch`` and later are dropped by timm's ``trim_summary``, which logs how many.
+    """
     if not os.path.exists(filename):
         return
-    with open(filename, newline='') as f:
-        rows = list(csv.reader(f))
+    rows, complete = _read_rows(filename)
     if rows:
         header = rows[0]
-        body = [r for r in rows[1:] if len(r) == len(header) and r[0] != 'epoch']
-        if len(body) != len(rows) - 1:
-            with open(filename, 'w', newline='') as f:
+        body = [r for r in rows[1:] if r != header]  # a repeated header line is no row
+        if body and not complete:
+            _logger.warning(f'{filename}: dropping its last row ({",".join(body[-1])}), cut short when the run '
+                            f'was stopped.')
+            body = body[:-1]
+        if len(body) != len(rows) - 1 or not complete:
+            tmp = filename + '.tmp'
+            with open(tmp, 'w', newline='') as f:
                 csv.writer(f).writerows([header] + body)
+            os.replace(tmp, filename)
     utils.trim_summary(filename, start_epoch)
 
 

@@ -38,7 +38,7 @@ from .args import check_args, parse_args
 from .data import resolve_dataset, with_image_mode
 from .lifecycle import RunLifecycle
 from .publish import Publisher
-from .runs import InterruptRequest, trim_summary
+from .runs import InterruptRequest, trim_summary, update_summary
 from .stim import StimTraining, train_input_sizes
 
 _logger = logging.getLogger('train_stim')
@@ -754,6 +754,7 @@ def _create_task(args, r: _Run) -> None:
         r.resume_epoch = resume_task_checkpoint(
             r.task, args.resume, optimizer=None if args.no_resume_opt else r.optimizer,
             loss_scaler=None if args.no_resume_opt else r.loss_scaler, log_info=utils.is_primary(args))
+        r.stim.after_resume(r.task)
 
     if args.model_ema:
         # EMA after the model is on its device and before DDP
@@ -882,9 +883,9 @@ def _train_epochs(args, r: _Run) -> None:
 
                 if r.output_dir is not None:
                     lrs = [param_group['lr'] for param_group in r.optimizer.param_groups]
-                    utils.update_summary(r.epoch, train_metrics, eval_metrics,
-                                         filename=os.path.join(r.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
-                                         log_wandb=args.log_wandb)
+                    update_summary(r.epoch, train_metrics, eval_metrics,
+                                   filename=os.path.join(r.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
+                                   log_wandb=args.log_wandb)
                 latest_metric = eval_metrics[r.eval_metric] if eval_metrics is not None else train_metrics[r.eval_metric]
                 if r.saver is not None:
                     r.best_metric, r.best_epoch = r.saver.save_checkpoint(r.epoch, metric=latest_metric)
