@@ -119,6 +119,18 @@ def _setup_summary_with_misaligned_rows(tmp_path):
     return ['--resume', str(run / 'last.pth.tar')]
 
 
+def _setup_mid_epoch_of_other_world_size(tmp_path):
+    # A recovery checkpoint taken inside epoch 0 by 2 processes, resumed by 1: each process
+    # continues its own share of the epoch, which 1 process cannot.
+    run = tmp_path / 'out' / 'run'
+    run.mkdir(parents=True)
+    progress = {'epoch': 0, 'batches_done': 1, 'updates_done': 1, 'meters': {'loss': [4.0, 2]}, 'world_size': 2,
+                'rank_meters': [{'loss': [4.0, 2]}, {'loss': [3.0, 2]}]}
+    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2,
+                'saver': {'timm_stim_progress': progress}}, run / 'recovery-0-0.pth.tar')
+    return ['--resume', str(run / 'recovery-0-0.pth.tar'), '--epochs', '2', '--train-batches-per-epoch', '2']
+
+
 def _setup_empty_image_folder(tmp_path):
     (tmp_path / 'images' / 'train').mkdir(parents=True)
     (tmp_path / 'images' / 'validation' / 'a').mkdir(parents=True)
@@ -153,6 +165,9 @@ CASES = {
     'resume summary with misaligned rows': (
         _setup_summary_with_misaligned_rows, [],
         '{out}/run/summary.csv: row 3 (epoch 1) has 3 values under 4 columns'),
+    'resume mid-epoch with other world size': (
+        _setup_mid_epoch_of_other_world_size, [],
+        'was saved inside epoch 0 by 2 processes; this run has 1'),
     'empty train folder': (_setup_empty_image_folder, [], "the 'train' split of --dataset (image folder)"),
     'data-dir with embedded': (None, ['--data-dir', '/data'], '--data-dir /data with --dataset embedded/digits'),
     'space keeps every block': (None, ['--stim-subnets', '1', '--stim-space', 'keep:99'],

@@ -60,6 +60,7 @@ class RunLifecycle:
             return None
         point = read_resume_point(self.args.resume, model, self.args.model)
         self._check_recovery_without_progress(point)
+        self._check_processes(point)
         self.resume_point = point
         return point
 
@@ -81,6 +82,17 @@ class RunLifecycle:
             f'--resume {point.path} is a recovery checkpoint taken inside epoch {epoch}{after} without a record of how '
             f'far into the epoch it was (timm\'s train.py writes none): resuming it would skip the rest of epoch '
             f'{epoch} {skipped}. Pass ' + '; or '.join(options) + '.')
+
+    def _check_processes(self, point: ResumePoint) -> None:
+        """Refuse a mid-epoch resume by another number of processes: each continues its own share of the epoch."""
+        world_size = self.args.world_size if self.args.distributed else 1
+        if not point.mid_epoch or point.world_size == world_size:
+            return
+        raise InputError(
+            f'--resume {point.path} was saved inside epoch {point.epoch} by {point.world_size} processes; this run has '
+            f'{world_size}. Each process continues its own share of the epoch, so it can be continued exactly only '
+            f'by {point.world_size} processes: run with as many (e.g. torchrun --nproc_per_node {point.world_size}), '
+            f'or resume from the last epoch checkpoint (last.pth.tar in the same folder).')
 
     def check_output_dir(self, output_dir: str) -> None:
         check_output_dir(output_dir, resuming=bool(self.args.resume))
@@ -138,7 +150,7 @@ class RunLifecycle:
         if point is not None:
             if point.mid_epoch:
                 self._warn_inexact_mid_epoch(point)
-                return point.epoch, point.batches_done, point.updates_done, point.meters
+                return point.epoch, point.batches_done, point.updates_done, point.meters_of(self.args.rank)
             return point.epoch, 0, 0, None
         return resume_epoch or 0, 0, 0, None
 
@@ -150,6 +162,10 @@ class RunLifecycle:
             _logger.warning(f'--seed-scheme timm: resuming inside epoch {point.epoch} trains its remaining steps, but '
                             f'not exactly as the uninterrupted run (timm\'s seeding draws another data order and '
                             f'other augmentations); only --seed-scheme per-sample repeats it exactly.')
+        if point.world_size > 1 and not point.rank_meters:
+            _logger.warning(f'--resume {point.path} records only rank 0\'s running averages of epoch {point.epoch} '
+                            f'(an earlier version wrote it): every rank continues from those, so this epoch\'s train '
+                            f'metrics differ from the uninterrupted run\'s (the weights do not).')
 
     def on_epoch_start(self, epoch: int, loader, start_batch: int = 0) -> None:
         """Seed the epoch (its order, and what runs before the first step); skip what a resume already did."""

@@ -15,6 +15,7 @@
   never into another run's.
 * ``update_summary`` / ``check_summary``: every summary.csv row stays under its column, also
   when a resume logs other metrics.
+* ``progress_record``: every process's running averages, for an exact mid-epoch resume under DDP.
 """
 import csv
 import glob
@@ -39,7 +40,7 @@ from ..errors import InputError
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
     'remove_recovery_files', 'InterruptRequest', 'UNSAFE_CHECKPOINT_HINT', 'check_resume_output_dir',
-    'check_summary', 'update_summary',
+    'check_summary', 'update_summary', 'progress_record',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -93,8 +94,11 @@ class ResumePoint:
             taken inside it).
         batches_done: batches of ``epoch`` already trained (0 at an epoch boundary).
         updates_done: optimizer updates of ``epoch`` already made.
-        meters: the epoch's running sums and counts of the logged train metrics at that point.
+        meters: the epoch's running sums and counts of the logged train metrics at that point
+            (rank 0's in a distributed run).
         train_args: the options the checkpoint was trained with (its ``args``), if recorded.
+        world_size: the number of processes that trained it.
+        rank_meters: every rank's ``meters`` (distributed runs; empty in records of earlier versions).
         recovery_without_progress: (epoch, update or None) of a recovery checkpoint taken inside
             that epoch with no record of how far (timm's train.py writes such); None otherwise.
     """
@@ -104,12 +108,19 @@ class ResumePoint:
     updates_done: int = 0
     meters: Dict[str, List[float]] = field(default_factory=dict)
     train_args: Dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    rank_meters: List[Dict[str, List[float]]] = field(default_factory=list)
     recovery_without_progress: Optional[Tuple[int, Optional[int]]] = None
 
     @property
     def mid_epoch(self) -> bool:
         return self.batches_done > 0
 
+    def meters_of(self, rank: int) -> Dict[str, List[float]]:
+        """The running sums and counts ``rank`` had (rank 0's where the record has only those)."""
+        if self.rank_meters:
+            return dict(self.rank_meters[rank])
+        return self.meters
 
 
 def _state_dict_of(checkpoint: Any) -> Optional[Dict[str, Any]]:
@@ -168,10 +179,12 @@ def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoi
     if isinstance(checkpoint, dict) and 'epoch' in checkpoint:
         epoch = int(checkpoint['epoch']) + (1 if checkpoint.get('version', 1) > 1 else 0)
     progress = (checkpoint.get('saver') or {}).get(PROGRESS_KEY) if isinstance(checkpoint, dict) else None
+    world_size = int((progress or {}).get('world_size') or train_args.get('world_size') or 1)
     if progress:
         return ResumePoint(path, int(progress['epoch']), int(progress['batches_done']), int(progress['updates_done']),
-                           dict(progress.get('meters') or {}), train_args)
-    return ResumePoint(path, epoch, train_args=train_args,
+                           dict(progress.get('meters') or {}), train_args, world_size,
+                           [dict(m) for m in progress.get('rank_meters') or []])
+    return ResumePoint(path, epoch, train_args=train_args, world_size=world_size,
                        recovery_without_progress=_recovery_without_progress(path, checkpoint))
 
 
@@ -461,3 +474,30 @@ def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
     save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
     os.replace(tmp, path)
     return path
+
+
+def progress_record(epoch: int, batches_done: int, updates_done: int, meters: Dict[str, utils.AverageMeter],
+                    distributed: bool = False) -> Dict[str, Any]:
+    """What a recovery checkpoint records of its epoch: the position, and the running sums and counts.
+
+    Each process keeps its own running averages (the epoch's metrics average them over
+    processes at its end), so a distributed run records every rank's: every process must call
+    this then (a collective), and each continues its own on resume.
+
+    Args:
+        epoch: the epoch.
+        batches_done: batches of it trained.
+        updates_done: optimizer updates of it made.
+        meters: this process's running averages, by metric name.
+        distributed: gather every rank's meters.
+
+    Returns:
+        The record (``ProgressCheckpointSaver.progress``).
+    """
+    own = {name: [m.sum, m.count] for name, m in meters.items()}
+    record = {'epoch': epoch, 'batches_done': batches_done, 'updates_done': updates_done, 'meters': own}
+    if distributed:
+        every = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, own)
+        record.update(meters=every[0], rank_meters=every, world_size=len(every))
+    return record
