@@ -140,6 +140,7 @@ class RunLifecycle:
         saver = ProgressCheckpointSaver(**kwargs)
         if self.args.resume:
             saver.load_state_dict_from_checkpoint(self.args.resume)
+            saver.set_resumed_from(self.args.resume)
         return saver
 
     def start_point(self, resume_epoch: Optional[int]) -> Tuple[int, int, int, Optional[Dict[str, Any]]]:

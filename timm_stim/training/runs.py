@@ -16,14 +16,18 @@
 * ``update_summary`` / ``check_summary``: every summary.csv row stays under its column, also
   when a resume logs other metrics.
 * ``progress_record``: every process's running averages, for an exact mid-epoch resume under DDP.
+* ``DiskFull``: a checkpoint write that runs out of space keeps the last complete checkpoint and
+  says what to resume from.
 """
 import csv
+import errno
 import glob
 import io
 import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import tempfile
 import zipfile
@@ -35,12 +39,12 @@ import torch
 import torch.nn as nn
 from timm import utils
 
-from ..errors import InputError
+from ..errors import CommandFailed, InputError
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
     'remove_recovery_files', 'InterruptRequest', 'UNSAFE_CHECKPOINT_HINT', 'check_resume_output_dir',
-    'check_summary', 'update_summary', 'progress_record',
+    'check_summary', 'update_summary', 'progress_record', 'DiskFull',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -349,14 +353,97 @@ def _add_summary_columns(filename: str, columns: List[str]) -> None:
                  f'(empty in earlier rows).')
 
 
+class DiskFull(CommandFailed):
+    """A checkpoint could not be written for lack of space; the partial file is removed, the last complete one kept.
+
+    Args:
+        path: the file being written.
+        resume_from: the newest complete checkpoint of the run, if any.
+        reason: what ran out (``No space left on device (ENOSPC)``, or the quota).
+        detail: the error as the writer reported it, when it did not name the cause.
+    """
+
+    def __init__(self, path: str, resume_from: Optional[str], reason: str, detail: str = ''):
+        super().__init__(f'{reason} while writing {path}')
+        self.path, self.resume_from, self.reason, self.detail = path, resume_from, reason, detail
+
+    def report(self) -> str:
+        detail = f' (the writer said: {self.detail}; the disk has no space left)' if self.detail else ''
+        text = f'{self.reason} while writing {self.path}{detail}. The partial file was removed.'
+        if self.resume_from:
+            return (f'{text} The last complete checkpoint, {self.resume_from}, is kept. Once space is freed, resume '
+                    f'with the same options plus --resume {self.resume_from}')
+        folder = os.path.dirname(self.path) or '.'
+        return (f'{text} No complete checkpoint was written yet: once space is freed, run again with another '
+                f'--experiment (or after removing {folder}).')
+
+
+# Less free space than this after a failed write means the disk is full (torch's own writer
+# reports ENOSPC as "unexpected pos ...", without errno).
+_FULL_BELOW_BYTES = 1 << 20
+
+
+def _disk_full_reason(path: str, err: BaseException) -> Optional[str]:
+    """Why writing ``path`` failed, if for lack of space: from errno, else from the free space left."""
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return 'No space left on device (ENOSPC)'
+        if isinstance(e, OSError) and e.errno == errno.EDQUOT:
+            return 'Disk quota exceeded (EDQUOT)'
+    if isinstance(err, (OSError, RuntimeError)):
+        try:
+            if shutil.disk_usage(os.path.dirname(path) or '.').free < _FULL_BELOW_BYTES:
+                return 'No space left on device (ENOSPC)'
+        except OSError:
+            pass
+    return None
+
+
+def _remove_partial(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 class ProgressCheckpointSaver(utils.CheckpointSaver):
     """timm's ``CheckpointSaver``; recovery checkpoints also carry the epoch's progress.
 
     Set ``progress`` (``epoch``, ``batches_done``, ``updates_done``, ``meters``) before
     ``save_recovery``; epoch checkpoints carry none (the epoch is complete).
+
+    A write that fails (a full disk, a second Ctrl-C) leaves no partial file; for lack of space
+    it raises ``DiskFull``, naming ``last_complete``: the newest complete checkpoint, to resume from.
     """
 
     progress: Optional[Dict[str, Any]] = None
+    last_complete: Optional[str] = None
+
+    def set_resumed_from(self, path: str) -> None:
+        """The checkpoint this run resumed from is its last complete one, if it is in the run's folder."""
+        if _is_checkpoint_folder(self.checkpoint_dir, path):
+            self.last_complete = path
+
+    def _save(self, save_path, epoch, metric=None):
+        self._write(save_path, super()._save, save_path, epoch, metric)
+
+    def _duplicate(self, src, dst):
+        self._write(dst, super()._duplicate, src, dst)
+
+    def _replace(self, src, dst):
+        super()._replace(src, dst)
+        self.last_complete = dst  # only complete files are renamed into place
+
+    def _write(self, path: str, write, *args) -> None:
+        try:
+            write(*args)
+        except BaseException as e:
+            reason = _disk_full_reason(path, e)  # before the partial file frees its space
+            _remove_partial(path)
+            if reason is None:
+                raise
+            detail = '' if isinstance(e, OSError) else str(e).strip().splitlines()[0]
+            raise DiskFull(path, self.last_complete, reason, detail) from None
 
     def state_dict(self, epoch=None, metric=None):
         state = super().state_dict(epoch, metric)
@@ -471,7 +558,14 @@ def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
         helpers_logger.setLevel(level)
     path = os.path.join(output_dir, 'model_best.safetensors')
     tmp = path + '.tmp'
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    try:
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    except BaseException as e:
+        reason = _disk_full_reason(tmp, e)
+        _remove_partial(tmp)
+        if reason is None:
+            raise
+        raise DiskFull(tmp, os.path.join(output_dir, 'last.pth.tar'), reason) from None
     os.replace(tmp, path)
     return path
 
