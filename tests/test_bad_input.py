@@ -106,6 +106,55 @@ def _runs_code(option):
             'nothing of it was executed', 'If you trust this file (and only then), convert it once')
 
 
+def _setup_timm_recovery_in_last_epoch(tmp_path):
+    # What timm's train.py writes every --recovery-interval updates: its own CheckpointSaver's
+    # save_recovery, with no record of how far into the epoch it was. Taken in epoch 0 of 1.
+    import argparse
+    from timm import utils
+    from timm.optim import create_optimizer_v2
+    model = timm.create_model('resnet18', num_classes=10)
+    optimizer = create_optimizer_v2(model, opt='sgd', lr=0.1, weight_decay=2e-5, momentum=0.9)
+    folder = tmp_path / 'out' / 'timm'
+    folder.mkdir(parents=True)
+    saver = utils.CheckpointSaver(model, optimizer, args=argparse.Namespace(model='resnet18'),
+                                  checkpoint_dir=str(folder), recovery_dir=str(folder))
+    saver.save_recovery(0, batch_idx=0)
+    return ['--resume', str(folder / 'recovery-0-0.pth.tar')]
+
+
+def _setup_resume_into_another_run(tmp_path):
+    # --resume A/last.pth.tar --experiment run, where out/run holds another run.
+    _setup_output_in_use(tmp_path)
+    folder = tmp_path / 'out' / 'a'
+    folder.mkdir()
+    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2},
+               folder / 'last.pth.tar')
+    return ['--resume', str(folder / 'last.pth.tar')]
+
+
+def _setup_summary_with_misaligned_rows(tmp_path):
+    # The run's own folder, whose summary.csv has a row that does not fit its header (as an earlier
+    # version wrote when a resume changed the columns): trimming it must not drop the row unseen.
+    run = tmp_path / 'out' / 'run'
+    run.mkdir(parents=True)
+    (run / 'summary.csv').write_text('epoch,train_loss,train_stim_kl,lr\r\n0,2.3,0.1,0.05\r\n1,2.2,0.05\r\n')
+    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2},
+               run / 'last.pth.tar')
+    return ['--resume', str(run / 'last.pth.tar')]
+
+
+def _setup_mid_epoch_of_other_world_size(tmp_path):
+    # A recovery checkpoint taken inside epoch 0 by 2 processes, resumed by 1: each process
+    # continues its own share of the epoch, which 1 process cannot.
+    run = tmp_path / 'out' / 'run'
+    run.mkdir(parents=True)
+    progress = {'epoch': 0, 'batches_done': 1, 'updates_done': 1, 'meters': {'loss': [4.0, 2]}, 'world_size': 2,
+                'rank_meters': [{'loss': [4.0, 2]}, {'loss': [3.0, 2]}]}
+    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2,
+                'saver': {'timm_stim_progress': progress}}, run / 'recovery-0-0.pth.tar')
+    return ['--resume', str(run / 'recovery-0-0.pth.tar'), '--epochs', '2', '--train-batches-per-epoch', '2']
+
+
 def _setup_empty_image_folder(tmp_path):
     (tmp_path / 'images' / 'train').mkdir(parents=True)
     (tmp_path / 'images' / 'validation' / 'a').mkdir(parents=True)
@@ -146,6 +195,20 @@ CASES = {
                                "stim_weight_sched: 'bogus' is not one of"),
     'yaml stim_mode': (lambda p: _write_yaml(p, 'stim_mode: bogus\n'), [], "stim_mode: 'bogus' is not one of depth, drop"),
     'yaml timm option': (lambda p: _write_yaml(p, 'smoothing: lots\n'), [], "smoothing: 'lots' is not a valid float"),
+    'resume timm recovery in its last epoch': (
+        _setup_timm_recovery_in_last_epoch, [],
+        '--resume {out}/timm/recovery-0-0.pth.tar is a recovery checkpoint taken inside epoch 0 (after update 0) '
+        'without a record of how far into the epoch it was'),
+    'resume into another run': (
+        _setup_resume_into_another_run, [],
+        '--resume {out}/a/last.pth.tar continues the run in {out}/a, but the output folder {out}/run holds another '
+        'run'),
+    'resume summary with misaligned rows': (
+        _setup_summary_with_misaligned_rows, [],
+        '{out}/run/summary.csv: row 3 (epoch 1) has 3 values under 4 columns'),
+    'resume mid-epoch with other world size': (
+        _setup_mid_epoch_of_other_world_size, [],
+        'was saved inside epoch 0 by 2 processes; this run has 1'),
     'empty train folder': (_setup_empty_image_folder, [], "the 'train' split of --dataset (image folder)"),
     'data-dir with embedded': (None, ['--data-dir', '/data'], '--data-dir /data with --dataset embedded/digits'),
     'space keeps every block': (None, ['--stim-subnets', '1', '--stim-space', 'keep:99'],

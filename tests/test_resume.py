@@ -236,3 +236,147 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_exits_130(tmp_path, re
     assert os.path.exists(resume_from)
     main(_args(tmp_path, 2, '--resume', resume_from))
     _assert_same_run(os.path.join(tmp_path, 'run'), references[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumes that change the run, or cannot continue it exactly: each works, or says why not
+# ---------------------------------------------------------------------------------------------
+
+def _stop_in_epoch_1(monkeypatch):
+    """Stop (as Ctrl-C would) after the 3rd update of epoch 1; returns the original ``poll``."""
+    calls = {'n': 0}
+
+    def poll(self, distributed=False, device=None):
+        calls['n'] += 1
+        return calls['n'] == 4 + 3
+    original = runs_mod.InterruptRequest.poll
+    monkeypatch.setattr(runs_mod.InterruptRequest, 'poll', poll)
+    return original
+
+
+def _summary_dicts(run_dir):
+    rows = _rows(run_dir)
+    assert all(len(row) == len(rows[0]) for row in rows), rows  # every row under the header's columns
+    return rows[0], [dict(zip(rows[0], row)) for row in rows[1:]]
+
+
+def _case_stim_from_a_plain_checkpoint(tmp_path, monkeypatch, caplog, references):
+    # A baseline run's checkpoint (--stim-subnets 0: no subnetwork sampler state, as timm's own
+    # train.py writes) resumed with stimulative training, in the same folder: subnetworks are
+    # drawn from a fresh generator seeded as a fresh run's, said in one line.
+    main(_args(tmp_path, 0, '--stim-subnets', '0', '--epochs', '1'))
+    last = os.path.join(tmp_path, 'run', 'last.pth.tar')
+    assert 'task_state' not in _load(last)
+    caplog.set_level('INFO')
+    result = main(_args(tmp_path, 0, '--resume', last))
+    assert [e['epoch'] for e in result['epochs']] == [1]
+    lines = [r.getMessage() for r in caplog.records if 'no stimulative training state' in r.getMessage()]
+    assert lines == [f'--resume {last} has no stimulative training state (a run without it: --stim-subnets 0 or '
+                     f'timm\'s train.py): subnetworks are drawn from a fresh generator seeded with --seed 5, as in a '
+                     f'fresh run.']
+    assert 'stim_generator_state' in _load(last)['task_state']
+    header, rows = _summary_dicts(os.path.join(tmp_path, 'run'))
+    assert header[-1] == 'train_stim_kl'  # the new column after the existing ones; epoch 0 has no value
+    assert [r['epoch'] for r in rows] == ['0', '1'] and rows[0]['train_stim_kl'] == ''
+    assert float(rows[1]['train_stim_kl']) > 0
+
+
+def _case_stim_run_resumed_without_stim(tmp_path, monkeypatch, caplog, references):
+    # An ST run (its summary.csv has train_stim_kl) resumed with --stim-subnets 0, then resumed
+    # once more: every row stays under its column, and the trim of the second resume keeps them all.
+    main(_args(tmp_path, 0, '--epochs', '1'))
+    last = os.path.join(tmp_path, 'run', 'last.pth.tar')
+    main(_args(tmp_path, 0, '--stim-subnets', '0', '--epochs', '2', '--resume', last))
+    main(_args(tmp_path, 0, '--stim-subnets', '0', '--epochs', '3', '--resume', last))
+    header, rows = _summary_dicts(os.path.join(tmp_path, 'run'))
+    assert header == ['epoch', 'train_loss', 'train_stim_kl', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
+    assert [r['epoch'] for r in rows] == ['0', '1', '2']
+    assert float(rows[0]['train_stim_kl']) > 0 and rows[1]['train_stim_kl'] == rows[2]['train_stim_kl'] == ''
+    for row in rows:
+        assert 0 <= float(row['eval_top1']) <= 100 and 0 < float(row['lr']) <= 0.05
+
+
+def _case_timm_seeding_resumed_inside_an_epoch(tmp_path, monkeypatch, caplog, references):
+    # --seed-scheme timm cannot repeat the rest of an epoch (documented); the resume says so.
+    original = _stop_in_epoch_1(monkeypatch)
+    with pytest.raises(SystemExit) as info:
+        main(_args(tmp_path, 0, '--seed-scheme', 'timm'))
+    assert info.value.code == 130
+    monkeypatch.setattr(runs_mod.InterruptRequest, 'poll', original)
+    recovery = os.path.join(tmp_path, 'run', 'recovery-1-2.pth.tar')
+    main(_args(tmp_path, 0, '--seed-scheme', 'timm', '--resume', recovery))
+    lines = [r for r in caplog.records if '--seed-scheme timm' in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == 'WARNING', [r.getMessage() for r in lines]
+    assert 'not exactly' in lines[0].getMessage() and '--seed-scheme per-sample' in lines[0].getMessage()
+
+
+def _disk_full_at_save(monkeypatch, n, error):
+    """The ``n``-th torch.save writes half of the file, then fails as on a full disk."""
+    import io
+    save, count = torch.save, {'n': 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        count['n'] += 1
+        if count['n'] != n:
+            return save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        save(obj, buffer, *args, **kwargs)
+        with open(f, 'wb') as out:
+            out.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+        raise error
+    monkeypatch.setattr(torch, 'save', failing_save)
+    return save
+
+
+def _check_disk_full(tmp_path, monkeypatch, caplog, references, error, free_bytes=None):
+    # The 3rd save (the epoch 0 checkpoint, after two recovery checkpoints) runs out of space:
+    # the message says so, keeps the last complete checkpoint, removes the partial file and
+    # says what to pass; resuming with it once space is free repeats the uninterrupted run.
+    import shutil
+    save = _disk_full_at_save(monkeypatch, 3, error)
+    if free_bytes is not None:
+        usage = shutil.disk_usage
+        monkeypatch.setattr(shutil, 'disk_usage', lambda p: usage(p)._replace(free=free_bytes))
+    with pytest.raises(SystemExit) as info:
+        main(_args(tmp_path, 0))
+    assert info.value.code == 1
+    run_dir = os.path.join(tmp_path, 'run')
+    kept = os.path.join(run_dir, 'recovery-0-3.pth.tar')
+    text = caplog.text
+    assert 'Traceback' not in text
+    partial = os.path.join(run_dir, 'tmp.pth.tar')
+    assert f'No space left on device (ENOSPC) while writing {partial}' in text, text[-3000:]
+    assert f'Once space is freed, resume with the same options plus --resume {kept}' in text, text[-3000:]
+    assert not [name for name in os.listdir(run_dir) if 'tmp' in name]  # the partial file is gone
+    assert not os.path.exists(os.path.join(run_dir, 'last.pth.tar')) and _load(kept)['epoch'] == 0
+    monkeypatch.setattr(torch, 'save', save)
+    if free_bytes is not None:
+        monkeypatch.setattr(shutil, 'disk_usage', usage)
+    main(_args(tmp_path, 0, '--resume', kept))
+    _assert_same_run(run_dir, references[0])
+
+
+def _case_disk_full_oserror(tmp_path, monkeypatch, caplog, references):
+    import errno
+    _check_disk_full(tmp_path, monkeypatch, caplog, references, OSError(errno.ENOSPC, 'No space left on device'))
+
+
+def _case_disk_full_torch_error(tmp_path, monkeypatch, caplog, references):
+    # torch.save's own writer reports a full disk without errno ("unexpected pos ..."): the free space tells.
+    _check_disk_full(tmp_path, monkeypatch, caplog, references,
+                     RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598'),
+                     free_bytes=0)
+
+
+RESUME_CASES = {
+    'stim from a plain checkpoint': _case_stim_from_a_plain_checkpoint,
+    'stim run resumed without stim': _case_stim_run_resumed_without_stim,
+    'timm seeding resumed inside an epoch': _case_timm_seeding_resumed_inside_an_epoch,
+    'disk full (OSError ENOSPC)': _case_disk_full_oserror,
+    'disk full (torch error, no free space)': _case_disk_full_torch_error,
+}
+
+
+@pytest.mark.parametrize('case', list(RESUME_CASES), ids=list(RESUME_CASES))
+def test_resume_case(tmp_path, monkeypatch, caplog, references, case):
+    RESUME_CASES[case](tmp_path, monkeypatch, caplog, references)

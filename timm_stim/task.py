@@ -188,6 +188,7 @@ class StimulativeMixin:
         self.temperature = float(config.temperature)
         self.start_epoch = int(config.start_epoch)
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator_restored = False  # whether load_task_state found the generator's state
         self.last_subnets: List[Tuple[Subnet, Tuple[int, int]]] = []
         # How long training is (configure_training) and where it is (set_progress): the KL schedule.
         self.epoch = 0
@@ -234,15 +235,20 @@ class StimulativeMixin:
 
     def load_task_state(self, state: Optional[Dict[str, Any]], strict: bool = True,
                         module: Optional[nn.Module] = None, ema: bool = False) -> None:
+        """The base task's state, and the sampler's RNG state when the checkpoint has one.
+
+        A checkpoint of a run without stimulative training (timm's train.py, ``--stim-subnets 0``)
+        has none: the generator then stays as seeded, as in a fresh run, and
+        ``generator_restored`` is False (the training program says so in its log).
+        """
         state = dict(state or {})
         generator_state = state.pop('stim_generator_state', None)
         super().load_task_state(state or None, strict=strict, module=module, ema=ema)
         if ema:
             return
+        self.generator_restored = generator_state is not None
         if generator_state is not None:
             self.generator.set_state(generator_state)
-        elif strict and self.num_subnets > 0:
-            raise KeyError(f'Task state has no stim_generator_state (keys: {sorted(state)}).')
 
     def _trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in unwrap_model(self.trainable_module).parameters() if p.requires_grad]

@@ -6,9 +6,10 @@ that stay consistent when a run is killed. The pieces live in ``runs.py`` (folde
 points, the saver) and ``seeding.py``; this object is how the loop uses them:
 
 ==========================  =================================================================
-``check_resume``            read ``--resume`` safely and check it fits the model
-``check_output_dir``        refuse a non-empty experiment folder for a fresh run, and take it
-                            at once (a second run started meanwhile is refused)
+``check_resume``            read ``--resume`` safely, check it fits the model and can be continued
+``check_output_dir``        refuse a non-empty experiment folder for a fresh run, another run's
+                            folder for a resume, a summary.csv whose rows do not fit its header;
+                            take a new folder at once (a second run started meanwhile is refused)
 ``wrap_train_dataset``      per-sample seeding (``--seed-scheme per-sample``, the default)
 ``on_train_loader``         the seeded epoch order; refuse a mid-epoch resume it cannot continue
 ``create_saver``            timm's saver, recording mid-epoch progress in recovery checkpoints
@@ -27,8 +28,9 @@ import torch.nn as nn
 from timm import utils
 
 from ..errors import InputError
-from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, claim_output_dir, read_resume_point,
-                   release_output_dir, remove_recovery_files, save_best_safetensors)
+from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, check_resume_output_dir,
+                   check_summary, claim_output_dir, read_resume_point, release_output_dir, remove_recovery_files,
+                   save_best_safetensors)
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
 
@@ -56,17 +58,53 @@ class RunLifecycle:
         return self.args.seed_scheme == 'per-sample'
 
     def check_resume(self, model: nn.Module) -> Optional[ResumePoint]:
-        """Read ``--resume`` (safely) and check it fits the model, before data or outputs."""
+        """Read ``--resume`` (safely), check it fits the model and can be continued, before data or outputs."""
         if not self.args.resume:
             return None
-        self.resume_point = read_resume_point(self.args.resume, model, self.args.model)
-        return self.resume_point
+        point = read_resume_point(self.args.resume, model, self.args.model)
+        self._check_recovery_without_progress(point)
+        self._check_processes(point)
+        self.resume_point = point
+        return point
+
+    def _check_recovery_without_progress(self, point: ResumePoint) -> None:
+        """Refuse a recovery checkpoint that does not say how far into its epoch it was (unless ``--start-epoch``)."""
+        if point.recovery_without_progress is None or self.args.start_epoch is not None:
+            return
+        epoch, update = point.recovery_without_progress
+        after = f' (after update {update})' if update is not None else ''
+        last = epoch + 1 >= self.args.epochs
+        skipped = 'and, as it is the last epoch, train nothing' if last else f'and go on at epoch {epoch + 1}'
+        options = [f'--start-epoch {epoch} to train epoch {epoch} again from its start on these weights']
+        if not last:
+            options.append(f'--start-epoch {epoch + 1} to go on at the next epoch, as timm\'s train.py does')
+        if epoch > 0:
+            options.append(f'--resume {os.path.join(os.path.dirname(point.path), "last.pth.tar")} (the checkpoint of '
+                           f'epoch {epoch - 1}) to repeat the uninterrupted run')
+        raise InputError(
+            f'--resume {point.path} is a recovery checkpoint taken inside epoch {epoch}{after} without a record of how '
+            f'far into the epoch it was (timm\'s train.py writes none): resuming it would skip the rest of epoch '
+            f'{epoch} {skipped}. Pass ' + '; or '.join(options) + '.')
+
+    def _check_processes(self, point: ResumePoint) -> None:
+        """Refuse a mid-epoch resume by another number of processes: each continues its own share of the epoch."""
+        world_size = self.args.world_size if self.args.distributed else 1
+        if not point.mid_epoch or point.world_size == world_size:
+            return
+        raise InputError(
+            f'--resume {point.path} was saved inside epoch {point.epoch} by {point.world_size} processes; this run has '
+            f'{world_size}. Each process continues its own share of the epoch, so it can be continued exactly only '
+            f'by {point.world_size} processes: run with as many (e.g. torchrun --nproc_per_node {point.world_size}), '
+            f'or resume from the last epoch checkpoint (last.pth.tar in the same folder).')
 
     def check_output_dir(self, output_dir: str) -> None:
-        """Refuse an output folder the run must not write into; a fresh run takes its folder at once."""
+        """Refuse an output folder the run must not write into; take a new (or empty) one at once."""
         resuming = bool(self.args.resume)
         check_output_dir(output_dir, resuming=resuming)
-        if not resuming or not os.path.isdir(output_dir):
+        if resuming:
+            check_resume_output_dir(output_dir, self.args.resume)
+            check_summary(os.path.join(output_dir, 'summary.csv'))
+        if not os.path.isdir(output_dir) or not os.listdir(output_dir):
             self._claimed = claim_output_dir(output_dir)
 
     def output_dir_written(self) -> None:
@@ -121,6 +159,7 @@ class RunLifecycle:
         saver = ProgressCheckpointSaver(**kwargs)
         if self.args.resume:
             saver.load_state_dict_from_checkpoint(self.args.resume)
+            saver.set_resumed_from(self.args.resume)
         return saver
 
     def start_point(self, resume_epoch: Optional[int]) -> Tuple[int, int, int, Optional[Dict[str, Any]]]:
@@ -130,9 +169,23 @@ class RunLifecycle:
         point = self.resume_point
         if point is not None:
             if point.mid_epoch:
-                return point.epoch, point.batches_done, point.updates_done, point.meters
+                self._warn_inexact_mid_epoch(point)
+                return point.epoch, point.batches_done, point.updates_done, point.meters_of(self.args.rank)
             return point.epoch, 0, 0, None
         return resume_epoch or 0, 0, 0, None
+
+    def _warn_inexact_mid_epoch(self, point: ResumePoint) -> None:
+        """Say when a mid-epoch resume cannot repeat the uninterrupted run (documented, but easy to miss)."""
+        if not utils.is_primary(self.args):
+            return
+        if not self.per_sample:
+            _logger.warning(f'--seed-scheme timm: resuming inside epoch {point.epoch} trains its remaining steps, but '
+                            f'not exactly as the uninterrupted run (timm\'s seeding draws another data order and '
+                            f'other augmentations); only --seed-scheme per-sample repeats it exactly.')
+        if point.world_size > 1 and not point.rank_meters:
+            _logger.warning(f'--resume {point.path} records only rank 0\'s running averages of epoch {point.epoch} '
+                            f'(an earlier version wrote it): every rank continues from those, so this epoch\'s train '
+                            f'metrics differ from the uninterrupted run\'s (the weights do not).')
 
     def on_epoch_start(self, epoch: int, loader, start_batch: int = 0) -> None:
         """Seed the epoch (its order, and what runs before the first step); skip what a resume already did."""

@@ -11,27 +11,39 @@
   epoch in summary.csv, and drops recovery files it no longer needs.
 * ``InterruptRequest``: Ctrl-C stops the run at the next step boundary, with a recovery
   checkpoint, instead of in the middle of an optimizer step.
+* ``check_resume_output_dir``: a resume writes into its checkpoint's own folder or a new one,
+  never into another run's.
+* ``update_summary`` / ``check_summary``: every summary.csv row stays under its column, also
+  when a resume logs other metrics.
+* ``progress_record``: every process's running averages, for an exact mid-epoch resume under DDP.
+* ``DiskFull``: a checkpoint write that runs out of space keeps the last complete checkpoint and
+  says what to resume from.
 """
 import csv
+import errno
 import glob
+import io
 import logging
 import os
 import re
+import shutil
 import signal
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm import utils
 
-from ..errors import InputError
+from ..errors import CommandFailed, InputError
 from ..loading import load_checkpoint, require_state_dict
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
-    'remove_recovery_files', 'InterruptRequest',
+    'remove_recovery_files', 'InterruptRequest', 'check_resume_output_dir', 'check_summary', 'update_summary',
+    'progress_record', 'DiskFull', 'claim_output_dir', 'release_output_dir',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -48,8 +60,13 @@ class ResumePoint:
             taken inside it).
         batches_done: batches of ``epoch`` already trained (0 at an epoch boundary).
         updates_done: optimizer updates of ``epoch`` already made.
-        meters: the epoch's running sums and counts of the logged train metrics at that point.
+        meters: the epoch's running sums and counts of the logged train metrics at that point
+            (rank 0's in a distributed run).
         train_args: the options the checkpoint was trained with (its ``args``), if recorded.
+        world_size: the number of processes that trained it.
+        rank_meters: every rank's ``meters`` (distributed runs; empty in records of earlier versions).
+        recovery_without_progress: (epoch, update or None) of a recovery checkpoint taken inside
+            that epoch with no record of how far (timm's train.py writes such); None otherwise.
     """
     path: str
     epoch: int
@@ -57,10 +74,19 @@ class ResumePoint:
     updates_done: int = 0
     meters: Dict[str, List[float]] = field(default_factory=dict)
     train_args: Dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    rank_meters: List[Dict[str, List[float]]] = field(default_factory=list)
+    recovery_without_progress: Optional[Tuple[int, Optional[int]]] = None
 
     @property
     def mid_epoch(self) -> bool:
         return self.batches_done > 0
+
+    def meters_of(self, rank: int) -> Dict[str, List[float]]:
+        """The running sums and counts ``rank`` had (rank 0's where the record has only those)."""
+        if self.rank_meters:
+            return dict(self.rank_meters[rank])
+        return self.meters
 
 
 def check_fits_model(state_dict: Dict[str, Any], model: nn.Module, path: str, model_name: str,
@@ -102,10 +128,29 @@ def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoi
     if isinstance(checkpoint, dict) and 'epoch' in checkpoint:
         epoch = int(checkpoint['epoch']) + (1 if checkpoint.get('version', 1) > 1 else 0)
     progress = (checkpoint.get('saver') or {}).get(PROGRESS_KEY) if isinstance(checkpoint, dict) else None
+    world_size = int((progress or {}).get('world_size') or train_args.get('world_size') or 1)
     if progress:
         return ResumePoint(path, int(progress['epoch']), int(progress['batches_done']), int(progress['updates_done']),
-                           dict(progress.get('meters') or {}), train_args)
-    return ResumePoint(path, epoch, train_args=train_args)
+                           dict(progress.get('meters') or {}), train_args, world_size,
+                           [dict(m) for m in progress.get('rank_meters') or []])
+    return ResumePoint(path, epoch, train_args=train_args, world_size=world_size,
+                       recovery_without_progress=_recovery_without_progress(path, checkpoint))
+
+
+def _recovery_without_progress(path: str, checkpoint: Any) -> Optional[Tuple[int, Optional[int]]]:
+    """(epoch, update) of a recovery checkpoint that records no progress, else None.
+
+    timm's ``CheckpointSaver.save_recovery`` names them ``recovery-EPOCH-UPDATE.pth.tar`` and,
+    unlike epoch checkpoints, stores no ``metric``; either tells (a file may have been renamed).
+    """
+    if not isinstance(checkpoint, dict) or 'epoch' not in checkpoint:
+        return None
+    match = _RECOVERY.search(os.path.basename(path))
+    if match and int(match.group(1)) == int(checkpoint['epoch']):
+        return int(checkpoint['epoch']), int(match.group(2))
+    if isinstance(checkpoint.get('saver'), dict) and 'metric' not in checkpoint:
+        return int(checkpoint['epoch']), None
+    return None
 
 
 def check_output_dir(output_dir: str, resuming: bool) -> None:
@@ -198,14 +243,208 @@ def release_output_dir(created: List[str]) -> None:
             pass
 
 
+def _is_checkpoint_folder(folder: str, checkpoint: str) -> bool:
+    """Whether ``folder`` is the folder holding ``checkpoint`` (same file system entry: links, spellings)."""
+    try:
+        return os.path.samefile(os.path.dirname(os.path.abspath(checkpoint)), folder)
+    except OSError:
+        return False
+
+
+def check_resume_output_dir(output_dir: str, resume: str) -> None:
+    """Refuse, before any work, a resume into a folder that holds another run.
+
+    A resume writes into its checkpoint's own folder (continuing that run) or into an empty or
+    new one. Another run's folder would get this run's summary rows under its header, and its
+    checkpoints and args.yaml overwritten.
+    """
+    if not os.path.isdir(output_dir) or _is_checkpoint_folder(output_dir, resume):
+        return
+    entries = sorted(os.listdir(output_dir))
+    if not entries:
+        return
+    own = os.path.dirname(os.path.abspath(resume))
+    shown = ', '.join(entries[:6]) + (', ...' if len(entries) > 6 else '')
+    raise InputError(
+        f'--resume {resume} continues the run in {own}, but the output folder {output_dir} holds another run '
+        f'({len(entries)} entries: {shown}). A resume writes into the checkpoint\'s own folder or into an empty or '
+        f'new one: pass --output {os.path.dirname(own)} --experiment {os.path.basename(own)} to continue in '
+        f'{own}, or another --experiment for a new folder.')
+
+
+def _read_rows(filename: str) -> Tuple[List[List[str]], bool]:
+    """summary.csv's rows (blank lines left out), and whether its last line is complete."""
+    with open(filename, newline='') as f:
+        text = f.read()
+    rows = [row for row in csv.reader(io.StringIO(text, newline='')) if row]
+    return rows, text.endswith(('\n', '\r'))
+
+
+def check_summary(filename: str) -> None:
+    """Refuse, before any work, a summary.csv whose rows do not fit its header.
+
+    Earlier versions appended a resumed run's rows under the old header when the run logged
+    other metrics; which value belongs to which column is then unknown, and trimming the file
+    would drop such rows. A last row cut short by a kill is no problem (``trim_summary`` drops it).
+    """
+    if not os.path.isfile(filename):
+        return
+    rows, complete = _read_rows(filename)
+    if not rows:
+        return
+    header = rows[0]
+    for number, row in enumerate(rows[1:], start=2):
+        cut_short = number == len(rows) and not complete
+        if row == header or len(row) == len(header) or cut_short:
+            continue
+        raise InputError(
+            f'{filename}: row {number} (epoch {row[0]}) has {len(row)} values under {len(header)} columns '
+            f'({", ".join(header)}): an earlier version wrote it when a resume changed the logged metrics, and '
+            f'which value belongs to which column is unknown. Fix or delete that row (or move the file away), or '
+            f'resume into another --experiment.')
+
+
+def update_summary(epoch: int, train_metrics: Dict[str, Any], eval_metrics: Optional[Dict[str, Any]],
+                   filename: str, lr: Optional[float] = None, log_wandb: bool = False) -> None:
+    """timm's ``update_summary``, keeping every row under its column when a resume logs other metrics.
+
+    A resumed run can log metrics the run before it did not (``train_stim_kl`` when stimulative
+    training is turned on) or miss some (turned off). New columns go after the file's own, left
+    empty in earlier rows; a column this run does not log is left empty in its rows.
+
+    Args:
+        epoch: the epoch of the row.
+        train_metrics: the epoch's train metrics (columns ``train_NAME``).
+        eval_metrics: its validation metrics (``eval_NAME``), if any.
+        filename: summary.csv.
+        lr: the learning rate column.
+        log_wandb: also log the row to wandb.
+    """
+    rows = _read_rows(filename)[0] if os.path.isfile(filename) else []
+    header = rows[0] if rows else None
+    row = OrderedDict(epoch=epoch)
+    row.update(('train_' + k, v) for k, v in train_metrics.items())
+    row.update(('eval_' + k, v) for k, v in (eval_metrics or {}).items())
+    if lr is not None:
+        row['lr'] = lr
+    if header is None or header == list(row):
+        utils.update_summary(epoch, train_metrics, eval_metrics, filename, lr=lr, log_wandb=log_wandb)
+        return
+    columns = header + [k for k in row if k not in header]
+    if len(columns) > len(header):
+        _add_summary_columns(filename, columns)
+    if log_wandb:
+        import wandb
+        wandb.log(row)
+    with open(filename, mode='a', newline='') as f:
+        csv.DictWriter(f, fieldnames=columns, restval='').writerow(row)
+
+
+def _add_summary_columns(filename: str, columns: List[str]) -> None:
+    """Rewrite summary.csv under ``columns`` (its own, then new ones), earlier rows leaving the new ones empty."""
+    rows, _ = _read_rows(filename)
+    added = columns[len(rows[0]):]
+    tmp = filename + '.tmp'
+    with open(tmp, 'w', newline='') as f:  # written aside and renamed: a kill leaves the old file whole
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(row + [''] * len(added) for row in rows[1:])
+    os.replace(tmp, filename)
+    _logger.info(f'{filename}: this run also logs {", ".join(added)}; added as columns after the existing ones '
+                 f'(empty in earlier rows).')
+
+
+class DiskFull(CommandFailed):
+    """A checkpoint could not be written for lack of space; the partial file is removed, the last complete one kept.
+
+    Args:
+        path: the file being written.
+        resume_from: the newest complete checkpoint of the run, if any.
+        reason: what ran out (``No space left on device (ENOSPC)``, or the quota).
+        detail: the error as the writer reported it, when it did not name the cause.
+    """
+
+    def __init__(self, path: str, resume_from: Optional[str], reason: str, detail: str = ''):
+        super().__init__(f'{reason} while writing {path}')
+        self.path, self.resume_from, self.reason, self.detail = path, resume_from, reason, detail
+
+    def report(self) -> str:
+        detail = f' (the writer said: {self.detail}; the disk has no space left)' if self.detail else ''
+        text = f'{self.reason} while writing {self.path}{detail}. The partial file was removed.'
+        if self.resume_from:
+            return (f'{text} The last complete checkpoint, {self.resume_from}, is kept. Once space is freed, resume '
+                    f'with the same options plus --resume {self.resume_from}')
+        folder = os.path.dirname(self.path) or '.'
+        return (f'{text} No complete checkpoint was written yet: once space is freed, run again with another '
+                f'--experiment (or after removing {folder}).')
+
+
+# Less free space than this after a failed write means the disk is full (torch's own writer
+# reports ENOSPC as "unexpected pos ...", without errno).
+_FULL_BELOW_BYTES = 1 << 20
+
+
+def _disk_full_reason(path: str, err: BaseException) -> Optional[str]:
+    """Why writing ``path`` failed, if for lack of space: from errno, else from the free space left."""
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return 'No space left on device (ENOSPC)'
+        if isinstance(e, OSError) and e.errno == errno.EDQUOT:
+            return 'Disk quota exceeded (EDQUOT)'
+    if isinstance(err, (OSError, RuntimeError)):
+        try:
+            if shutil.disk_usage(os.path.dirname(path) or '.').free < _FULL_BELOW_BYTES:
+                return 'No space left on device (ENOSPC)'
+        except OSError:
+            pass
+    return None
+
+
+def _remove_partial(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 class ProgressCheckpointSaver(utils.CheckpointSaver):
     """timm's ``CheckpointSaver``; recovery checkpoints also carry the epoch's progress.
 
     Set ``progress`` (``epoch``, ``batches_done``, ``updates_done``, ``meters``) before
     ``save_recovery``; epoch checkpoints carry none (the epoch is complete).
+
+    A write that fails (a full disk, a second Ctrl-C) leaves no partial file; for lack of space
+    it raises ``DiskFull``, naming ``last_complete``: the newest complete checkpoint, to resume from.
     """
 
     progress: Optional[Dict[str, Any]] = None
+    last_complete: Optional[str] = None
+
+    def set_resumed_from(self, path: str) -> None:
+        """The checkpoint this run resumed from is its last complete one, if it is in the run's folder."""
+        if _is_checkpoint_folder(self.checkpoint_dir, path):
+            self.last_complete = path
+
+    def _save(self, save_path, epoch, metric=None):
+        self._write(save_path, super()._save, save_path, epoch, metric)
+
+    def _duplicate(self, src, dst):
+        self._write(dst, super()._duplicate, src, dst)
+
+    def _replace(self, src, dst):
+        super()._replace(src, dst)
+        self.last_complete = dst  # only complete files are renamed into place
+
+    def _write(self, path: str, write, *args) -> None:
+        try:
+            write(*args)
+        except BaseException as e:
+            reason = _disk_full_reason(path, e)  # before the partial file frees its space
+            _remove_partial(path)
+            if reason is None:
+                raise
+            detail = '' if isinstance(e, OSError) else str(e).strip().splitlines()[0]
+            raise DiskFull(path, self.last_complete, reason, detail) from None
 
     def state_dict(self, epoch=None, metric=None):
         state = super().state_dict(epoch, metric)
@@ -237,17 +476,26 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
 
 
 def trim_summary(filename: str, start_epoch: int) -> None:
-    """Keep summary.csv's header and its rows before ``start_epoch``, dropping a row cut short by a kill."""
+    """Keep summary.csv's header and its rows before ``start_epoch``; every row dropped is said in the log.
+
+    A last row without its line end was cut short by a kill: it is dropped (with a warning). Rows
+    of ``start_epoch`` and later are dropped by timm's ``trim_summary``, which logs how many.
+    """
     if not os.path.exists(filename):
         return
-    with open(filename, newline='') as f:
-        rows = list(csv.reader(f))
+    rows, complete = _read_rows(filename)
     if rows:
         header = rows[0]
-        body = [r for r in rows[1:] if len(r) == len(header) and r[0] != 'epoch']
-        if len(body) != len(rows) - 1:
-            with open(filename, 'w', newline='') as f:
+        body = [r for r in rows[1:] if r != header]  # a repeated header line is no row
+        if body and not complete:
+            _logger.warning(f'{filename}: dropping its last row ({",".join(body[-1])}), cut short when the run '
+                            f'was stopped.')
+            body = body[:-1]
+        if len(body) != len(rows) - 1 or not complete:
+            tmp = filename + '.tmp'
+            with open(tmp, 'w', newline='') as f:
                 csv.writer(f).writerows([header] + body)
+            os.replace(tmp, filename)
     utils.trim_summary(filename, start_epoch)
 
 
@@ -325,6 +573,40 @@ def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
         helpers_logger.setLevel(level)
     path = os.path.join(output_dir, 'model_best.safetensors')
     tmp = path + '.tmp'
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    try:
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    except BaseException as e:
+        reason = _disk_full_reason(tmp, e)
+        _remove_partial(tmp)
+        if reason is None:
+            raise
+        raise DiskFull(tmp, os.path.join(output_dir, 'last.pth.tar'), reason) from None
     os.replace(tmp, path)
     return path
+
+
+def progress_record(epoch: int, batches_done: int, updates_done: int, meters: Dict[str, utils.AverageMeter],
+                    distributed: bool = False) -> Dict[str, Any]:
+    """What a recovery checkpoint records of its epoch: the position, and the running sums and counts.
+
+    Each process keeps its own running averages (the epoch's metrics average them over
+    processes at its end), so a distributed run records every rank's: every process must call
+    this then (a collective), and each continues its own on resume.
+
+    Args:
+        epoch: the epoch.
+        batches_done: batches of it trained.
+        updates_done: optimizer updates of it made.
+        meters: this process's running averages, by metric name.
+        distributed: gather every rank's meters.
+
+    Returns:
+        The record (``ProgressCheckpointSaver.progress``).
+    """
+    own = {name: [m.sum, m.count] for name, m in meters.items()}
+    record = {'epoch': epoch, 'batches_done': batches_done, 'updates_done': updates_done, 'meters': own}
+    if distributed:
+        every = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, own)
+        record.update(meters=every[0], rank_meters=every, world_size=len(every))
+    return record

@@ -1,7 +1,7 @@
 """``StimTraining``: what stimulative training adds to timm's training loop, in one object.
 
 ``timm_stim.training.train`` follows timm's train.py and knows nothing of subnetworks; it
-calls this object at four points, every one of them about stimulative training:
+calls this object at five points, every one of them about stimulative training:
 
 ==========================  =================================================================
 ``check``                   before anything is built: the ``--stim-*`` values (``StimConfig``)
@@ -10,6 +10,8 @@ calls this object at four points, every one of them about stimulative training:
                             resolve the config for the training sizes (budget, warm-in), log it
 ``create_task``             the stimulative version of the loop's task (classification or
                             distillation)
+``after_resume``            say when ``--resume`` had no subnetwork sampler state (it starts
+                            as a fresh run's)
 ``before_validation``       BatchNorm re-estimation (``--stim-bn-recal``)
 ==========================  =================================================================
 
@@ -166,6 +168,17 @@ class StimTraining:
                     input_std=tuple(data_config['std']),
                     seed=self.args.seed)  # not rank dependent: every rank draws the same subnets and sizes
         return stimulative_task_class(base)(**base_kwargs, stim=stim)
+
+    def after_resume(self, task) -> None:
+        """Say in one line when ``--resume`` had no subnetwork sampler state (a checkpoint of a run without ST).
+
+        Starting stimulative training from such a checkpoint is a normal workflow: the task's
+        generator then stays as seeded, as in a fresh run.
+        """
+        if self.enabled and not getattr(task, 'generator_restored', True) and utils.is_primary(self.args):
+            _logger.info(f'--resume {self.args.resume} has no stimulative training state (a run without it: '
+                         f'--stim-subnets 0 or timm\'s train.py): subnetworks are drawn from a fresh generator seeded '
+                         f'with --seed {self.args.seed}, as in a fresh run.')
 
     def before_validation(self, loader_train, device: torch.device, amp_autocast) -> None:
         """Re-estimate the full network's BatchNorm statistics (``--stim-bn-recal N``)."""

@@ -39,7 +39,7 @@ from .args import check_args, parse_args
 from .data import resolve_dataset, with_image_mode
 from .lifecycle import RunLifecycle
 from .publish import Publisher
-from .runs import InterruptRequest, trim_summary
+from .runs import InterruptRequest, progress_record, trim_summary, update_summary
 from .stim import StimTraining, train_input_sizes
 
 _logger = logging.getLogger('train_stim')
@@ -276,10 +276,11 @@ def train_one_epoch(
                                              padding=0, normalize=True)
 
         stop = interrupt is not None and interrupt.poll(args.distributed, device) and not last_batch
-        if saver is not None and (stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0):
-            saver.save_recovery(epoch, batch_idx=update_idx, progress={
-                'epoch': epoch, 'batches_done': batch_idx + 1, 'updates_done': update_idx + 1,
-                'meters': {name: [m.sum, m.count] for name, m in scalar_m.items()}})
+        recover = stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0
+        if recover and (saver is not None or args.distributed):  # every rank's running averages go in
+            progress = progress_record(epoch, batch_idx + 1, update_idx + 1, scalar_m, args.distributed)
+            if saver is not None:
+                saver.save_recovery(epoch, batch_idx=update_idx, progress=progress)
 
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates, metric=scalar_m['loss'].avg)
@@ -736,6 +737,7 @@ def _create_task(args, r: _Run) -> None:
         r.resume_epoch = resume_task_checkpoint(
             r.task, args.resume, optimizer=None if args.no_resume_opt else r.optimizer,
             loss_scaler=None if args.no_resume_opt else r.loss_scaler, log_info=utils.is_primary(args))
+        r.stim.after_resume(r.task)
 
     if args.model_ema:
         # EMA after the model is on its device and before DDP
@@ -865,9 +867,9 @@ def _train_epochs(args, r: _Run) -> None:
 
                 if r.output_dir is not None:
                     lrs = [param_group['lr'] for param_group in r.optimizer.param_groups]
-                    utils.update_summary(r.epoch, train_metrics, eval_metrics,
-                                         filename=os.path.join(r.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
-                                         log_wandb=args.log_wandb)
+                    update_summary(r.epoch, train_metrics, eval_metrics,
+                                   filename=os.path.join(r.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
+                                   log_wandb=args.log_wandb)
                 latest_metric = eval_metrics[r.eval_metric] if eval_metrics is not None else train_metrics[r.eval_metric]
                 if r.saver is not None:
                     r.best_metric, r.best_epoch = r.saver.save_checkpoint(r.epoch, metric=latest_metric)
@@ -891,7 +893,7 @@ def _finish(args, r: _Run) -> Dict[str, Any]:
         torch.distributed.destroy_process_group()
     if r.best_metric is not None:
         _logger.info(f'*** Best metric: {r.best_metric} (epoch {r.best_epoch})')
-    if r.interrupted:
+    if r.interrupted and utils.is_primary(args):  # the primary process writes the checkpoints, and says where
         resume_from = r.last_saved or (os.path.join(r.output_dir, 'last.pth.tar') if r.output_dir else None)
         hint = (f' Resume with the same options plus --resume {resume_from}' if resume_from and os.path.exists(resume_from)
                 else ' No checkpoint was written yet.')
