@@ -316,7 +316,7 @@ _VARIABLE_SIZE_ARGS = (
     ('--train-img-sizes', dict(type=int, nargs='+', default=None, metavar='SIZE'),
      'training image sizes to sample from (default: None => fixed size)'),
     ('--train-batch-sizes', dict(type=int, nargs='+', default=None, metavar='N'),
-     'batch size for each of --train-img-sizes (default: scaled from --batch-size)'),
+     'batch size for each of --train-img-sizes (default: --batch-size for every size, as timm)'),
     ('--train-size-probs', dict(type=float, nargs='+', default=None, metavar='P'),
      'sampling probability of each training size (default: uniform)'),
     ('--train-size-schedule', dict(type=str, default='constant', choices=('constant', 'progressive')),
