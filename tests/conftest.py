@@ -10,6 +10,13 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # Data that timm-stim materializes (the embedded digits as an image folder) goes into the
+    # session's temporary folder, shared by its tests, never into the user's cache.
+    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+@pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield

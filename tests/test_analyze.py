@@ -17,11 +17,6 @@ DATA = ['--dataset', 'embedded/digits', '--input-size', '3', '16', '16', '--mean
         '--std', '0.5', '0.5', '0.5', '-b', '128', '--workers', '0', '--device', 'cpu']
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 def _model(seed=0):
     torch.manual_seed(seed)
     model = timm.create_model('resnet18', num_classes=10)

@@ -122,37 +122,37 @@ def _setup_timm_recovery_in_last_epoch(tmp_path):
     return ['--resume', str(folder / 'recovery-0-0.pth.tar')]
 
 
+def _epoch_0_checkpoint(path, **extra) -> str:
+    """A resnet18 checkpoint as train_stim.py writes it after epoch 0 (its folder created); its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2,
+                **extra}, path)
+    return str(path)
+
+
 def _setup_resume_into_another_run(tmp_path):
     # --resume A/last.pth.tar --experiment run, where out/run holds another run.
     _setup_output_in_use(tmp_path)
-    folder = tmp_path / 'out' / 'a'
-    folder.mkdir()
-    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2},
-               folder / 'last.pth.tar')
-    return ['--resume', str(folder / 'last.pth.tar')]
+    return ['--resume', _epoch_0_checkpoint(tmp_path / 'out' / 'a' / 'last.pth.tar')]
 
 
 def _setup_summary_with_misaligned_rows(tmp_path):
     # The run's own folder, whose summary.csv has a row that does not fit its header (as an earlier
     # version wrote when a resume changed the columns): trimming it must not drop the row unseen.
-    run = tmp_path / 'out' / 'run'
-    run.mkdir(parents=True)
-    (run / 'summary.csv').write_text('epoch,train_loss,train_stim_kl,lr\r\n0,2.3,0.1,0.05\r\n1,2.2,0.05\r\n')
-    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2},
-               run / 'last.pth.tar')
-    return ['--resume', str(run / 'last.pth.tar')]
+    checkpoint = _epoch_0_checkpoint(tmp_path / 'out' / 'run' / 'last.pth.tar')
+    (tmp_path / 'out' / 'run' / 'summary.csv').write_text(
+        'epoch,train_loss,train_stim_kl,lr\r\n0,2.3,0.1,0.05\r\n1,2.2,0.05\r\n')
+    return ['--resume', checkpoint]
 
 
 def _setup_mid_epoch_of_other_world_size(tmp_path):
     # A recovery checkpoint taken inside epoch 0 by 2 processes, resumed by 1: each process
     # continues its own share of the epoch, which 1 process cannot.
-    run = tmp_path / 'out' / 'run'
-    run.mkdir(parents=True)
     progress = {'epoch': 0, 'batches_done': 1, 'updates_done': 1, 'meters': {'loss': [4.0, 2]}, 'world_size': 2,
                 'rank_meters': [{'loss': [4.0, 2]}, {'loss': [3.0, 2]}]}
-    torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict(), 'epoch': 0, 'version': 2,
-                'saver': {'timm_stim_progress': progress}}, run / 'recovery-0-0.pth.tar')
-    return ['--resume', str(run / 'recovery-0-0.pth.tar'), '--epochs', '2', '--train-batches-per-epoch', '2']
+    checkpoint = _epoch_0_checkpoint(tmp_path / 'out' / 'run' / 'recovery-0-0.pth.tar',
+                                     saver={'timm_stim_progress': progress})
+    return ['--resume', checkpoint, '--epochs', '2', '--train-batches-per-epoch', '2']
 
 
 def _setup_empty_image_folder(tmp_path):

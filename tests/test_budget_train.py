@@ -8,11 +8,6 @@ from timm_stim.training.train import main
 import timm_stim.training.train as train_mod
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 def _base(out, *extra):
     return ['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
             '--input-size', '3', '16', '16', '-b', '16', '--workers', '0', '--epochs', '1',

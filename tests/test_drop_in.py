@@ -18,11 +18,6 @@ from timm_stim.training.train import main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 def _base(out, *extra):
     return ['--dataset', 'embedded/digits', '--num-classes', '10', '--device', 'cpu', '--input-size', '3', '16', '16',
             '-b', '16', '--workers', '0', '--warmup-epochs', '0', '--epochs', '1', '--train-batches-per-epoch', '2',

@@ -318,11 +318,6 @@ TRAIN_MODELS = [
 ]
 
 
-@pytest.fixture
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 def _train_args(out, name, *extra):
     return ['--dataset', 'embedded/digits', '--model', name, '--num-classes', '10', '--device', 'cpu',
             '--input-size', '3', '32', '32', '--mean', '0.5', '0.5', '0.5', '--std', '0.5', '0.5', '0.5',
@@ -332,7 +327,7 @@ def _train_args(out, name, *extra):
 
 
 @pytest.mark.parametrize('name,extra', TRAIN_MODELS, ids=[n for n, _ in TRAIN_MODELS])
-def test_train_stim_runs_each_family(tmp_path, _cache, name, extra):
+def test_train_stim_runs_each_family(tmp_path, name, extra):
     result = main(_train_args(tmp_path, name, *extra))
     rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
     assert len(rows) == 1 and float(rows[0]['train_stim_kl']) > 0
@@ -353,7 +348,7 @@ def test_tresnet_subnet_inputs_fit_its_space_to_depth_stem():
     assert all(h % 4 == 0 and w % 4 == 0 for _, (h, w) in task.last_subnets)
 
 
-def test_train_stim_fixed_size_vit_with_small_inputs_stops_before_writing(tmp_path, _cache, caplog):
+def test_train_stim_fixed_size_vit_with_small_inputs_stops_before_writing(tmp_path, caplog):
     out = tmp_path / 'out'
     with pytest.raises(SystemExit) as info:
         main(_train_args(out, 'vit_tiny_patch16_224', '--model-kwargs', 'img_size=32'))

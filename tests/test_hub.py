@@ -404,33 +404,22 @@ def test_a_short_token_is_masked_wherever_a_failure_shows_it(hub_env, hub_server
     assert '***' in str(info.value)  # the message is kept, the token masked
 
 
+@pytest.mark.parametrize('command', ['push', 'export'])
 @pytest.mark.parametrize('extra,secret', [
-    (['--token', 'hf_x'], 'hf_x'),                            # push has no --token: argparse would echo the value
+    (['--token', 'hf_x'], 'hf_x'),                            # no command has --token: argparse would echo the value
     (['--token=hf_SECRETvalue'], 'hf_SECRETvalue'),
     (['--hf-token', 'plainsecret'], 'plainsecret'),           # any option named like a token, whatever its value
     (['--auth', 'hf_abc123'], 'hf_abc123'),                   # any unknown option followed by a token-like value
 ])
-def test_push_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
-    with pytest.raises(SystemExit) as info:
-        push.main([str(tmp_path / 'model.pth'), 'tester/x', *extra])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert 'unrecognized arguments' in err and '***' in err
-    assert secret not in err
-    assert hub_server.requests == []
-
-
-@pytest.mark.parametrize('extra,secret', [
-    (['--token', 'hf_x'], 'hf_x'),                            # export has no --token: argparse would echo the value
-    (['--token=hf_SECRETvalue'], 'hf_SECRETvalue'),
-    (['--hf-token', 'plainsecret'], 'plainsecret'),           # any option named like a token, whatever its value
-    (['--auth', 'hf_abc123'], 'hf_abc123'),                   # any unknown option followed by a token-like value
-])
-def test_export_never_echoes_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, extra, secret):
+def test_commands_never_echo_a_token_given_as_an_unknown_option(hub_env, hub_server, tmp_path, capsys, command,
+                                                                extra, secret):
     out = tmp_path / 'exported'
     with pytest.raises(SystemExit) as info:
-        export_main([str(tmp_path / 'model.pth'), '--depths', '1,1,1,1', '--out', str(out), '--push-to-hub',
-                     'tester/x', *extra])
+        if command == 'push':
+            push.main([str(tmp_path / 'model.pth'), 'tester/x', *extra])
+        else:
+            export_main([str(tmp_path / 'model.pth'), '--depths', '1,1,1,1', '--out', str(out), '--push-to-hub',
+                         'tester/x', *extra])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert 'unrecognized arguments' in err and '***' in err

@@ -29,11 +29,6 @@ AUTHORS_DEFAULTS = dict(
 AUTHORS_SPACES = {'default': 'uniform', 'space3': '0,1,3,0'}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 
 
 def _authors_args(command: str) -> dict:

@@ -21,11 +21,6 @@ from timm_stim.training.train import main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 def _args(out, workers, *extra):
     # ST++ with EMA, augmentations in the workers (random crop, flip, erasing on the prefetcher),
     # 2 epochs of 4 batches, a recovery checkpoint every 2 updates.
@@ -101,9 +96,8 @@ def test_resume_inside_an_epoch_repeats_the_uninterrupted_run(tmp_path, monkeypa
     _assert_same_run(result['output_dir'], references[workers])
 
 
-def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, references):
-    # Interrupted after epoch 0 with 2 workers, resumed with 1 (the quick start's value): the same run
-    # as the uninterrupted one with 0 workers (with 0 and 2 workers the runs are equal, above).
+def _interrupt_after_epoch_0(out, monkeypatch, workers: int) -> None:
+    """Train with Ctrl-C arriving after epoch 0's checkpoint (exit 130), then let epochs run on again."""
     import timm_stim.training.train as train_mod
 
     def stop(epoch, output_dir):
@@ -111,9 +105,15 @@ def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, r
             raise KeyboardInterrupt
     monkeypatch.setattr(train_mod, '_after_epoch', stop)
     with pytest.raises(SystemExit) as info:
-        main(_args(tmp_path, 2))
+        main(_args(out, workers))
     assert info.value.code == 130
     monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
+
+
+def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, references):
+    # Interrupted after epoch 0 with 2 workers, resumed with 1 (the quick start's value): the same run
+    # as the uninterrupted one with 0 workers (with 0 and 2 workers the runs are equal, above).
+    _interrupt_after_epoch_0(tmp_path, monkeypatch, workers=2)
     main(_args(tmp_path, 1, '--resume', os.path.join(tmp_path, 'run', 'last.pth.tar')))
     _assert_same_run(os.path.join(tmp_path, 'run'), references[0])
 
@@ -122,16 +122,7 @@ def test_resume_from_an_old_format_checkpoint(tmp_path, monkeypatch, references)
     # A valid checkpoint in torch's old (non-zip) format, e.g. re-saved by an older tool: it cannot be
     # memory-mapped, so it is read whole, and resuming from it repeats the uninterrupted run, checkpoint
     # history included.
-    import timm_stim.training.train as train_mod
-
-    def stop(epoch, output_dir):
-        if epoch == 0:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train_mod, '_after_epoch', stop)
-    with pytest.raises(SystemExit) as info:
-        main(_args(tmp_path, 0))
-    assert info.value.code == 130
-    monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
+    _interrupt_after_epoch_0(tmp_path, monkeypatch, workers=0)
     last = os.path.join(tmp_path, 'run', 'last.pth.tar')
     torch.save(_load(last), last, _use_new_zipfile_serialization=False)
     with open(last, 'rb') as f:

@@ -12,11 +12,6 @@ sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import study  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 def _run(top1, seconds=10.0, epochs=3):
     return {'final_top1': top1, 'train_time_s': seconds, 'epochs': epochs, 'stim_resolved': {}}
 

@@ -12,11 +12,6 @@ from timm_stim.training.train import main
 import timm_stim.training.train as train_mod
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
-
-
 @pytest.fixture(scope='module')
 def teacher_dir(tmp_path_factory):
     """A resnet18 teacher in timm's Hub format (config.json + model.safetensors), as a user would have."""

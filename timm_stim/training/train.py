@@ -54,6 +54,11 @@ def create_train_model(args) -> nn.Module:
     return create_model_from_options(vars(args), for_training=True)
 
 
+def model_dtype_of(args) -> Optional[torch.dtype]:
+    """``--model-dtype`` as a torch dtype (None: the model's own, float32)."""
+    return getattr(torch, args.model_dtype) if args.model_dtype else None
+
+
 def create_train_criterion(args, mixup_active: bool, num_aug_splits: int) -> nn.Module:
     """The task loss for these options, from timm's own factory (as timm's train.py selects it)."""
     loss_type = 'jsd' if args.jsd_loss else ('bce' if args.bce_loss else None)
@@ -121,7 +126,7 @@ def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torc
         data_config: timm's resolved data config (mean / std for ``--stim-resize official``).
         stim: the run's ``StimTraining`` (after ``on_model_created``).
     """
-    model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    model_dtype = model_dtype_of(args)
     base, kwargs = ClassificationTask, dict(model=model, criterion=criterion, device=device, dtype=model_dtype,
                                             verbose=utils.is_primary(args))
     if args.kd_model_name:
@@ -508,7 +513,7 @@ def _setup(args, r: _Run) -> None:
         _logger.info(f'Training with a single process on 1 device ({args.device}).')
     assert args.rank >= 0
 
-    r.model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    r.model_dtype = model_dtype_of(args)
     if r.model_dtype == torch.float16:
         _logger.warning('float16 is not recommended for training, for half precision bfloat16 is recommended.')
     r.amp_dtype = resolve_amp_dtype(args.amp_dtype, r.device, _logger if args.amp else None)
