@@ -44,6 +44,11 @@ FMNIST_MEAN, FMNIST_STD = '0.2860', '0.3530'  # Fashion-MNIST training-set pixel
 DEFAULT_MODEL = 'resnet34'
 DEFAULT_MODEL_KWARGS = ['channels=[32,64,128,256]', 'stem_width=32']
 STPP = ['--stim-space', 'stpp', '--stim-norm', 'kl', '--stim-min-scale', '0.43']
+# ST++ as the paper steps it (hparams/resnet50_imagenet_stpp.yaml with K=3): KL- on both terms,
+# the official compounding resize, BN statistics updated by subnetwork passes and re-estimated on
+# 2000 training images before every validation.
+STPP_PAPER = ['--stim-space', 'stpp', '--stim-mode', 'depth', '--stim-norm', 'all', '--stim-min-scale', '0.43',
+              '--stim-resize', 'official', '--stim-bn', 'update', '--stim-bn-recal', '2000']
 
 # name -> (extra train_stim.py options, epochs: 1 = --epochs, 2 = twice, 'wall' = as long as stpp, analyzed)
 VARIANTS: Dict[str, Tuple[List[str], Any, bool]] = {
@@ -51,6 +56,7 @@ VARIANTS: Dict[str, Tuple[List[str], Any, bool]] = {
     'drop_path': (['--drop-path', '0.1'], 1, True),
     'st': (['--stim-subnets', '1', '--stim-space', 'uniform', '--stim-norm', 'none'], 1, True),
     'stpp': (['--stim-subnets', '3', *STPP], 1, True),
+    'stpp_paper': (['--stim-subnets', '3', *STPP_PAPER], 1, True),
     'stpp_budget1': (['--stim-budget', '1', *STPP], 1, True),
     'baseline_2x': ([], 2, False),
     'baseline_wall': ([], 'wall', False),
@@ -233,12 +239,25 @@ def run_jobs(jobs: List[Job], args) -> List[str]:
 
 
 def _run_in_process(job: Job, argv: List[str]) -> None:
+    import logging
     import _train_timed
     from timm_stim.tools.analyze import main as analyze_main
-    if job.kind == 'train':
-        _train_timed.run(argv)
-    elif analyze_main(argv) != 0:
-        raise SystemExit(f'{job.name} failed')
+    # The log a subprocess would write (training_flops reads it).
+    handler = logging.FileHandler(job.log, mode='w')
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        if job.kind == 'train':
+            _train_timed.run(argv)
+        elif analyze_main(argv) != 0:
+            raise SystemExit(f'{job.name} failed')
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
     open(job.done_file, 'w').close()
 
 
@@ -343,6 +362,119 @@ def removed_curves(rows_by, variants: List[str], seeds: List[int], recal: str) -
     return curves
 
 
+def plateau_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds: List[int], epochs: int
+                  ) -> Tuple[Dict, List[str]]:
+    """Per variant: how much validation top-1 still moves over the last quarter of the epochs.
+
+    The curve is the mean over seeds at each validated epoch; its range (max - min) and its
+    change (last - first) over the epochs after ``epochs - epochs // 4`` are set against the
+    seed spread (std over seeds) of the final top-1: a plateau when the range is smaller.
+    """
+    start = epochs - epochs // 4
+    out: Dict[str, Dict[str, Any]] = {}
+    lines = [f'| run | validated epochs {start}-{epochs} | mean-over-seeds range (max - min) | change '
+             f'{start} -> {epochs} | seed std of final top-1 | plateau (range < std)? |', '|---|---|---|---|---|---|']
+    for v in variants:
+        rs = [runs[(v, s)] for s in seeds if (v, s) in runs]
+        if len(rs) < 2:
+            continue
+        common = sorted(set.intersection(*(set(e + 1 for e in r['validated_epochs']) for r in rs)))
+        tail = [e for e in common if e >= start]
+        if len(tail) < 2:
+            continue
+        curve = [statistics.mean(r['top1'][[x + 1 for x in r['validated_epochs']].index(e)] for r in rs) for e in tail]
+        spread = statistics.stdev(r['final_top1'] for r in rs)
+        rng, change = max(curve) - min(curve), curve[-1] - curve[0]
+        out[v] = {'epochs': tail, 'curve': curve, 'range': rng, 'change': change, 'final_std': spread,
+                  'plateau': rng < spread}
+        lines.append(f'| {v} | {len(tail)} | {rng:.2f} | {change:+.2f} | {spread:.2f} | '
+                     f'{"yes" if rng < spread else "no"} |')
+    return out, lines
+
+
+def cost_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds: List[int]) -> List[str]:
+    """Per variant: training time and FLOPs per run (mean over seeds) and both as multiples of the baseline's."""
+    lines = ['| run | K | training time per run (s) | x baseline | training FLOPs per run (TFLOP) | x baseline '
+             '| + BN re-estimation (TFLOP) |', '|---|---|---|---|---|---|---|']
+    mean = lambda v, f: statistics.mean(f(runs[(v, s)]) for s in seeds if (v, s) in runs)  # noqa: E731
+    have = [v for v in variants if any((v, s) in runs for s in seeds)]
+    if 'baseline' not in have:
+        return []
+    base_t, base_f = mean('baseline', lambda r: r['train_time_s']), mean('baseline', lambda r: r['flops']['train_flops'])
+    for v in have:
+        t, fl = mean(v, lambda r: r['train_time_s']), mean(v, lambda r: r['flops']['train_flops'])
+        k = mean(v, lambda r: r['flops']['subnets_per_step'])
+        recal = mean(v, lambda r: r['flops']['bn_recal_flops'])
+        lines.append(f'| {v} | {k:g} | {t:.0f} | {t / base_t:.2f} | {fl / 1e12:.1f} | {fl / base_f:.2f} | '
+                     f'{recal / 1e12:.1f} |')
+    return lines
+
+
+def training_flops(args, variant: str, run: Dict[str, Any], log_path: str) -> Dict[str, float]:
+    """FLOPs of one run as torch counts them: training (backward = 2x forward) and BN re-estimation.
+
+    Training: epochs x images per epoch (whole batches, as the log counts them) x 3 x
+    (full forward + K x the expected subnetwork forward, ``timm_stim.budget.subnet_cost``, at
+    the variant's space and input sizes). BN re-estimation: the forward passes of the images
+    the run's log says it re-estimated on.
+    """
+    import re
+    import timm
+    import timm_stim
+    from timm_stim.budget import subnet_cost
+    from timm_stim.flops import count_flops
+    kwargs = {}
+    for item in args.model_kwargs or []:
+        import ast
+        key, value = item.split('=', 1)
+        kwargs[key] = ast.literal_eval(value)
+    model = timm.create_model(args.model, num_classes=10, **kwargs)
+    size = (3, args.size, args.size)
+    full = count_flops(model, size)
+    extra = VARIANTS[variant][0]
+    opt = lambda name, default: extra[extra.index(name) + 1] if name in extra else default  # noqa: E731
+    k = float(run['stim_resolved'].get('subnets_per_step') or 0) if run['stim_resolved'].get('enabled') else 0.0
+    cost = 0.0
+    if k:
+        stim = timm_stim.attach(model, space=opt('--stim-space', 'uniform'), mode=opt('--stim-mode', 'depth'))
+        cost, _ = subnet_cost(stim, size, float(opt('--stim-min-scale', 1.0)), float(opt('--stim-max-scale', 1.0)))
+    with open(log_path) as f:
+        log = f.read()
+    # Batches per epoch from timm's progress line ("Train: 0 [   0/11 ..."): whole batches only.
+    images = int(re.search(r'Train: \d+ \[\s*\d+/(\d+)', log).group(1)) * args.batch_size * run['epochs']
+    train = 3.0 * images * full * (1 + k * cost)
+    recal_images = sum(int(n) for n in re.findall(r'Re-estimated BatchNorm statistics on (\d+)', log))
+    return {'full_forward_flops': full, 'subnets_per_step': k, 'subnet_cost': cost, 'train_flops': train,
+            'bn_recal_flops': float(recal_images * full), 'total_flops': train + recal_images * full}
+
+
+def plot_curves(runs, variants: List[str], seeds: List[int], epochs: int, path: str) -> None:
+    """Validation top-1 against epochs, mean over seeds with the seeds' min-max band; right: the last half."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, first in enumerate((0, epochs // 2)):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, v in enumerate(variants):
+            rs = [runs[(v, s)] for s in seeds if (v, s) in runs]
+            if not rs:
+                continue
+            common = sorted(set.intersection(*(set(e + 1 for e in r['validated_epochs']) for r in rs)))
+            xs = [e for e in common if e > first]
+            ys = [[r['top1'][[x + 1 for x in r['validated_epochs']].index(e)] for r in rs] for e in xs]
+            ax.plot(xs, [statistics.mean(y) for y in ys], color=f'C{j}', lw=1.2, label=f'{v} ({len(rs)} seeds)')
+            ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=f'C{j}', alpha=0.15, lw=0)
+        ax.axvspan(epochs - epochs // 4, epochs, color='grey', alpha=0.08, lw=0)
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('validation top-1 (%)')
+        ax.set_title('whole run' if not first else 'second half (grey: the last quarter)', fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_loafing(rows_by, variants, seeds, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -405,6 +537,9 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--lr', type=float, default=0.1)
     parser.add_argument('--val-interval', type=int, default=5,
                         help='validate every N epochs (the last one always; validation is not training time)')
+    parser.add_argument('--val-split', default=None,
+                        help='split validated during training (default: the data\'s test split; fmnist-subset '
+                             'also has test2k, the class-balanced 2,000 test images analyze uses)')
     parser.add_argument('--workers', type=int, default=0)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true', help='bfloat16 AMP and channels-last (GPU)')
@@ -419,6 +554,8 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--analyze-subnets', type=int, nargs=2, default=[12, 6], metavar=('UNIFORM', 'STPP'),
                         help='subnetworks sampled per checkpoint from the uniform and the stpp space')
     parser.add_argument('--bn-recal', type=int, default=1000, help='images for BN re-estimation in analyze')
+    parser.add_argument('--analyze-distinct', action='store_true',
+                        help='analyze scores distinct subnetworks, never the full one (all of a smaller space)')
     parser.add_argument('--no-analyze', dest='analyze', action='store_false')
     parser.add_argument('--analyze-variants', nargs='+', choices=[v for v in VARIANTS if VARIANTS[v][2]], default=None,
                         help='variants analyze evaluates (default: every equal-epoch variant that runs)')
@@ -436,6 +573,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if 'baseline_wall' in variants and args.wall_epochs is None and not {'baseline', 'stpp'} <= set(variants):
         raise SystemExit('--variants baseline_wall needs --wall-epochs, or baseline and stpp to measure the time ratio')
     data = prepare_data(args)
+    if args.val_split:
+        data['val_split'] = args.val_split
     os.makedirs(args.out, exist_ok=True)
     budget_k = budget_subnets(args, 1.0) if 'stpp_budget1' in variants else None
     done = lambda v, s: os.path.exists(os.path.join(run_dir(args, v, s), 'done'))  # noqa: E731
@@ -476,7 +615,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             return [*ckpts, '--labels', ','.join(f'{v}-seed{s}' for s in seeds_of(v)), *data['analyze'],
                     '--val-split', data['analyze_split'], '--train-split', 'train', '--stim-space', space,
                     '--stim-subnets', str(subnets), '--stim-bn-recal', str(recal), '-b', '250', '--workers', '0',
-                    '--device', args.device, '--out', folder]
+                    '--device', args.device, '--out', folder, *(['--distinct'] if args.analyze_distinct else [])]
 
         return Job(f'analyze {v} {space} {"recal" if recal else "own BN"}', make_argv,
                    lambda: all(done(v, s) for s in seeds_of(v)), os.path.join(folder, 'done'), 'analyze',
@@ -505,7 +644,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         unfinished = run_jobs(jobs, args)
 
     runs = {(v, s): load_run(run_dir(args, v, s)) for v in variants for s in args.seeds if done(v, s)}
+    for (v, s), r in runs.items():
+        r['flops'] = training_flops(args, v, r, run_dir(args, v, s) + '.log')
     acc, acc_lines = accuracy_table(runs, variants, args.seeds)
+    plateau, plateau_lines = plateau_table(runs, variants, args.seeds, args.epochs)
+    cost_lines = cost_table(runs, variants, args.seeds)
     rows_by: Dict[Tuple[str, str, str], List[Dict]] = {}
     for v in analyzed:
         for space in ANALYZE_SPACES:
@@ -515,22 +658,25 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     rows_by[(v, space, key)] = read_analyze(path)
     loaf, loaf_lines = loafing_table(rows_by, analyzed, args.seeds)
     info = machine(_device(args.device))
+    # The runs, not this driver, are what the header describes: --threads torch threads each.
+    info['torch_threads'], info['runs_at_a_time'] = args.threads, args.jobs
     head = (f'{args.data} ({args.train_images if args.data == "fmnist-subset" else "all"} training images), '
             f'{args.model} {" ".join(args.model_kwargs or [])} at {args.size} px, {args.epochs} epochs, seeds '
-            f'{", ".join(map(str, args.seeds))}; {describe(info)}')
+            f'{", ".join(map(str, args.seeds))}; {describe(info)}; {args.jobs} runs at a time')
     note = [f'Not finished within the time limit: {", ".join(unfinished)}', ''] if unfinished else []
-    text = '\n'.join([head, '', *note, *acc_lines, '', *loaf_lines]) + '\n'
+    text = '\n'.join([head, '', *note, *acc_lines, '', *cost_lines, '', *plateau_lines, '', *loaf_lines]) + '\n'
     with open(os.path.join(args.out, 'results.md'), 'w') as f:
         f.write(text)
     curves = {recal: removed_curves(rows_by, analyzed, args.seeds, recal) for recal in ('own', 'recal')}
     with open(os.path.join(args.out, 'results.json'), 'w') as f:
         json.dump({'machine': info, 'args': vars(args), 'budget1_subnets': budget_k, 'unfinished': unfinished,
-                   'wall_epochs': state['wall_epochs'], 'accuracy': acc, 'loafing': loaf,
+                   'wall_epochs': state['wall_epochs'], 'accuracy': acc, 'plateau': plateau, 'loafing': loaf,
                    'blocks_removed': {r: {v: {str(k): list(x) for k, x in c.items()} for v, c in cs.items()}
                                       for r, cs in curves.items()},
                    'runs': {f'{v}-seed{s}': r for (v, s), r in runs.items()}}, f, indent=1)
     if runs:
         plot_accuracy(runs, os.path.join(args.out, 'accuracy_vs_time.png'))
+        plot_curves(runs, variants, args.seeds, args.epochs, os.path.join(args.out, 'curves.png'))
     if rows_by:
         plot_loafing(rows_by, analyzed, args.seeds, os.path.join(args.out, 'loafing.png'))
     print(text)

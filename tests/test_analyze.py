@@ -86,6 +86,46 @@ def test_subnet_evaluation_leaves_the_model_unchanged():
     assert count_flops(model, (3, 16, 16)) == results[0].flops > results[1].flops
 
 
+@pytest.mark.parametrize('space, mode', [('stpp', 'depth'), ('uniform', 'depth'), ('uniform', 'drop')])
+def test_space_size_counts_every_subnetwork_sample_can_draw(space, mode):
+    # resnet34's stages of 3, 4, 6, 3 blocks: stpp in depth mode is 1 * 2 * 4 * 1 networks,
+    # uniform 3 * 4 * 6 * 3 (depth) or 4 * 8 * 32 * 4 (drop: any blocks other than block 0).
+    model = timm.create_model('resnet34', num_classes=10, pretrained=False)
+    stim = timm_stim.attach(model, space=space, mode=mode)
+    expected = {('stpp', 'depth'): 8, ('uniform', 'depth'): 216, ('uniform', 'drop'): 4096}[(space, mode)]
+    assert stim.space_size() == expected
+    if expected <= 216:  # every network is drawn, and no other
+        g = torch.Generator().manual_seed(0)
+        assert len({stim.sample(g) for _ in range(40 * expected)}) == expected
+
+
+def test_distinct_draws_are_different_subnetworks_and_never_the_full_one():
+    model = timm.create_model('resnet34', num_classes=10, pretrained=False)
+    stim = timm_stim.attach(model, space='stpp')
+    plain = [s for kind, s in analysis_subnets(stim, 16, seed=42) if kind == 'sampled']
+    assert len(plain) == 16 and len(set(plain)) < 16  # by default draws repeat, as in training
+    sampled = [s for kind, s in analysis_subnets(stim, 16, seed=42, distinct=True) if kind == 'sampled']
+    # The stpp space holds 8 networks: asked for 16, the 7 that are not the full network.
+    assert len(sampled) == len(set(sampled)) == 7 and stim.full() not in sampled
+    uniform = timm_stim.attach(timm.create_model('resnet34', num_classes=10), space='uniform')
+    sampled = [s for kind, s in analysis_subnets(uniform, 16, seed=42, distinct=True) if kind == 'sampled']
+    assert len(set(sampled)) == 16 and uniform.full() not in sampled
+    # Deterministic: the same draws for every checkpoint of the architecture.
+    assert sampled == [s for k, s in analysis_subnets(uniform, 16, seed=42, distinct=True) if k == 'sampled']
+
+
+def test_analyze_distinct_scores_each_subnetwork_of_a_small_space_once(tmp_path):
+    ckpt = tmp_path / 'model.pth.tar'
+    torch.save({'state_dict': _model(0).state_dict()}, ckpt)
+    rc = main([str(ckpt), '--model', 'resnet18', '--stim-space', 'stpp', '--stim-subnets', '16', '--distinct',
+               '--stim-bn-recal', '0', '--out', str(tmp_path / 'out'), *DATA])
+    assert rc == 0
+    sampled = [r['depths'] for r in _read(tmp_path / 'out' / 'analyze.csv') if r['kind'] == 'sampled']
+    space = timm_stim.attach(_model(0), space='stpp')
+    # Every network of the space but the full one, each once (resnet18's stpp space is small).
+    assert len(sampled) == len(set(sampled)) == space.space_size() - 1 < 16 and '2,2,2,2' not in sampled
+
+
 def test_labels_tell_checkpoints_apart():
     assert checkpoint_labels(['x/stpp/model_best.pth.tar', 'x/base/model_best.pth.tar']) == [
         'stpp/model_best.pth.tar', 'base/model_best.pth.tar']

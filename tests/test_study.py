@@ -63,8 +63,8 @@ def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epoch
     common = ['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]', 'stem_width=8',
               '--size', '16', '--epochs', '1', '--batches-per-epoch', '2', '--batch-size', '16', '--in-process',
               '--out', str(out)]
-    result = study.main(common + ['--seeds', '0', '--no-analyze', '--variants', 'baseline', 'stpp', 'stpp_budget1',
-                                  'baseline_2x', 'baseline_wall'])
+    result = study.main(common + ['--seeds', '0', '--no-analyze', '--variants', 'baseline', 'stpp', 'stpp_paper',
+                                  'stpp_budget1', 'baseline_2x', 'baseline_wall'])
     runs = result['runs']
     ratio = runs[('stpp', 0)]['train_time_s'] / runs[('baseline', 0)]['train_time_s']
     assert result['wall_epochs'] == max(1, round(ratio)) == runs[('baseline_wall', 0)]['epochs']
@@ -75,9 +75,27 @@ def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epoch
     assert result['budget1_subnets'] >= 1
     assert saved['stim_space'] == 'stpp' and saved['stim_min_scale'] == 0.43
     assert yaml.safe_load(open(out / 'runs' / 'stpp-seed0' / 'args.yaml'))['stim_subnets'] == 3
+    # ST++ as the paper steps it: KL- on both terms, the official resize, BN updated and re-estimated.
+    paper = yaml.safe_load(open(out / 'runs' / 'stpp_paper-seed0' / 'args.yaml'))
+    assert (paper['stim_norm'], paper['stim_resize'], paper['stim_bn'], paper['stim_bn_recal'],
+            paper['stim_subnets'], paper['stim_space']) == ('all', 'official', 'update', 2000, 3, 'stpp')
+    # FLOPs per run: 1 epoch of 2 batches of 16, backward = 2 x forward, K x the expected subnetwork pass.
+    import timm
+    import timm_stim
+    from timm_stim.budget import subnet_cost
+    from timm_stim.flops import count_flops
+    model = timm.create_model('resnet18', num_classes=10, channels=[8, 16, 32, 64], stem_width=8)
+    full = count_flops(model, (3, 16, 16))
+    cost, _ = subnet_cost(timm_stim.attach(model, space='stpp'), (3, 16, 16), 0.43)
+    assert runs[('baseline', 0)]['flops']['train_flops'] == 3 * 32 * full
+    assert runs[('stpp', 0)]['flops']['train_flops'] == pytest.approx(3 * 32 * full * (1 + 3 * cost))
+    assert runs[('stpp', 0)]['flops']['bn_recal_flops'] == 0
+    assert runs[('stpp_paper', 0)]['flops']['bn_recal_flops'] > 0  # re-estimated before validating
     written = json.load(open(out / 'results.json'))
-    assert set(written['accuracy']) == {'baseline', 'stpp', 'stpp_budget1', 'baseline_2x', 'baseline_wall'}
-    assert (out / 'accuracy_vs_time.png').stat().st_size > 0
+    assert set(written['accuracy']) == {'baseline', 'stpp', 'stpp_paper', 'stpp_budget1', 'baseline_2x',
+                                        'baseline_wall'}
+    assert (out / 'accuracy_vs_time.png').stat().st_size > 0 and (out / 'curves.png').stat().st_size > 0
+    assert '| stpp | 3 |' in (out / 'results.md').read_text()  # the cost table: K, time and FLOPs
     assert '| stpp_budget1 | 1 |' in (out / 'results.md').read_text()
     # Finished runs are kept: a second call trains nothing and gives the same table.
     again = study.main(common + ['--seeds', '0', '--no-analyze', '--variants', 'baseline', 'stpp'])
@@ -90,7 +108,7 @@ def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_pat
                          'stem_width=8', '--size', '16', '--epochs', '1', '--batches-per-epoch', '2',
                          '--batch-size', '16', '--in-process', '--out', str(out), '--seeds', '0', '1',
                          '--variants', 'baseline', 'stpp_budget1', '--control-seeds', '1', '--analyze-variants',
-                         'baseline', '--analyze-subnets', '3', '2', '--bn-recal', '32'])
+                         'baseline', '--analyze-subnets', '3', '2', '--bn-recal', '32', '--analyze-distinct'])
     # The budget control ran for its own seeds only, and analyze evaluated the variants asked for.
     assert sorted(result['runs']) == [('baseline', 0), ('baseline', 1), ('stpp_budget1', 1)]
     assert result['accuracy']['stpp_budget1']['top1'] == [result['runs'][('stpp_budget1', 1)]['final_top1']]
@@ -102,12 +120,32 @@ def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_pat
                 mine = [r for r in rows if r['label'] == f'baseline-seed{seed}']
                 # resnet18: 4 blocks can be removed one at a time.
                 assert [r['kind'] for r in mine] == ['full'] + ['drop1'] * 4 + ['sampled'] * sampled
+                drawn = [r['depths'] for r in mine if r['kind'] == 'sampled']  # --analyze-distinct
+                assert len(set(drawn)) == sampled and '2,2,2,2' not in drawn
                 assert {r['bn_recal_images'] for r in mine if r['kind'] != 'full'} == {images}
     loafing = result['loafing']['baseline']
     assert set(loafing) == {'own', 'recal'} and len(loafing['recal']['drop1_min']['per_seed']) == 2
     assert (out / 'loafing.png').stat().st_size > 0
     curves = json.load(open(out / 'results.json'))['blocks_removed']
     assert set(curves) == {'own', 'recal'} and '0' in curves['own']['baseline']
+
+
+def test_plateau_is_a_last_quarter_range_smaller_than_the_seed_spread():
+    def run(curve):  # validated after epochs 2, 4, ..., 16
+        return {'validated_epochs': [e - 1 for e in range(2, 17, 2)], 'top1': curve, 'final_top1': curve[-1]}
+    runs = {('baseline', 0): run([50, 70, 80, 85, 88, 89.0, 89.2, 89.1]),
+            ('baseline', 1): run([52, 71, 81, 86, 88, 88.0, 88.2, 88.1]),
+            ('st', 0): run([50, 70, 80, 85, 86, 87.0, 88.0, 89.0]),
+            ('st', 1): run([50, 70, 80, 85, 86, 87.0, 88.0, 89.2])}
+    table, lines = study.plateau_table(runs, ['baseline', 'st'], [0, 1], epochs=16)
+    base = table['baseline']
+    # Last quarter of 16 epochs: epochs 12, 14, 16; mean curve 88.5, 88.7, 88.6.
+    assert base['epochs'] == [12, 14, 16] and base['curve'] == pytest.approx([88.5, 88.7, 88.6])
+    assert base['range'] == pytest.approx(0.2) and base['change'] == pytest.approx(0.1)
+    assert base['final_std'] == pytest.approx(2 ** 0.5 / 2) and base['plateau'] is True
+    st = table['st']  # still rising: 87.0 -> 89.1, far more than its seed spread (0.14)
+    assert st['range'] == pytest.approx(2.1) and st['plateau'] is False
+    assert lines[2] == '| baseline | 3 | 0.20 | +0.10 | 0.71 | yes |' and lines[3].endswith('| no |')
 
 
 def _write_idx(path, array):

@@ -5,6 +5,7 @@
 by temporarily replacing the ``forward`` of each dropped block with what the block computes
 without its residual branch, so dropped blocks cost nothing and get no gradient.
 """
+import math
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
@@ -108,6 +109,17 @@ class Stimulator:
                 dropped = set((torch.randperm(depth - 1, generator=generator)[:n_drop] + 1).tolist())
                 blocks.append(tuple(b for b in range(depth) if b not in dropped))
         return Subnet(tuple(blocks))
+
+    def space_size(self) -> int:
+        """How many distinct subnetworks ``sample`` can draw, the full network included.
+
+        ``depth`` mode: each stage keeps one of ``max_drop + 1`` depths. ``drop`` mode: each stage
+        loses any set of at most ``max_drop`` of its blocks other than block 0.
+        """
+        size = 1
+        for depth, max_drop in zip(self.stage_depths, self.max_drops):
+            size *= max_drop + 1 if self.mode == 'depth' else sum(math.comb(depth - 1, n) for n in range(max_drop + 1))
+        return size
 
     def check_subnet(self, subnet: Subnet) -> None:
         """Raise ``ValueError`` unless the subnet fits this model's stages."""

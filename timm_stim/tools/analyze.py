@@ -76,13 +76,25 @@ class SubnetResult:
     bn_recal_images: int
 
 
-def analysis_subnets(stim: Stimulator, num_sampled: int, seed: int = 42) -> List[Tuple[str, Subnet]]:
+def analysis_subnets(stim: Stimulator, num_sampled: int, seed: int = 42,
+                     distinct: bool = False) -> List[Tuple[str, Subnet]]:
     """The subnetworks ``analyze`` evaluates, as (kind, subnet).
 
     The full network, then every network with exactly one droppable block removed (stage by
     stage, block by block; block 0 of a stage is never removed), then ``num_sampled`` draws of
     ``stim.sample`` from a generator seeded with ``seed`` (so every checkpoint of the same
-    architecture gets the same subnetworks; draws may repeat).
+    architecture gets the same subnetworks).
+
+    Args:
+        stim: the model's ``Stimulator``; its space and mode define the draws.
+        num_sampled: how many subnetworks to sample.
+        seed: seed of the draws.
+        distinct: draw until ``num_sampled`` different subnetworks other than the full network
+            (every one of them when the space holds fewer); otherwise draws may repeat and may be
+            the full network, as training draws them.
+
+    Returns:
+        ``[('full', full), ('drop1', ...), ..., ('sampled', ...), ...]``.
     """
     full = stim.full()
     subnets = [('full', full)]
@@ -92,8 +104,15 @@ def analysis_subnets(stim: Stimulator, num_sampled: int, seed: int = 42) -> List
             blocks[s] = tuple(i for i in kept if i != b)
             subnets.append(('drop1', Subnet(tuple(blocks))))
     generator = torch.Generator().manual_seed(seed)
-    subnets += [('sampled', stim.sample(generator)) for _ in range(num_sampled)]
-    return subnets
+    if not distinct:
+        return subnets + [('sampled', stim.sample(generator)) for _ in range(num_sampled)]
+    wanted = min(num_sampled, stim.space_size() - 1)
+    drawn: List[Subnet] = []
+    while len(drawn) < wanted:
+        subnet = stim.sample(generator)
+        if subnet != full and subnet not in drawn:
+            drawn.append(subnet)
+    return subnets + [('sampled', s) for s in drawn]
 
 
 @contextmanager
@@ -333,6 +352,9 @@ def create_analyze_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('Analysis (option names as in train_stim.py)')
     subnets = group.add_argument('--stim-subnets', type=int, default=64, metavar='N',
                                  help='subnetworks sampled per checkpoint (default: 64; formerly --subnets)')
+    group.add_argument('--distinct', action='store_true',
+                       help='sample --stim-subnets different subnetworks other than the full network (all of them '
+                            'when the space holds fewer); by default draws may repeat, as in training')
     bn_recal = group.add_argument('--stim-bn-recal', type=int, default=1000, metavar='N',
                                   help='training images (eval transform) BN statistics are re-estimated on for each '
                                        'subnetwork; 0 keeps the checkpoint\'s statistics (default: 1000; formerly '
@@ -475,7 +497,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             raise InputError(f'{source} ({item.architecture}): {e}') from None
         loaded.append((item, stim, _data_config(args, item)))
 
-    plans = [analysis_subnets(stim, args.stim_subnets, args.seed) for _, stim, _ in loaded]
+    plans = [analysis_subnets(stim, args.stim_subnets, args.seed, args.distinct) for _, stim, _ in loaded]
     total = sum(len(p) for p in plans)
     recal_text = (f'BN statistics re-estimated on {args.stim_bn_recal} {args.train_split!r} images per subnetwork'
                   if args.stim_bn_recal else 'the checkpoints\' BN statistics')
