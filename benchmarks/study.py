@@ -3,8 +3,11 @@
 One recipe, seven variants, several seeds (defaults: the CPU regime chosen in BENCHMARKS.md):
 
 * ``baseline``; ``drop_path`` (timm's stochastic depth, ``--drop-path 0.1``);
-* ``st``: ST (K=1, uniform space, plain KL); ``stpp``: ST++ (K=3, stpp space, KL-, inputs
-  0.43-1 of the training size); ``stpp_budget1``: ST++ at ``--stim-budget 1`` (the mean K the
+* ``st``: ST (K=1, uniform space, plain KL); ``stpp``: the library's ST++ variant (K=3, stpp
+  space, KL- on the subnetwork term, inputs 0.43-1 of the training size, each resized once from
+  the batch, BN frozen); ``stpp_paper``: ST++ as the paper steps it (K=3; KL- on both terms, the
+  official compounding resize, BN updated by subnetwork passes and re-estimated on 2000 training
+  images before every validation); ``stpp_budget1``: ST++ at ``--stim-budget 1`` (the mean K the
   budget affords, resolved by ``timm_stim.budget``; the task draws the whole number every step);
 * ``baseline_2x``: the baseline with twice the epochs (what ST++ at budget 1 costs);
 * ``baseline_wall``: the baseline with the epochs that take as long as ``stpp`` (from the first
@@ -18,9 +21,14 @@ uniform space and of the stpp space, with the checkpoint's BatchNorm statistics 
 statistics re-estimated on ``--bn-recal`` training images. Writes into ``--out``:
 ``results.md`` / ``results.json`` (accuracy table; loafing table), ``loafing.png`` (top-1
 against blocks removed, one curve per variant, error bars over seeds) and
-``accuracy_vs_time.png``.
+``accuracy_vs_time.png``; with the runs' cost (training time; training FLOPs, backward counted as
+twice the forward, and BN re-estimation FLOPs), how much validation top-1 still moves over the
+last quarter of the epochs (``plateau_table``) and ``curves.png`` (top-1 against epochs).
 
     python benchmarks/study.py                                  # the CPU study (about 2 h on 2 idle cores)
+    python benchmarks/study.py --train-images 1500 --epochs 80 --val-interval 2 --val-split test2k \
+        --variants baseline st stpp stpp_paper --analyze-subnets 16 16 --analyze-distinct --bn-recal 500 \
+        --out benchmarks/results/study_converged            # the converged regime (BENCHMARKS.md 10)
     python benchmarks/study.py --data fmnist --device cuda ...  # full Fashion-MNIST (see gpu.py)
 """
 import argparse
@@ -546,7 +554,8 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--control-seeds', type=int, nargs='+', default=None,
                         help=f'seeds of the {" and ".join(CONTROLS)} controls, a subset of --seeds (default: --seeds)')
-    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=[v for v in VARIANTS if v != 'stpp_paper'],
+                        help='default: all but stpp_paper (the sections 7-8 study; BENCHMARKS.md 10 names its own)')
     parser.add_argument('--wall-epochs', type=int, default=None,
                         help='epochs of baseline_wall (default: from the first seed\'s stpp / baseline time ratio)')
     parser.add_argument('--jobs', type=int, default=2, help='runs at a time')
