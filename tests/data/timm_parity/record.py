@@ -3,15 +3,22 @@
 timm's pip package does not ship train.py; run this with a checkout of
 huggingface/pytorch-image-models next to the installed timm:
 
-    OMP_NUM_THREADS=1 python tests/data/timm_parity/record.py --timm-train PATH/TO/train.py
+    python tests/data/timm_parity/record.py --timm-train PATH/TO/train.py
 
 It trains each configuration of CONFIGS on the embedded digits (as an image folder) and writes
 records.json: per configuration, the summary.csv rows, args.yaml, the printed --result JSON and
 the Train:/Test: log lines. The test runs train_stim.py with the same options and --seed-scheme
 timm and compares. Paths in records are replaced by {DATA}, {OUT} and {TEACHER}.
+
+Both run in a subprocess with PINNED_ENV: two epochs at lr 0.05 turn a difference in the last bit
+of one convolution into a different accuracy, and CPU kernels differ by instruction set (AVX2,
+AVX-512, AMX) and by thread count. One thread and AVX2 kernels in torch, oneDNN and MKL give the
+same float arithmetic on any x86-64 machine with AVX2, so a record made on one machine holds on
+another (without the pin, records made on one CI machine failed on the next).
 """
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +40,22 @@ CONFIGS = {
     'accum': ['--grad-accum-steps', '3'],
     'distill': ['--kd-model-name', 'local-dir:{TEACHER}', '--kd-distill-type', 'logit', '--kd-temperature', '2'],
 }
+
+
+# One thread (reductions split across threads sum in another order) and AVX2 code paths (the
+# widest every current x86-64 machine has) in ATen, oneDNN (convolutions) and MKL (matmul).
+PINNED_ENV = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'ATEN_CPU_CAPABILITY': 'avx2',
+              'ONEDNN_MAX_CPU_ISA': 'AVX2', 'DNNL_MAX_CPU_ISA': 'AVX2', 'MKL_CBWR': 'AVX2',
+              'PYTHONUNBUFFERED': '1'}
+
+
+def run_program(program: str, argv) -> str:
+    """Runs a train.py (timm's or ours) with PINNED_ENV; returns what it printed (stdout, then stderr)."""
+    proc = subprocess.run([sys.executable, program, *argv], capture_output=True, text=True,
+                          env=dict(os.environ, **PINNED_ENV))
+    if proc.returncode != 0:
+        raise RuntimeError(f'{program} {" ".join(argv)} failed:\n{proc.stderr[-3000:]}')
+    return proc.stdout + proc.stderr
 
 
 def make_teacher(folder: str) -> str:
@@ -74,16 +97,16 @@ def main():
     work = tempfile.mkdtemp()
     data = materialize_embedded('digits', os.path.join(work, 'cache'))
     teacher = make_teacher(os.path.join(work, 'teacher'))
-    records = {'timm_version': timm.__version__, 'common': COMMON, 'configs': {}}
+    with open(args.timm_train, 'rb') as f:
+        train_py = hashlib.sha256(f.read()).hexdigest()
+    records = {'timm_version': timm.__version__, 'train_py_sha256': train_py, 'env': PINNED_ENV,
+               'common': COMMON, 'configs': {}}
     for name in CONFIGS:
         out = os.path.join(work, 'out')
-        proc = subprocess.run([sys.executable, args.timm_train, *config_argv(name, data, out, teacher)],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-        if proc.returncode != 0:
-            sys.exit(f'{name}: timm train.py failed:\n{proc.stderr[-3000:]}')
+        printed = run_program(args.timm_train, config_argv(name, data, out, teacher))
         placeholders = [(teacher, '{TEACHER}'), (data, '{DATA}'), (out, '{OUT}')]
         records['configs'][name] = {'argv': CONFIGS[name],
-                                    **read_run(os.path.join(out, name), proc.stdout + proc.stderr, placeholders)}
+                                    **read_run(os.path.join(out, name), printed, placeholders)}
         print(f'{name}: {records["configs"][name]["summary"][-1]}')
     with open(args.out, 'w') as f:
         json.dump(records, f, indent=1)
