@@ -372,20 +372,22 @@ def removed_curves(rows_by, variants: List[str], seeds: List[int], recal: str) -
 
 def plateau_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds: List[int], epochs: int
                   ) -> Tuple[Dict, List[str]]:
-    """Per variant: how much validation top-1 still moves over the last quarter of the epochs.
+    """Per variant: how much validation top-1 still moves over the last quarter of its epochs.
 
     The curve is the mean over seeds at each validated epoch; its range (max - min) and its
-    change (last - first) over the epochs after ``epochs - epochs // 4`` are set against the
-    seed spread (std over seeds) of the final top-1: a plateau when the range is smaller.
+    change (last - first) over the epochs from ``E - E // 4`` on, E the variant's own number of
+    epochs (a run's ``epochs``, else ``epochs``: baseline_2x's last quarter is 120-160), are set
+    against the seed spread (std over seeds) of the final top-1: a plateau when the range is smaller.
     """
-    start = epochs - epochs // 4
     out: Dict[str, Dict[str, Any]] = {}
-    lines = [f'| run | validated epochs {start}-{epochs} | mean-over-seeds range (max - min) | change '
-             f'{start} -> {epochs} | seed std of final top-1 | plateau (range < std)? |', '|---|---|---|---|---|---|']
+    lines = ['| run | last quarter: validated epochs | mean-over-seeds range (max - min) | change over it '
+             '| seed std of final top-1 | plateau (range < std)? |', '|---|---|---|---|---|---|']
     for v in variants:
         rs = [runs[(v, s)] for s in seeds if (v, s) in runs]
         if len(rs) < 2:
             continue
+        total = rs[0].get('epochs', epochs)
+        start = total - total // 4
         common = sorted(set.intersection(*(set(e + 1 for e in r['validated_epochs']) for r in rs)))
         tail = [e for e in common if e >= start]
         if len(tail) < 2:
@@ -395,7 +397,7 @@ def plateau_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds:
         rng, change = max(curve) - min(curve), curve[-1] - curve[0]
         out[v] = {'epochs': tail, 'curve': curve, 'range': rng, 'change': change, 'final_std': spread,
                   'plateau': rng < spread}
-        lines.append(f'| {v} | {len(tail)} | {rng:.2f} | {change:+.2f} | {spread:.2f} | '
+        lines.append(f'| {v} | {tail[0]}-{tail[-1]} ({len(tail)}) | {rng:.2f} | {change:+.2f} | {spread:.2f} | '
                      f'{"yes" if rng < spread else "no"} |')
     return out, lines
 

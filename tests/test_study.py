@@ -137,7 +137,11 @@ def test_plateau_is_a_last_quarter_range_smaller_than_the_seed_spread():
             ('baseline', 1): run([52, 71, 81, 86, 88, 88.0, 88.2, 88.1]),
             ('st', 0): run([50, 70, 80, 85, 86, 87.0, 88.0, 89.0]),
             ('st', 1): run([50, 70, 80, 85, 86, 87.0, 88.0, 89.2])}
-    table, lines = study.plateau_table(runs, ['baseline', 'st'], [0, 1], epochs=16)
+    long = [40, 50, 60, 70, 80, 85, 86, 87, 88, 88.5, 88.6, 88.5, 88.6, 88.7, 88.6, 88.6]
+    for seed in (0, 1):  # twice the epochs: its own last quarter is 24-32, not 12-16
+        runs[('baseline_2x', seed)] = {'epochs': 32, 'validated_epochs': [e - 1 for e in range(2, 33, 2)],
+                                       'top1': [x + seed for x in long], 'final_top1': long[-1] + seed}
+    table, lines = study.plateau_table(runs, ['baseline', 'st', 'baseline_2x'], [0, 1], epochs=16)
     base = table['baseline']
     # Last quarter of 16 epochs: epochs 12, 14, 16; mean curve 88.5, 88.7, 88.6.
     assert base['epochs'] == [12, 14, 16] and base['curve'] == pytest.approx([88.5, 88.7, 88.6])
@@ -145,7 +149,9 @@ def test_plateau_is_a_last_quarter_range_smaller_than_the_seed_spread():
     assert base['final_std'] == pytest.approx(2 ** 0.5 / 2) and base['plateau'] is True
     st = table['st']  # still rising: 87.0 -> 89.1, far more than its seed spread (0.14)
     assert st['range'] == pytest.approx(2.1) and st['plateau'] is False
-    assert lines[2] == '| baseline | 3 | 0.20 | +0.10 | 0.71 | yes |' and lines[3].endswith('| no |')
+    assert lines[2] == '| baseline | 12-16 (3) | 0.20 | +0.10 | 0.71 | yes |' and lines[3].endswith('| no |')
+    assert table['baseline_2x']['epochs'] == [24, 26, 28, 30, 32]
+    assert table['baseline_2x']['curve'] == pytest.approx([89.0, 89.1, 89.2, 89.1, 89.1])
 
 
 def _write_idx(path, array):
