@@ -187,3 +187,26 @@ def test_fashion_mnist_subset_is_balanced_and_seeded(tmp_path):
     first = picked[0]
     image = np.asarray(Image.open(os.path.join(out, 'train', str(train_labels[first]), f'{first:05d}.png')))
     assert image.tolist() == read_idx(str(source / 'train-images-idx3-ubyte.gz'))[first].tolist()
+
+
+def test_benchmarks_section_10_quotes_the_committed_results():
+    """BENCHMARKS.md section 10 (and the README sentence on it) quote results.md of the committed study."""
+    with open(os.path.join(ROOT, 'benchmarks', 'results', 'study_converged', 'results.md')) as f:
+        results = f.read().splitlines()
+    with open(os.path.join(ROOT, 'BENCHMARKS.md')) as f:
+        section = f.read().split('## 10.')[1]
+    rows = [line for line in results if line.startswith('| ') and not line.startswith('| run')]
+    accuracy = [r for r in rows if r.split(' | ')[1] in ('80', '160')]  # the epochs column
+    assert [r.split(' | ')[0] for r in accuracy] == ['| baseline', '| st', '| stpp', '| stpp_paper', '| baseline_2x']
+    for row in accuracy:  # mean ± std, per seed and the difference, as measured
+        assert ' | '.join(row.split(' | ')[2:6]) in section, row
+    for row in rows:
+        if 'checkpoint' in row or 're-estimated' in row or 'plateau' in row or '(11)' in row or '(21)' in row:
+            assert row in section, row  # subnetwork and plateau tables: verbatim
+    cost = {r.split(' | ')[0]: r.split(' | ') for r in rows if r.count('|') == 8 and ' ± ' not in r}
+    for name, cells in cost.items():  # K, time, x baseline, then FLOPs, x baseline, re-estimation
+        mine = [line.split(' | ') for line in section.splitlines() if line.startswith(name + ' | ')]
+        assert any(m[1:4] == cells[1:4] and m[5:7] == cells[4:6] for m in mine), (name, cells)
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    assert 'gains 0.8 points' in readme and float(accuracy[-1].split(' | ')[4]) == pytest.approx(0.78)
