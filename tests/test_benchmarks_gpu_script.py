@@ -5,6 +5,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'gpu.py')
 
@@ -48,3 +50,24 @@ def test_gpu_script_refuses_cuda_without_a_gpu(tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 2 and 'torch sees no CUDA device' in proc.stderr
     assert not (tmp_path / 'gpu' / 'summary.json').exists()
+
+
+def test_gpu_budget_section_asks_only_for_affordable_budgets(tmp_path):
+    # The first H200 run stopped at --stim-budget 0.5: one stpp subnetwork of ResNet-50 at 224 px
+    # costs 0.518 of a full pass. Every budget the GPU configuration asks for must afford one.
+    import argparse
+    import timm
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import budget_cost
+    import gpu
+    from timm_stim import attach
+    from timm_stim.budget import subnet_cost
+    args = argparse.Namespace(out=str(tmp_path), device='cuda', tiny=False, fmnist_source=None, study_epochs=10,
+                              scratch=str(tmp_path / 'scratch'), time_limit=470, skip=[])
+    cmd = next(s for s in gpu.sections(args) if s['name'] == 'budget_cost')['cmd']
+    model, size = cmd[cmd.index('--model') + 1], int(cmd[cmd.index('--size') + 1])
+    rest = cmd[cmd.index('--budgets') + 1:]
+    budgets = [float(b) for b in rest[:next(i for i, b in enumerate(rest) if b.startswith('--'))]]
+    cost, _ = subnet_cost(attach(timm.create_model(model), space='stpp'), (3, size, size), budget_cost.MIN_SCALE, 1.0)
+    assert (model, size) == ('resnet50', 224) and cost == pytest.approx(0.518, abs=1e-3)
+    assert budgets and min(budgets) >= cost

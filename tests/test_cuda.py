@@ -53,7 +53,9 @@ def scaled_and_unscaled_updates(device: str, dtype: torch.dtype, kind: str = 'na
                                normalize='kl', kl_weight=kl_weight, seed=0, device=torch.device(device),
                                verbose=False)
         scaler = _loss_scaler(kind, device, scale) if scaled else None
-        task.configure_training(epochs=1, batches_per_epoch=1, loss_scaler=scaler)
+        # No scaler is handed to the task: the subnetwork terms back-propagate inside the loss's
+        # backward, so whatever factor the scaler puts on the loss reaches them too.
+        task.configure_training(epochs=1, batches_per_epoch=1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         with torch.autocast(device, dtype=dtype):
@@ -92,9 +94,13 @@ def test_train_stim_float16_amp_channels_last_matches_the_unscaled_run(tmp_path,
     # train_stim.py end to end on CUDA: float16 AMP (timm's NativeScaler), channels-last, ST++.
     import timm_stim.training.train as train_mod
     monkeypatch.setenv('TIMM_STIM_CACHE', str(tmp_path / 'cache'))
+    torch.manual_seed(0)
+    init = timm.create_model('resnet18', num_classes=10).state_dict()
+    torch.save(init, tmp_path / 'init.pth')
     base = ['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cuda',
+            '--initial-checkpoint', str(tmp_path / 'init.pth'),
             '--input-size', '3', '32', '32', '--mean', '0.5', '0.5', '0.5', '--std', '0.5', '0.5', '0.5',
-            '-b', '32', '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '1',
+            '-b', '32', '--workers', '0', '--lr', '0.01', '--warmup-epochs', '0', '--epochs', '1',
             '--train-batches-per-epoch', '4', '--log-interval', '1', '--seed', '3', '--amp', '--amp-dtype',
             'float16', '--channels-last', '--stim-subnets', '3', '--stim-space', 'stpp', '--stim-norm', 'kl',
             '--stim-min-scale', '0.5', '--output', str(tmp_path)]
@@ -118,5 +124,20 @@ def test_train_stim_float16_amp_channels_last_matches_the_unscaled_run(tmp_path,
     a = torch.load(os.path.join(scaled['output_dir'], 'last.pth.tar'), map_location='cpu', weights_only=False)
     b = torch.load(os.path.join(unscaled['output_dir'], 'last.pth.tar'), map_location='cpu', weights_only=False)
     assert a['amp_scaler']['scale'] == 2.0 ** 12
-    for key, value in b['state_dict'].items():
-        torch.testing.assert_close(a['state_dict'][key], value, rtol=2e-3, atol=2e-4, msg=key)
+    # Element-wise equality is not to be had: the unscaled run loses float16 gradients to
+    # underflow, and cudnn.benchmark (on, as in timm's train.py) picks convolution algorithms by
+    # timing, so two CUDA runs differ from the first step. Measured on an H200 (2026-12-04): the
+    # four steps' updates (trained - initial weights) differ by 5.2e-2 of their norm in one run,
+    # less in another. A subnetwork term scaled twice blows the update up (or makes the scaler
+    # skip steps, caught above); whether the terms get exactly the loss's scale is the one-step
+    # test above, which this end-to-end run cannot resolve more finely than this bound.
+    keys = [k for k, v in init.items() if v.is_floating_point() and 'running' not in k]
+    update_a = torch.cat([(a['state_dict'][k].float() - init[k]).flatten() for k in keys])
+    update_b = torch.cat([(b['state_dict'][k].float() - init[k]).flatten() for k in keys])
+    relative = ((update_a - update_b).norm() / update_b.norm()).item()
+    print(f'scaled vs unscaled update: relative difference {relative:.2e}, update norm {update_b.norm():.3e}')
+    assert update_b.norm() > 0 and relative < 0.15
+    # The logged training terms agree too.
+    train_a, train_b = scaled['epochs'][0]['train'], unscaled['epochs'][0]['train']
+    assert train_a['stim_kl'] == pytest.approx(train_b['stim_kl'], rel=0.05)
+    assert train_a['loss'] == pytest.approx(train_b['loss'], rel=0.02)
