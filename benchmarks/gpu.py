@@ -9,7 +9,7 @@ recorded and the next one runs):
    the ST++ recipe's 200 px, bfloat16 AMP, channels-last (``step_cost.py``).
 3. ``memory``: peak memory (``torch.cuda.max_memory_allocated``) of the plain, ST++ and naive
    ST++ steps, ResNet-50 at 224 px (``memory.py``).
-4. ``budget_cost``: realized against expected cost at ``--stim-budget`` 0.5, 1, 2 (``budget_cost.py``).
+4. ``budget_cost``: realized against expected cost at ``--stim-budget`` 0.75, 1, 2, 3 (``budget_cost.py``).
 5. ``step_cost_compile``: section 2 with the full network compiled (``--torchcompile``).
 6. ``study``: as much of the accuracy study as fits, on all of Fashion-MNIST
    (``study.py --data fmnist``): seed by seed, runs in parallel on the one GPU, no run
