@@ -5,7 +5,8 @@ configuration (see record.py there; timm's pip package ships no train.py to run 
 runs train_stim.py with the same options and compares: every summary.csv value, args.yaml, the
 --result JSON and the format of every Train:/Test: log line. It fails when timm's behaviour or
 formats move away from the record, or ours from timm's. Both run with record.PINNED_ENV (one
-thread, AVX2 kernels), which makes the float arithmetic the same on every x86-64 machine.
+thread, AVX2 kernels): it removes the kernel and thread-count differences between x86-64
+machines that made records made on one CI machine fail on the next.
 """
 import json
 import os
