@@ -82,11 +82,16 @@ def main() -> None:
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=1e-4, momentum=0.9)
     results: List[Dict[str, Any]] = []
     # One subnetwork's expected cost depends on the space and sizes only: count it once.
-    cost, _ = subnet_cost(attach(copy.deepcopy(base), space='stpp'), (3, args.size, args.size), MIN_SCALE, 1.0)
+    probe = attach(copy.deepcopy(base), space='stpp')
+    cost, _ = subnet_cost(probe, (3, args.size, args.size), MIN_SCALE, 1.0)
+    # Every budget resolved before any step is timed: one that cannot afford a subnetwork stops
+    # the run here, not after the others have been measured.
+    plans = {budget: resolve_budget(probe, (3, args.size, args.size), MIN_SCALE, 1.0, budget=budget, cost=cost)
+             for budget in args.budgets}
     for budget in args.budgets:
         model = copy.deepcopy(base).train()
-        stim = attach(model, space='stpp')
-        plan = resolve_budget(stim, (3, args.size, args.size), MIN_SCALE, 1.0, budget=budget, cost=cost)
+        attach(model, space='stpp')
+        plan = plans[budget]
         model.to(device)
         # plan.num_subnets is the mean the budget affords (e.g. 1.83): the task draws 1 or 2 every step.
         task = StimulativeTask(model, criterion, num_subnets=plan.num_subnets, min_scale=MIN_SCALE,
