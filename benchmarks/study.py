@@ -97,8 +97,8 @@ def prepare_data(args) -> Dict[str, Any]:
             'analyze_split': 'test2k', 'mean': FMNIST_MEAN, 'std': FMNIST_STD}
 
 
-def recipe(args, data: Dict[str, Any], seed: int, epochs: int) -> List[str]:
-    """train_stim.py options shared by every variant."""
+def recipe(args, data: Dict[str, Any], seed: int, epochs: int, cooldown: int = 0) -> List[str]:
+    """train_stim.py options shared by every variant: ``epochs`` of cosine, then ``cooldown`` at ``--min-lr``."""
     mean, std = [data['mean']] * 3, [data['std']] * 3
     argv = [
         *data['train'], '--train-split', 'train', '--val-split', data['val_split'],
@@ -111,6 +111,9 @@ def recipe(args, data: Dict[str, Any], seed: int, epochs: int) -> List[str]:
         '--smoothing', '0', '--epochs', str(epochs), '--seed', str(seed), '--checkpoint-hist', '1',
         '--log-interval', '1000', '--val-interval', str(args.val_interval),
     ]
+    if args.min_lr or cooldown:
+        # A flat tail: cosine to --min-lr over the epochs, then the cooldown epochs at it (timm adds them).
+        argv += ['--min-lr', str(args.min_lr), '--cooldown-epochs', str(cooldown)]
     if args.model_kwargs:
         argv += ['--model-kwargs', *args.model_kwargs]
     if args.batches_per_epoch:
@@ -374,14 +377,18 @@ def plateau_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds:
                   ) -> Tuple[Dict, List[str]]:
     """Per variant: how much validation top-1 still moves over the last quarter of its epochs.
 
-    The curve is the mean over seeds at each validated epoch; its range (max - min) and its
-    change (last - first) over the epochs from ``E - E // 4`` on, E the variant's own number of
-    epochs (a run's ``epochs``, else ``epochs``: baseline_2x's last quarter is 120-160), are set
-    against the seed spread (std over seeds) of the final top-1: a plateau when the range is smaller.
+    The curve is the mean over seeds at each validated epoch from ``E - E // 4`` on, E the
+    variant's own number of epochs (a run's ``epochs``, else ``epochs``: baseline_2x's last
+    quarter is 120-160). How far it moves is its trend: the least-squares line through it, read
+    from the first of those epochs to the last. A plateau when that is smaller than the seed spread
+    (std over seeds) of the final top-1. The range (max - min) and the change (last - first) are
+    reported beside it, not judged: they measure the epoch-to-epoch noise as much as any movement
+    (the range of 11 points of a flat curve is about 3 times their std).
     """
     out: Dict[str, Dict[str, Any]] = {}
-    lines = ['| run | last quarter: validated epochs | mean-over-seeds range (max - min) | change over it '
-             '| seed std of final top-1 | plateau (range < std)? |', '|---|---|---|---|---|---|']
+    lines = ['| run | last quarter: validated epochs | mean-over-seeds range (max - min) | change (last - first) '
+             '| trend (least-squares fit) | seed std of final top-1 | plateau (trend < std)? |',
+             '|---|---|---|---|---|---|---|']
     for v in variants:
         rs = [runs[(v, s)] for s in seeds if (v, s) in runs]
         if len(rs) < 2:
@@ -395,10 +402,15 @@ def plateau_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds:
         curve = [statistics.mean(r['top1'][[x + 1 for x in r['validated_epochs']].index(e)] for r in rs) for e in tail]
         spread = statistics.stdev(r['final_top1'] for r in rs)
         rng, change = max(curve) - min(curve), curve[-1] - curve[0]
-        out[v] = {'epochs': tail, 'curve': curve, 'range': rng, 'change': change, 'final_std': spread,
-                  'plateau': rng < spread}
-        lines.append(f'| {v} | {tail[0]}-{tail[-1]} ({len(tail)}) | {rng:.2f} | {change:+.2f} | {spread:.2f} | '
-                     f'{"yes" if rng < spread else "no"} |')
+        mean_e, mean_c = statistics.mean(tail), statistics.mean(curve)
+        slope = (sum((e - mean_e) * (c - mean_c) for e, c in zip(tail, curve))
+                 / sum((e - mean_e) ** 2 for e in tail))
+        trend = slope * (tail[-1] - tail[0])
+        plateau = abs(trend) < spread
+        out[v] = {'epochs': tail, 'curve': curve, 'range': rng, 'change': change, 'trend': trend,
+                  'final_std': spread, 'plateau': plateau}
+        lines.append(f'| {v} | {tail[0]}-{tail[-1]} ({len(tail)}) | {rng:.2f} | {change:+.2f} | {trend:+.2f} | '
+                     f'{spread:.2f} | {"yes" if plateau else "no"} |')
     return out, lines
 
 
@@ -542,6 +554,9 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model-kwargs', nargs='*', default=DEFAULT_MODEL_KWARGS)
     parser.add_argument('--size', type=int, default=28)
     parser.add_argument('--epochs', type=int, default=15)
+    parser.add_argument('--cooldown-epochs', type=int, default=0,
+                        help='epochs at --min-lr after the cosine (timm\'s --cooldown-epochs; they add to --epochs)')
+    parser.add_argument('--min-lr', type=float, default=0.0, help='the cosine\'s floor (timm\'s --min-lr)')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--batches-per-epoch', type=int, default=None, help='cap (tests)')
     parser.add_argument('--lr', type=float, default=0.1)
@@ -603,10 +618,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              / load_run(run_dir(args, 'baseline', s0))['train_time_s'])
                     state['wall_epochs'] = max(args.epochs, round(args.epochs * ratio))
                 epochs = state['wall_epochs']
-            else:
-                epochs = args.epochs * factor
+                cooldown = args.cooldown_epochs
+            else:  # twice the epochs: twice the cosine and twice the flat tail
+                epochs, cooldown = args.epochs * factor, args.cooldown_epochs * factor
             folder = run_dir(args, v, s)
-            return [*recipe(args, data, s, epochs), *extra, '--output', os.path.dirname(folder),
+            return [*recipe(args, data, s, epochs, cooldown), *extra, '--output', os.path.dirname(folder),
                     '--experiment', os.path.basename(folder)]
 
         ready = (lambda: done('baseline', args.seeds[0]) and done('stpp', args.seeds[0])) \
@@ -658,7 +674,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for (v, s), r in runs.items():
         r['flops'] = training_flops(args, v, r, run_dir(args, v, s) + '.log')
     acc, acc_lines = accuracy_table(runs, variants, args.seeds)
-    plateau, plateau_lines = plateau_table(runs, variants, args.seeds, args.epochs)
+    plateau, plateau_lines = plateau_table(runs, variants, args.seeds, args.epochs + args.cooldown_epochs)
     cost_lines = cost_table(runs, variants, args.seeds)
     rows_by: Dict[Tuple[str, str, str], List[Dict]] = {}
     for v in analyzed:
@@ -671,8 +687,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     info = machine(_device(args.device))
     # The runs, not this driver, are what the header describes: --threads torch threads each.
     info['torch_threads'], info['runs_at_a_time'] = args.threads, args.jobs
+    schedule = f'{args.epochs} epochs' + (
+        f' + {args.cooldown_epochs} at the floor (lr {args.lr:g}, cosine to {args.min_lr:g} over the first '
+        f'{args.epochs}, then flat)' if args.cooldown_epochs else '')
     head = (f'{args.data} ({args.train_images if args.data == "fmnist-subset" else "all"} training images), '
-            f'{args.model} {" ".join(args.model_kwargs or [])} at {args.size} px, {args.epochs} epochs, seeds '
+            f'{args.model} {" ".join(args.model_kwargs or [])} at {args.size} px, {schedule}, seeds '
             f'{", ".join(map(str, args.seeds))}; {describe(info)}; {args.jobs} runs at a time')
     note = [f'Not finished within the time limit: {", ".join(unfinished)}', ''] if unfinished else []
     text = '\n'.join([head, '', *note, *acc_lines, '', *cost_lines, '', *plateau_lines, '', *loaf_lines]) + '\n'
@@ -687,7 +706,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                    'runs': {f'{v}-seed{s}': r for (v, s), r in runs.items()}}, f, indent=1)
     if runs:
         plot_accuracy(runs, os.path.join(args.out, 'accuracy_vs_time.png'))
-        plot_curves(runs, variants, args.seeds, args.epochs, os.path.join(args.out, 'curves.png'))
+        plot_curves(runs, variants, args.seeds, args.epochs + args.cooldown_epochs, os.path.join(args.out, 'curves.png'))
     if rows_by:
         plot_loafing(rows_by, analyzed, args.seeds, os.path.join(args.out, 'loafing.png'))
     print(text)

@@ -1,7 +1,9 @@
 """benchmarks/study.py: the loafing / accuracy study, its tables and a tiny end-to-end run on the digits."""
+import csv
 import json
 import os
 import sys
+from typing import List
 
 import pytest
 import yaml
@@ -102,6 +104,22 @@ def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epoch
     assert again['runs'][('stpp', 0)] == runs[('stpp', 0)]
 
 
+def test_flat_tail_schedule_holds_the_floor_lr_and_twice_the_epochs_doubles_both_parts(tmp_path):
+    out = tmp_path / 'study'
+    result = study.main(['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]',
+                         'stem_width=8', '--size', '16', '--epochs', '2', '--cooldown-epochs', '1', '--min-lr', '0.001',
+                         '--batches-per-epoch', '2', '--batch-size', '16', '--val-interval', '1', '--in-process',
+                         '--out', str(out), '--seeds', '0', '--no-analyze', '--variants', 'baseline', 'baseline_2x'])
+    runs = result['runs']
+    # timm adds the cooldown epochs to --epochs: 2 + 1, and twice that for baseline_2x (4 + 2).
+    assert runs[('baseline', 0)]['epochs'] == 3 and runs[('baseline_2x', 0)]['epochs'] == 6
+    for variant, flat in (('baseline', 1), ('baseline_2x', 2)):
+        with open(out / 'runs' / f'{variant}-seed0' / 'summary.csv') as f:
+            lrs = [float(row['lr']) for row in csv.DictReader(f)]
+        assert lrs[-flat:] == [pytest.approx(0.001)] * flat and lrs[0] > 0.01  # the tail sits at the floor
+    assert '2 epochs + 1 at the floor (lr 0.1, cosine to 0.001' in (out / 'results.md').read_text()
+
+
 def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_path):
     out = tmp_path / 'study'
     result = study.main(['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]',
@@ -130,7 +148,7 @@ def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_pat
     assert set(curves) == {'own', 'recal'} and '0' in curves['own']['baseline']
 
 
-def test_plateau_is_a_last_quarter_range_smaller_than_the_seed_spread():
+def test_plateau_is_a_last_quarter_trend_smaller_than_the_seed_spread():
     def run(curve):  # validated after epochs 2, 4, ..., 16
         return {'validated_epochs': [e - 1 for e in range(2, 17, 2)], 'top1': curve, 'final_top1': curve[-1]}
     runs = {('baseline', 0): run([50, 70, 80, 85, 88, 89.0, 89.2, 89.1]),
@@ -141,17 +159,28 @@ def test_plateau_is_a_last_quarter_range_smaller_than_the_seed_spread():
     for seed in (0, 1):  # twice the epochs: its own last quarter is 24-32, not 12-16
         runs[('baseline_2x', seed)] = {'epochs': 32, 'validated_epochs': [e - 1 for e in range(2, 33, 2)],
                                        'top1': [x + seed for x in long], 'final_top1': long[-1] + seed}
-    table, lines = study.plateau_table(runs, ['baseline', 'st', 'baseline_2x'], [0, 1], epochs=16)
+    # Flat but noisy: it zigzags by 1.0 (more than its seed spread, 0.71) around a level line.
+    zigzag = [40, 50, 60, 70, 80, 85, 86, 87, 88, 89, 88, 89, 88, 89, 88, 88.5]
+    for seed in (0, 1):
+        runs[('drop_path', seed)] = {'epochs': 32, 'validated_epochs': [e - 1 for e in range(2, 33, 2)],
+                                     'top1': [x + seed for x in zigzag], 'final_top1': zigzag[-1] + seed}
+    table, lines = study.plateau_table(runs, ['baseline', 'st', 'baseline_2x', 'drop_path'], [0, 1], epochs=16)
     base = table['baseline']
     # Last quarter of 16 epochs: epochs 12, 14, 16; mean curve 88.5, 88.7, 88.6.
     assert base['epochs'] == [12, 14, 16] and base['curve'] == pytest.approx([88.5, 88.7, 88.6])
     assert base['range'] == pytest.approx(0.2) and base['change'] == pytest.approx(0.1)
+    # Least-squares slope (-2 * 88.5 + 2 * 88.6) / 8 = 0.025 per epoch, over the 4 epochs from 12 to 16.
+    assert base['trend'] == pytest.approx(0.1)
     assert base['final_std'] == pytest.approx(2 ** 0.5 / 2) and base['plateau'] is True
     st = table['st']  # still rising: 87.0 -> 89.1, far more than its seed spread (0.14)
-    assert st['range'] == pytest.approx(2.1) and st['plateau'] is False
-    assert lines[2] == '| baseline | 12-16 (3) | 0.20 | +0.10 | 0.71 | yes |' and lines[3].endswith('| no |')
+    assert st['trend'] == pytest.approx(2.1) and st['plateau'] is False
+    assert lines[2] == '| baseline | 12-16 (3) | 0.20 | +0.10 | +0.10 | 0.71 | yes |' and lines[3].endswith('| no |')
     assert table['baseline_2x']['epochs'] == [24, 26, 28, 30, 32]
     assert table['baseline_2x']['curve'] == pytest.approx([89.0, 89.1, 89.2, 89.1, 89.1])
+    noisy = table['drop_path']  # 89.5, 88.5, 89.5, 88.5, 89.0: the range exceeds the spread, the trend does not
+    assert noisy['range'] == pytest.approx(1.0) and noisy['final_std'] == pytest.approx(2 ** 0.5 / 2)
+    # Slope (-4 * 0.5 - 2 * -0.5 + 2 * -0.5) / 40 = -0.05 per epoch, over the 8 epochs from 24 to 32.
+    assert noisy['trend'] == pytest.approx(-0.4) and noisy['plateau'] is True
 
 
 def _write_idx(path, array):
@@ -189,24 +218,39 @@ def test_fashion_mnist_subset_is_balanced_and_seeded(tmp_path):
     assert image.tolist() == read_idx(str(source / 'train-images-idx3-ubyte.gz'))[first].tolist()
 
 
+def _quoted_tables(results_md: str, section: str) -> List[List[str]]:
+    """Check that a BENCHMARKS.md section quotes a study's results.md; returns its four tables' rows.
+
+    The accuracy table by mean ± std, per seed and difference (the section names the variants in
+    its own words), the cost table by K, time and FLOPs (the section adds the whole run's time),
+    the plateau and subnetwork tables verbatim.
+    """
+    with open(results_md) as f:
+        blocks = f.read().split('\n\n')
+    tables = [[line for line in block.splitlines() if line.startswith('| ') and not line.startswith('| run')]
+              for block in blocks if block.startswith('| run')]
+    accuracy, cost, plateau, loafing = tables
+    for row in accuracy:
+        assert ' | '.join(row.split(' | ')[2:6]) in section, row
+    for row in cost:
+        cells = row.split(' | ')
+        mine = [line.split(' | ') for line in section.splitlines() if line.startswith(cells[0] + ' | ')]
+        assert any(m[1:4] == cells[1:4] and m[5:7] == cells[4:6] for m in mine), row
+    for row in plateau + loafing:
+        assert row in section, row
+    return tables
+
+
+def _section(number: int) -> str:
+    with open(os.path.join(ROOT, 'BENCHMARKS.md')) as f:
+        return f.read().split(f'\n## {number}.')[1].split('\n## ')[0]
+
+
 def test_benchmarks_section_10_quotes_the_committed_results():
     """BENCHMARKS.md section 10 (and the README sentence on it) quote results.md of the committed study."""
-    with open(os.path.join(ROOT, 'benchmarks', 'results', 'study_converged', 'results.md')) as f:
-        results = f.read().splitlines()
-    with open(os.path.join(ROOT, 'BENCHMARKS.md')) as f:
-        section = f.read().split('## 10.')[1]
-    rows = [line for line in results if line.startswith('| ') and not line.startswith('| run')]
-    accuracy = [r for r in rows if r.split(' | ')[1] in ('80', '160')]  # the epochs column
+    accuracy, *_ = _quoted_tables(os.path.join(ROOT, 'benchmarks', 'results', 'study_converged', 'results.md'),
+                                  _section(10))
     assert [r.split(' | ')[0] for r in accuracy] == ['| baseline', '| st', '| stpp', '| stpp_paper', '| baseline_2x']
-    for row in accuracy:  # mean ± std, per seed and the difference, as measured
-        assert ' | '.join(row.split(' | ')[2:6]) in section, row
-    cost = {r.split(' | ')[0]: r.split(' | ') for r in rows if r.count('|') == 8 and ' ± ' not in r}
-    for row in rows:
-        if row not in accuracy and row.split(' | ') not in cost.values():
-            assert row in section, row  # subnetwork and plateau tables: verbatim
-    for name, cells in cost.items():  # K, time, x baseline, then FLOPs, x baseline, re-estimation
-        mine = [line.split(' | ') for line in section.splitlines() if line.startswith(name + ' | ')]
-        assert any(m[1:4] == cells[1:4] and m[5:7] == cells[4:6] for m in mine), (name, cells)
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
     assert 'gains 0.8 points' in readme and float(accuracy[-1].split(' | ')[4]) == pytest.approx(0.78)
