@@ -28,7 +28,9 @@ last quarter of the epochs (``plateau_table``) and ``curves.png`` (top-1 against
     python benchmarks/study.py                                  # the CPU study (about 2 h on 2 idle cores)
     python benchmarks/study.py --train-images 1500 --epochs 80 --val-interval 2 --val-split test2k \
         --variants baseline st stpp stpp_paper --analyze-subnets 16 16 --analyze-distinct --bn-recal 500 \
-        --out benchmarks/results/study_converged            # the converged regime (BENCHMARKS.md 10)
+        --out benchmarks/results/study_converged            # a long cosine schedule (BENCHMARKS.md 10)
+    python benchmarks/study.py --train-images 1500 --epochs 60 --cooldown-epochs 20 --min-lr 0.001 ... \
+        --out benchmarks/results/study_plateau              # the same with a flat tail (BENCHMARKS.md 11)
     python benchmarks/study.py --data fmnist --device cuda ...  # full Fashion-MNIST (see gpu.py)
 """
 import argparse
