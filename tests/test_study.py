@@ -254,3 +254,18 @@ def test_benchmarks_section_10_quotes_the_committed_results():
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
     assert 'gains 0.8 points' in readme and float(accuracy[-1].split(' | ')[4]) == pytest.approx(0.78)
+
+
+def test_benchmarks_section_11_quotes_the_committed_plateau_study():
+    """Section 11 quotes the flat-tail study's results.md; the baseline meets the plateau criterion there."""
+    accuracy, _, plateau, _ = _quoted_tables(
+        os.path.join(ROOT, 'benchmarks', 'results', 'study_plateau', 'results.md'), _section(11))
+    assert [r.split(' | ')[0] for r in accuracy] == ['| baseline', '| st', '| stpp', '| stpp_paper', '| baseline_2x']
+    baseline = next(r.split(' | ') for r in plateau if r.startswith('| baseline |'))
+    assert baseline[-1] == 'yes |' and abs(float(baseline[4])) < float(baseline[5])  # trend < seed std
+    gains = {r.split(' | ')[0][2:]: float(r.split(' | ')[4]) for r in accuracy[1:]}
+    assert gains['stpp'] == gains['stpp_paper'] == pytest.approx(0.82)
+    assert gains['stpp'] - gains['baseline_2x'] == pytest.approx(0.44)
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        readme = ' '.join(f.read().split())
+    assert 'both ST++ variants end 0.82 points above the baseline and 0.44 above the baseline trained twice' in readme
