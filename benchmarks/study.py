@@ -600,6 +600,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     variants = [v for v in VARIANTS if v in args.variants]
     if 'baseline_wall' in variants and args.wall_epochs is None and not {'baseline', 'stpp'} <= set(variants):
         raise SystemExit('--variants baseline_wall needs --wall-epochs, or baseline and stpp to measure the time ratio')
+    if 'baseline_wall' in variants and args.cooldown_epochs:
+        # How to split a wall-clock budget between the cosine and the flat tail is a choice no one made yet.
+        raise SystemExit(f'--variants baseline_wall does not take --cooldown-epochs (got {args.cooldown_epochs}): '
+                         'run it without a flat tail, or leave baseline_wall out')
     data = prepare_data(args)
     if args.val_split:
         data['val_split'] = args.val_split
@@ -619,8 +623,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     ratio = (load_run(run_dir(args, 'stpp', s0))['train_time_s']
                              / load_run(run_dir(args, 'baseline', s0))['train_time_s'])
                     state['wall_epochs'] = max(args.epochs, round(args.epochs * ratio))
-                epochs = state['wall_epochs']
-                cooldown = args.cooldown_epochs
+                epochs, cooldown = state['wall_epochs'], 0
             else:  # twice the epochs: twice the cosine and twice the flat tail
                 epochs, cooldown = args.epochs * factor, args.cooldown_epochs * factor
             folder = run_dir(args, v, s)
@@ -691,7 +694,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     info['torch_threads'], info['runs_at_a_time'] = args.threads, args.jobs
     schedule = f'{args.epochs} epochs' + (
         f' + {args.cooldown_epochs} at the floor (lr {args.lr:g}, cosine to {args.min_lr:g} over the first '
-        f'{args.epochs}, then flat)' if args.cooldown_epochs else '')
+        f'{args.epochs}, then flat)' if args.cooldown_epochs else
+        f' (lr {args.lr:g}, cosine to {args.min_lr:g})' if args.min_lr else '')
     head = (f'{args.data} ({args.train_images if args.data == "fmnist-subset" else "all"} training images), '
             f'{args.model} {" ".join(args.model_kwargs or [])} at {args.size} px, {schedule}, seeds '
             f'{", ".join(map(str, args.seeds))}; {describe(info)}; {args.jobs} runs at a time')

@@ -118,6 +118,11 @@ def test_flat_tail_schedule_holds_the_floor_lr_and_twice_the_epochs_doubles_both
             lrs = [float(row['lr']) for row in csv.DictReader(f)]
         assert lrs[-flat:] == [pytest.approx(0.001)] * flat and lrs[0] > 0.01  # the tail sits at the floor
     assert '2 epochs + 1 at the floor (lr 0.1, cosine to 0.001' in (out / 'results.md').read_text()
+    # The wall-clock control has no rule for splitting its time between cosine and tail: refused up front.
+    with pytest.raises(SystemExit, match='baseline_wall does not take --cooldown-epochs'):
+        study.main(['--data', 'digits', '--epochs', '2', '--cooldown-epochs', '1', '--wall-epochs', '3',
+                    '--out', str(tmp_path / 'wall'), '--variants', 'baseline_wall'])
+    assert not (tmp_path / 'wall').exists()
 
 
 def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_path):
