@@ -600,6 +600,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     variants = [v for v in VARIANTS if v in args.variants]
     if 'baseline_wall' in variants and args.wall_epochs is None and not {'baseline', 'stpp'} <= set(variants):
         raise SystemExit('--variants baseline_wall needs --wall-epochs, or baseline and stpp to measure the time ratio')
+    if args.cooldown_epochs < 0 or not 0 <= args.min_lr < args.lr:
+        raise SystemExit(f'--cooldown-epochs {args.cooldown_epochs} / --min-lr {args.min_lr:g}: expected epochs >= 0 '
+                         f'and a floor 0 <= min-lr < --lr ({args.lr:g}); e.g. --cooldown-epochs 20 --min-lr 0.001')
     if 'baseline_wall' in variants and args.cooldown_epochs:
         # How to split a wall-clock budget between the cosine and the flat tail is a choice no one made yet.
         raise SystemExit(f'--variants baseline_wall does not take --cooldown-epochs (got {args.cooldown_epochs}): '

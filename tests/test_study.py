@@ -123,6 +123,10 @@ def test_flat_tail_schedule_holds_the_floor_lr_and_twice_the_epochs_doubles_both
         study.main(['--data', 'digits', '--epochs', '2', '--cooldown-epochs', '1', '--wall-epochs', '3',
                     '--out', str(tmp_path / 'wall'), '--variants', 'baseline_wall'])
     assert not (tmp_path / 'wall').exists()
+    for bad in (['--cooldown-epochs', '-1'], ['--min-lr', '0.5']):  # a floor above the peak lr (0.1)
+        with pytest.raises(SystemExit, match='expected epochs >= 0 and a floor 0 <= min-lr < --lr'):
+            study.main(['--data', 'digits', '--out', str(tmp_path / 'bad'), *bad])
+    assert not (tmp_path / 'bad').exists()
 
 
 def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_path):
