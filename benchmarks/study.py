@@ -125,17 +125,22 @@ def recipe(args, data: Dict[str, Any], seed: int, epochs: int, cooldown: int = 0
     return argv
 
 
-def budget_subnets(args, budget: float) -> float:
-    """The mean K ``--stim-budget`` resolves to for the study's model, space and input sizes (for the report)."""
+def create_study_model(args):
+    """The study's model, built as train_stim.py builds it from ``--model`` and ``--model-kwargs``."""
+    import ast
     import timm
-    import timm_stim
-    from timm_stim.budget import resolve_budget
     kwargs = {}
     for item in args.model_kwargs or []:
-        import ast
         key, value = item.split('=', 1)
         kwargs[key] = ast.literal_eval(value)
-    model = timm.create_model(args.model, num_classes=10, **kwargs)
+    return timm.create_model(args.model, num_classes=10, **kwargs)
+
+
+def budget_subnets(args, budget: float) -> float:
+    """The mean K ``--stim-budget`` resolves to for the study's model, space and input sizes (for the report)."""
+    import timm_stim
+    from timm_stim.budget import resolve_budget
+    model = create_study_model(args)
     stim = timm_stim.attach(model, space='stpp')
     return resolve_budget(stim, (3, args.size, args.size), 0.43, 1.0, budget=budget).num_subnets
 
@@ -443,16 +448,10 @@ def training_flops(args, variant: str, run: Dict[str, Any], log_path: str) -> Di
     the run's log says it re-estimated on.
     """
     import re
-    import timm
     import timm_stim
     from timm_stim.budget import subnet_cost
     from timm_stim.flops import count_flops
-    kwargs = {}
-    for item in args.model_kwargs or []:
-        import ast
-        key, value = item.split('=', 1)
-        kwargs[key] = ast.literal_eval(value)
-    model = timm.create_model(args.model, num_classes=10, **kwargs)
+    model = create_study_model(args)
     size = (3, args.size, args.size)
     full = count_flops(model, size)
     extra = VARIANTS[variant][0]
