@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import ROOT
+from _common import ROOT, cpu_model
 
 RUN_FILES = ('summary.csv', 'train_times.json', 'args.yaml')
 
@@ -91,6 +91,7 @@ def score_run(run_folder: str, run_log: str, split: str, raw_folder: str, device
         shutil.copyfile(os.path.join(run_folder, name), os.path.join(raw_folder, name))
     shutil.copyfile(run_log, os.path.join(raw_folder, 'train.log'))
     meta = {**software_commit(), 'torch': torch.__version__, 'timm': timm.__version__, 'device': device,
+            'machine': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_model(),
             'python': sys.version.split()[0], 'date': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
             'split': split, 'images': int(sum(len(x) for x in labels)), 'checkpoint': 'last.pth.tar'}
     with open(os.path.join(raw_folder, 'meta.json'), 'w') as f:
