@@ -38,6 +38,7 @@ last quarter of the epochs (``plateau_table``) and ``curves.png`` (top-1 against
     python benchmarks/study.py --train-images 1500 --epochs 60 --cooldown-epochs 20 --min-lr 0.001 ... \
         --out benchmarks/results/study_plateau              # the same with a flat tail (BENCHMARKS.md 11)
     python benchmarks/study.py --data fmnist --device cuda ...  # full Fashion-MNIST (see gpu.py)
+    python benchmarks/claim3.py --out benchmarks/results/claim3 # claim 3, pre-registered (benchmarks/preregistration)
 """
 import argparse
 import csv
