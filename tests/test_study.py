@@ -403,6 +403,19 @@ def test_the_plan_names_the_drivers_command_and_the_flops_matched_epochs():
     assert round(80 * ratio) == 232 and f'{ratio:.6f}' in plan
 
 
+def test_variant_seeds_and_baseline_flops_refuse_bad_input_before_any_work(tmp_path):
+    for bad, match in ((['--variant-seeds', 'stpp=1,x'], "--variant-seeds 'stpp=1,x': expected VARIANT=SEED"),
+                       (['--variant-seeds', 'st=1'], "the variant one of --variants \\(baseline, stpp\\)"),
+                       (['--variant-seeds', 'stpp=1', 'stpp=2'], "--variant-seeds 'stpp=2'"),
+                       (['--variants', 'baseline_flops', '--cooldown-epochs', '5', '--min-lr', '0.001'],
+                        'baseline_flops does not take --cooldown-epochs')):
+        argv = ['--data', 'digits', '--out', str(tmp_path / 'bad'), '--variants', 'baseline', 'stpp', *bad]
+        with pytest.raises(SystemExit, match=match):
+            study.main(argv)
+        assert not (tmp_path / 'bad').exists()
+    assert study.parse_variant_seeds(['stpp=4,5'], ['stpp']) == {'stpp': [4, 5]}
+
+
 def test_claim3_driver_runs_scores_resumes_and_reports_from_raw_files(tmp_path):
     """Tiny end to end: every arm's final network scored and kept, tests as planned, resumable across sessions."""
     import shutil
