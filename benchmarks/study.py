@@ -11,10 +11,16 @@ One recipe, seven variants, several seeds (defaults: the CPU regime chosen in BE
   budget affords, resolved by ``timm_stim.budget``; the task draws the whole number every step);
 * ``baseline_2x``: the baseline with twice the epochs (what ST++ at budget 1 costs);
 * ``baseline_wall``: the baseline with the epochs that take as long as ``stpp`` (from the first
-  seed's measured time ratio, or ``--wall-epochs``).
+  seed's measured time ratio, or ``--wall-epochs``);
+* ``baseline_flops``: the baseline with the training FLOPs of ``stpp_paper`` (its epochs times
+  their FLOPs ratio, counted from the model, rounded: ``flops_epochs``).
 
 Every run is a ``train_stim.py`` subprocess (``--jobs`` at a time, ``--threads`` torch threads
-each); finished runs are kept, so an interrupted study resumes where it stopped. Then
+each); finished runs are kept, so an interrupted study resumes where it stopped (a run cut part-way
+starts again from scratch, noted in ``events.log``). ``--variant-seeds`` gives a variant its
+own seeds. With ``--score-split``, every finished run's final network is scored on that whole
+split and its raw record (logits, labels, curve, times, commit) is kept in ``raw/`` (``_score.py``),
+which also counts as the run being done when its checkpoints are gone. Then
 ``python -m timm_stim analyze`` evaluates the last checkpoints of the equal-epoch variants:
 the full network, every network with one block removed and sampled subnetworks of the
 uniform space and of the stpp space, with the checkpoint's BatchNorm statistics and with
@@ -32,6 +38,7 @@ last quarter of the epochs (``plateau_table``) and ``curves.png`` (top-1 against
     python benchmarks/study.py --train-images 1500 --epochs 60 --cooldown-epochs 20 --min-lr 0.001 ... \
         --out benchmarks/results/study_plateau              # the same with a flat tail (BENCHMARKS.md 11)
     python benchmarks/study.py --data fmnist --device cuda ...  # full Fashion-MNIST (see gpu.py)
+    python benchmarks/claim3.py --out benchmarks/results/claim3 # claim 3, pre-registered (benchmarks/preregistration)
 """
 import argparse
 import csv
@@ -45,6 +52,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import _common  # noqa: F401  (puts the repository on sys.path)
+import _score
 from _common import ROOT, describe, machine
 
 FMNIST_MEAN, FMNIST_STD = '0.2860', '0.3530'  # Fashion-MNIST training-set pixel statistics (grey, as RGB)
@@ -60,7 +68,8 @@ STPP = ['--stim-space', 'stpp', '--stim-norm', 'kl', '--stim-min-scale', '0.43']
 STPP_PAPER = ['--stim-space', 'stpp', '--stim-mode', 'depth', '--stim-norm', 'all', '--stim-min-scale', '0.43',
               '--stim-resize', 'official', '--stim-bn', 'update', '--stim-bn-recal', '2000']
 
-# name -> (extra train_stim.py options, epochs: 1 = --epochs, 2 = twice, 'wall' = as long as stpp, analyzed)
+# name -> (extra train_stim.py options, epochs: 1 = --epochs, 2 = twice, 'wall' = as long as stpp,
+#          'flops' = stpp_paper's training FLOPs, analyzed)
 VARIANTS: Dict[str, Tuple[List[str], Any, bool]] = {
     'baseline': ([], 1, True),
     'drop_path': (['--drop-path', '0.1'], 1, True),
@@ -70,9 +79,11 @@ VARIANTS: Dict[str, Tuple[List[str], Any, bool]] = {
     'stpp_budget1': (['--stim-budget', '1', *STPP], 1, True),
     'baseline_2x': ([], 2, False),
     'baseline_wall': ([], 'wall', False),
+    'baseline_flops': ([], 'flops', False),
 }
 ANALYZE_SPACES = ('uniform', 'stpp')
 CONTROLS = ('stpp_budget1', 'baseline_2x')  # the compute-budget comparison (--control-seeds)
+FLOPS_MATCHED = 'stpp_paper'  # whose training FLOPs baseline_flops is given
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +164,18 @@ def run_dir(args, variant: str, seed: int) -> str:
     return os.path.join(args.out, 'runs', f'{variant}-seed{seed}')
 
 
+def raw_dir(args, variant: str, seed: int) -> str:
+    """A scored run's raw record (``--score-split``): kept, and committed, where checkpoints are not."""
+    return os.path.join(args.out, 'raw', f'{variant}-seed{seed}')
+
+
+def note_event(args, text: str) -> None:
+    """Append a line to ``events.log`` in ``--out``: runs restarted or failed, for the report."""
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'events.log'), 'a') as f:
+        f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {text}\n')
+
+
 def load_run(folder: str) -> Dict[str, Any]:
     import yaml
     with open(os.path.join(folder, 'summary.csv')) as f:
@@ -170,13 +193,21 @@ class Job:
     """One train_stim.py or analyze command; ``ready`` says when its inputs exist."""
 
     def __init__(self, name: str, make_argv, ready=lambda: True, done_file: Optional[str] = None,
-                 kind: str = 'train', log: Optional[str] = None, variant: str = ''):
+                 kind: str = 'train', log: Optional[str] = None, variant: str = '', also_done: Optional[str] = None):
         self.name, self.make_argv, self.ready, self.done_file, self.kind, self.log, self.variant = (
             name, make_argv, ready, done_file, kind, log, variant)
+        self.also_done = also_done  # another file that says the job's work is done (a scored run's record)
 
     @property
     def done(self) -> bool:
-        return self.done_file is not None and os.path.exists(self.done_file)
+        return any(p is not None and os.path.exists(p) for p in (self.done_file, self.also_done))
+
+    def mark_done(self) -> None:
+        """Record the job as done: a score job's done file is its own output, which must exist."""
+        if self.kind != 'score':
+            open(self.done_file, 'w').close()
+        elif not os.path.exists(self.done_file):
+            raise SystemExit(f'{self.name} ended without writing {self.done_file}; see {self.log}')
 
 
 def run_jobs(jobs: List[Job], args) -> List[str]:
@@ -210,6 +241,7 @@ def run_jobs(jobs: List[Job], args) -> List[str]:
             if job.kind == 'train' and os.path.isdir(job.log[:-len('.log')]):
                 # A run stopped before it finished (no 'done'): start it again from scratch.
                 shutil.rmtree(job.log[:-len('.log')])
+                note_event(args, f'{job.name}: found unfinished, restarted from scratch with the same seed')
             argv = job.make_argv()
             os.makedirs(os.path.dirname(job.log), exist_ok=True)
             if args.in_process:
@@ -217,8 +249,8 @@ def run_jobs(jobs: List[Job], args) -> List[str]:
                 _run_in_process(job, argv)
                 durations[job.variant] = time.time() - began
                 continue
-            script = (os.path.join(ROOT, 'benchmarks', '_train_timed.py') if job.kind == 'train'
-                      else '-m timm_stim analyze')
+            script = {'train': os.path.join(ROOT, 'benchmarks', '_train_timed.py'),
+                      'score': os.path.join(ROOT, 'benchmarks', '_score.py')}.get(job.kind, '-m timm_stim analyze')
             cmd = [sys.executable, *script.split()] + argv
             log = open(job.log, 'w')
             running.append((job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
@@ -249,8 +281,10 @@ def run_jobs(jobs: List[Job], args) -> List[str]:
             if proc.returncode:
                 for other, p, _, _ in running:
                     p.kill()
+                note_event(args, f'{job.name}: failed (exit {proc.returncode}), see {job.log}; '
+                                 f'the next call reruns it with the same seed')
                 raise SystemExit(f'{job.name} failed (exit {proc.returncode}); see {job.log}')
-            open(job.done_file, 'w').close()
+            job.mark_done()
             durations[job.variant] = time.time() - began
             print(f'[{time.time() - start:6.0f} s] done  {job.name} ({durations[job.variant]:.0f} s)', flush=True)
     return unfinished
@@ -270,13 +304,15 @@ def _run_in_process(job: Job, argv: List[str]) -> None:
     try:
         if job.kind == 'train':
             _train_timed.run(argv)
+        elif job.kind == 'score':
+            _score.main(argv)
         elif analyze_main(argv) != 0:
             raise SystemExit(f'{job.name} failed')
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
         handler.close()
-    open(job.done_file, 'w').close()
+    job.mark_done()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,28 +475,55 @@ def cost_table(runs: Dict[Tuple[str, int], Dict], variants: List[str], seeds: Li
     return lines
 
 
-def training_flops(args, variant: str, run: Dict[str, Any], log_path: str) -> Dict[str, float]:
-    """FLOPs of one run as torch counts them: training (backward = 2x forward) and BN re-estimation.
+def forward_flops(args, variant: str, subnets: bool = True) -> Tuple[float, float]:
+    """(full forward FLOPs, expected subnetwork forward as a share of it) for a variant's model, space and sizes.
 
-    Training: epochs x images per epoch (whole batches, as the log counts them) x 3 x
-    (full forward + K x the expected subnetwork forward, ``timm_stim.budget.subnet_cost``, at
-    the variant's space and input sizes). BN re-estimation: the forward passes of the images
-    the run's log says it re-estimated on.
+    The share is ``timm_stim.budget.subnet_cost`` at the variant's ``--stim-min-scale`` /
+    ``--stim-max-scale``; 0 with ``subnets=False``.
     """
-    import re
     import timm_stim
     from timm_stim.budget import subnet_cost
     from timm_stim.flops import count_flops
     model = create_study_model(args)
     size = (3, args.size, args.size)
-    full = count_flops(model, size)
+    full = float(count_flops(model, size))
+    if not subnets:
+        return full, 0.0
     extra = VARIANTS[variant][0]
     opt = lambda name, default: extra[extra.index(name) + 1] if name in extra else default  # noqa: E731
+    stim = timm_stim.attach(model, space=opt('--stim-space', 'uniform'), mode=opt('--stim-mode', 'depth'))
+    cost, _ = subnet_cost(stim, size, float(opt('--stim-min-scale', 1.0)), float(opt('--stim-max-scale', 1.0)))
+    return full, cost
+
+
+def flops_epochs(args, forward: Optional[Tuple[float, float]] = None) -> int:
+    """Epochs of ``baseline_flops``: ``--epochs`` x the training-FLOPs ratio of ``FLOPS_MATCHED`` to the baseline.
+
+    Per image both pay 3 x the full forward (backward = 2x forward, ``training_flops``) and
+    ``FLOPS_MATCHED`` also K x its expected subnetwork share, so the ratio is 1 + K x share
+    (2.9049 for the half-width resnet34 at 28 px: 80 epochs -> 232.39, rounded to 232).
+    ``forward``: ``forward_flops(args, FLOPS_MATCHED)`` when known.
+    """
+    extra = VARIANTS[FLOPS_MATCHED][0]
+    k = int(extra[extra.index('--stim-subnets') + 1])
+    _, share = forward or forward_flops(args, FLOPS_MATCHED)
+    return round(args.epochs * (1 + k * share))
+
+
+def training_flops(args, variant: str, run: Dict[str, Any], log_path: str,
+                   forward: Optional[Tuple[float, float]] = None) -> Dict[str, float]:
+    """FLOPs of one run as torch counts them: training (backward = 2x forward) and BN re-estimation.
+
+    Training: epochs x images per epoch (whole batches, as the log counts them) x 3 x
+    (full forward + K x the expected subnetwork forward, ``timm_stim.budget.subnet_cost``, at
+    the variant's space and input sizes). BN re-estimation: the forward passes of the images
+    the run's log says it re-estimated on. ``forward``: ``forward_flops(args, variant)`` when known
+    (it takes seconds to count).
+    """
+    import re
     k = float(run['stim_resolved'].get('subnets_per_step') or 0) if run['stim_resolved'].get('enabled') else 0.0
-    cost = 0.0
-    if k:
-        stim = timm_stim.attach(model, space=opt('--stim-space', 'uniform'), mode=opt('--stim-mode', 'depth'))
-        cost, _ = subnet_cost(stim, size, float(opt('--stim-min-scale', 1.0)), float(opt('--stim-max-scale', 1.0)))
+    full, cost = forward or forward_flops(args, variant, subnets=bool(k))
+    cost = cost if k else 0.0
     with open(log_path) as f:
         log = f.read()
     # Batches per epoch from timm's progress line ("Train: 0 [   0/11 ..."): whole batches only.
@@ -572,8 +635,13 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--control-seeds', type=int, nargs='+', default=None,
                         help=f'seeds of the {" and ".join(CONTROLS)} controls, a subset of --seeds (default: --seeds)')
-    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=[v for v in VARIANTS if v != 'stpp_paper'],
-                        help='default: all but stpp_paper (the sections 7-8 study; BENCHMARKS.md 10 names its own)')
+    parser.add_argument('--variant-seeds', nargs='+', default=[], metavar='VARIANT=SEEDS',
+                        help='a variant\'s own seeds, comma-separated, e.g. stpp=100,101,102 (default: --seeds, '
+                             'and --control-seeds for the controls)')
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS),
+                        default=[v for v in VARIANTS if v not in ('stpp_paper', 'baseline_flops')],
+                        help='default: all but stpp_paper and baseline_flops (the sections 7-8 study; BENCHMARKS.md '
+                             '10 names its own)')
     parser.add_argument('--wall-epochs', type=int, default=None,
                         help='epochs of baseline_wall (default: from the first seed\'s stpp / baseline time ratio)')
     parser.add_argument('--jobs', type=int, default=2, help='runs at a time')
@@ -588,38 +656,81 @@ def create_parser() -> argparse.ArgumentParser:
                         help='variants analyze evaluates (default: every equal-epoch variant that runs)')
     parser.add_argument('--time-limit', type=float, default=None,
                         help='seconds: start only runs expected to end by then, stop what still runs at it')
+    parser.add_argument('--score-split', default=None,
+                        help='score every finished run\'s final network on this whole split and keep its logits, '
+                             'labels, curve and times in raw/ (e.g. test: all 10,000 Fashion-MNIST test images)')
+    parser.add_argument('--results-name', default='results', help='base name of the .md / .json summary')
     parser.add_argument('--in-process', action='store_true', help='run every job here, one by one (tests)')
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'study_cpu'))
     return parser
+
+
+def parse_variant_seeds(items: List[str], variants: List[str]) -> Dict[str, List[int]]:
+    """``['stpp=1,2']`` -> ``{'stpp': [1, 2]}``; a variant not run, a repeat or a seed that is no integer is refused."""
+    out: Dict[str, List[int]] = {}
+    for item in items:
+        name, _, seeds = item.partition('=')
+        try:
+            parsed = [int(x) for x in seeds.split(',')]
+        except ValueError:
+            parsed = []
+        if name not in variants or name in out or not parsed:
+            raise SystemExit(f'--variant-seeds {item!r}: expected VARIANT=SEED,SEED,... once per variant, the '
+                             f'variant one of --variants ({", ".join(variants)}); e.g. stpp=100,101,102')
+        out[name] = parsed
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = create_parser().parse_args(argv)
     args.out = os.path.abspath(args.out)
     variants = [v for v in VARIANTS if v in args.variants]
+    variant_seeds = parse_variant_seeds(args.variant_seeds, variants)
     if 'baseline_wall' in variants and args.wall_epochs is None and not {'baseline', 'stpp'} <= set(variants):
         raise SystemExit('--variants baseline_wall needs --wall-epochs, or baseline and stpp to measure the time ratio')
     if args.cooldown_epochs < 0 or not 0 <= args.min_lr < args.lr:
         raise SystemExit(f'--cooldown-epochs {args.cooldown_epochs} / --min-lr {args.min_lr:g}: expected epochs >= 0 '
                          f'and a floor 0 <= min-lr < --lr ({args.lr:g}); e.g. --cooldown-epochs 20 --min-lr 0.001')
-    if 'baseline_wall' in variants and args.cooldown_epochs:
-        # How to split a wall-clock budget between the cosine and the flat tail is a choice no one made yet.
-        raise SystemExit(f'--variants baseline_wall does not take --cooldown-epochs (got {args.cooldown_epochs}): '
-                         'run it without a flat tail, or leave baseline_wall out')
+    for scaled in ('baseline_wall', 'baseline_flops'):
+        if scaled in variants and args.cooldown_epochs:
+            # How to split a scaled budget between the cosine and the flat tail is a choice no one made yet.
+            raise SystemExit(f'--variants {scaled} does not take --cooldown-epochs (got {args.cooldown_epochs}): '
+                             f'run it without a flat tail, or leave {scaled} out')
     data = prepare_data(args)
     if args.val_split:
         data['val_split'] = args.val_split
     os.makedirs(args.out, exist_ok=True)
     budget_k = budget_subnets(args, 1.0) if 'stpp_budget1' in variants else None
-    done = lambda v, s: os.path.exists(os.path.join(run_dir(args, v, s), 'done'))  # noqa: E731
-    state: Dict[str, Any] = {'wall_epochs': args.wall_epochs}
+
+    def scored(v: str, s: int) -> Optional[str]:
+        """The run's raw logits file when it exists (``--score-split``), else None."""
+        path = _score.logits_file(raw_dir(args, v, s), args.score_split) if args.score_split else None
+        return path if path and os.path.exists(path) else None
+
+    # A run is done when its folder says so, or when its scored record is kept (its checkpoints may be gone).
+    done = lambda v, s: os.path.exists(os.path.join(run_dir(args, v, s), 'done')) or bool(scored(v, s))  # noqa: E731
+    forward: Dict[Tuple, Tuple[float, float]] = {}  # forward_flops, counted once per space and sizes (seconds each)
+
+    def forward_of(v: str) -> Tuple[float, float]:
+        extra = VARIANTS[v][0]
+        stimulated = bool({'--stim-subnets', '--stim-budget'} & set(extra))
+        key = tuple((o, extra[extra.index(o) + 1]) for o in ('--stim-space', '--stim-mode', '--stim-min-scale',
+                                                             '--stim-max-scale') if o in extra) if stimulated else None
+        if key not in forward:
+            forward[key] = forward_flops(args, v, subnets=stimulated)
+        return forward[key]
+
+    state: Dict[str, Any] = {'wall_epochs': args.wall_epochs, 'flops_epochs': (
+        flops_epochs(args, forward_of(FLOPS_MATCHED)) if 'baseline_flops' in variants else None)}
 
     def train_job(v: str, s: int) -> Job:
         extra, factor, _ = VARIANTS[v]
         extra = list(extra)
 
         def make_argv() -> List[str]:
-            if factor == 'wall':
+            if factor == 'flops':
+                epochs, cooldown = state['flops_epochs'], 0
+            elif factor == 'wall':
                 if state['wall_epochs'] is None:
                     s0 = args.seeds[0]
                     ratio = (load_run(run_dir(args, 'stpp', s0))['train_time_s']
@@ -635,10 +746,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         ready = (lambda: done('baseline', args.seeds[0]) and done('stpp', args.seeds[0])) \
             if factor == 'wall' and args.wall_epochs is None else (lambda: True)
         folder = run_dir(args, v, s)
-        return Job(f'{v}-seed{s}', make_argv, ready, os.path.join(folder, 'done'), 'train', folder + '.log', v)
+        also = _score.logits_file(raw_dir(args, v, s), args.score_split) if args.score_split else None
+        return Job(f'{v}-seed{s}', make_argv, ready, os.path.join(folder, 'done'), 'train', folder + '.log', v, also)
+
+    def score_job(v: str, s: int) -> Job:
+        folder, raw = run_dir(args, v, s), raw_dir(args, v, s)
+        argv = [folder, folder + '.log', args.score_split, raw, '--device', args.device]
+        return Job(f'score {v}-seed{s}', lambda: argv,
+                   lambda: os.path.exists(os.path.join(folder, 'done')), _score.logits_file(raw, args.score_split),
+                   'score', raw + '.score.log', 'score')
 
     control_seeds = args.seeds if args.control_seeds is None else args.control_seeds
-    seeds_of = lambda v: control_seeds if v in CONTROLS else args.seeds  # noqa: E731
+    seeds_of = lambda v: variant_seeds.get(v, control_seeds if v in CONTROLS else args.seeds)  # noqa: E731
+    # Every seed any variant runs, --seeds first, in the order given.
+    all_seeds = list(dict.fromkeys([*args.seeds, *(s for v in variants for s in seeds_of(v))]))
+
+    def train_and_score(v: str, s: int) -> List[Job]:
+        return [train_job(v, s)] + ([score_job(v, s)] if args.score_split else [])
 
     def analyze_job(v: str, space: str, recal: int) -> Job:
         folder = os.path.join(args.out, 'analyze', f'{v}-{space}-{"recal" if recal else "own"}')
@@ -656,9 +780,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                    folder + '.log', 'analyze')
 
     # Seed by seed, so the first seed's baseline and stpp (which set baseline_wall's epochs) come first.
-    jobs = [train_job(v, s) for s in args.seeds for v in variants if v not in CONTROLS]
+    jobs = [j for s in all_seeds for v in variants if v not in CONTROLS and s in seeds_of(v)
+            for j in train_and_score(v, s)]
     # The budget controls come last: after the analyses, which start as soon as their runs are done.
-    controls = [train_job(v, s) for s in control_seeds for v in variants if v in CONTROLS]
+    controls = [j for s in all_seeds for v in variants if v in CONTROLS and s in seeds_of(v)
+                for j in train_and_score(v, s)]
     analyzed = [v for v in variants
                 if VARIANTS[v][2] and (args.analyze_variants is None or v in args.analyze_variants)]
     if args.analyze:
@@ -677,12 +803,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     else:
         unfinished = run_jobs(jobs, args)
 
-    runs = {(v, s): load_run(run_dir(args, v, s)) for v in variants for s in args.seeds if done(v, s)}
-    for (v, s), r in runs.items():
-        r['flops'] = training_flops(args, v, r, run_dir(args, v, s) + '.log')
-    acc, acc_lines = accuracy_table(runs, variants, args.seeds)
-    plateau, plateau_lines = plateau_table(runs, variants, args.seeds, args.epochs + args.cooldown_epochs)
-    cost_lines = cost_table(runs, variants, args.seeds)
+    runs: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    for v in variants:
+        for s in seeds_of(v):
+            if not done(v, s):
+                continue
+            # The run's own folder, or its raw record when only that is kept (the same files).
+            record = scored(v, s)
+            folder, log = ((run_dir(args, v, s), run_dir(args, v, s) + '.log')
+                           if os.path.exists(os.path.join(run_dir(args, v, s), 'done')) or not record
+                           else (raw_dir(args, v, s), os.path.join(raw_dir(args, v, s), 'train.log')))
+            runs[(v, s)] = load_run(folder)
+            runs[(v, s)]['flops'] = training_flops(args, v, runs[(v, s)], log, forward_of(v))
+            if record:
+                runs[(v, s)]['score_top1'] = _score.top1_of(record)
+    acc, acc_lines = accuracy_table(runs, variants, all_seeds)
+    plateau, plateau_lines = plateau_table(runs, variants, all_seeds, args.epochs + args.cooldown_epochs)
+    cost_lines = cost_table(runs, variants, all_seeds)
     rows_by: Dict[Tuple[str, str, str], List[Dict]] = {}
     for v in analyzed:
         for space in ANALYZE_SPACES:
@@ -690,7 +827,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 path = os.path.join(args.out, 'analyze', f'{v}-{space}-{"recal" if recal else "own"}', 'analyze.csv')
                 if args.analyze and os.path.exists(path):
                     rows_by[(v, space, key)] = read_analyze(path)
-    loaf, loaf_lines = loafing_table(rows_by, analyzed, args.seeds)
+    loaf, loaf_lines = loafing_table(rows_by, analyzed, all_seeds)
     info = machine(_device(args.device))
     # The runs, not this driver, are what the header describes: --threads torch threads each.
     info['torch_threads'], info['runs_at_a_time'] = args.threads, args.jobs
@@ -700,27 +837,31 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         f' (lr {args.lr:g}, cosine to {args.min_lr:g})' if args.min_lr else '')
     head = (f'{args.data} ({args.train_images if args.data == "fmnist-subset" else "all"} training images), '
             f'{args.model} {" ".join(args.model_kwargs or [])} at {args.size} px, {schedule}, seeds '
-            f'{", ".join(map(str, args.seeds))}; {describe(info)}; {args.jobs} runs at a time')
+            f'{", ".join(map(str, args.seeds))}'
+            + ''.join(f' ({v}: {", ".join(map(str, ss))})' for v, ss in variant_seeds.items())
+            + (f'; baseline_flops: {state["flops_epochs"]} epochs' if state['flops_epochs'] else '')
+            + f'; {describe(info)}; {args.jobs} runs at a time')
     note = [f'Not finished within the time limit: {", ".join(unfinished)}', ''] if unfinished else []
     text = '\n'.join([head, '', *note, *acc_lines, '', *cost_lines, '', *plateau_lines, '', *loaf_lines]) + '\n'
-    with open(os.path.join(args.out, 'results.md'), 'w') as f:
+    with open(os.path.join(args.out, f'{args.results_name}.md'), 'w') as f:
         f.write(text)
-    curves = {recal: removed_curves(rows_by, analyzed, args.seeds, recal) for recal in ('own', 'recal')}
-    with open(os.path.join(args.out, 'results.json'), 'w') as f:
+    curves = {recal: removed_curves(rows_by, analyzed, all_seeds, recal) for recal in ('own', 'recal')}
+    with open(os.path.join(args.out, f'{args.results_name}.json'), 'w') as f:
         json.dump({'machine': info, 'args': vars(args), 'budget1_subnets': budget_k, 'unfinished': unfinished,
-                   'wall_epochs': state['wall_epochs'], 'accuracy': acc, 'plateau': plateau, 'loafing': loaf,
+                   'wall_epochs': state['wall_epochs'], 'flops_epochs': state['flops_epochs'], 'accuracy': acc,
+                   'plateau': plateau, 'loafing': loaf,
                    'blocks_removed': {r: {v: {str(k): list(x) for k, x in c.items()} for v, c in cs.items()}
                                       for r, cs in curves.items()},
                    'runs': {f'{v}-seed{s}': r for (v, s), r in runs.items()}}, f, indent=1)
     if runs:
         plot_accuracy(runs, os.path.join(args.out, 'accuracy_vs_time.png'))
-        plot_curves(runs, variants, args.seeds, args.epochs + args.cooldown_epochs, os.path.join(args.out, 'curves.png'))
+        plot_curves(runs, variants, all_seeds, args.epochs + args.cooldown_epochs, os.path.join(args.out, 'curves.png'))
     if rows_by:
-        plot_loafing(rows_by, analyzed, args.seeds, os.path.join(args.out, 'loafing.png'))
+        plot_loafing(rows_by, analyzed, all_seeds, os.path.join(args.out, 'loafing.png'))
     print(text)
-    print(f'wrote {args.out}/results.md, results.json and the plots')
+    print(f'wrote {args.out}/{args.results_name}.md, {args.results_name}.json and the plots')
     return {'accuracy': acc, 'loafing': loaf, 'runs': runs, 'wall_epochs': state['wall_epochs'],
-            'budget1_subnets': budget_k}
+            'flops_epochs': state['flops_epochs'], 'budget1_subnets': budget_k, 'unfinished': unfinished}
 
 
 def _device(name: str):

@@ -1,6 +1,7 @@
 """benchmarks/study.py: the loafing / accuracy study, its tables and a tiny end-to-end run on the digits."""
 import csv
 import json
+import math
 import os
 import sys
 from typing import List
@@ -255,14 +256,39 @@ def _section(number: int) -> str:
         return f.read().split(f'\n## {number}.')[1].split('\n## ')[0]
 
 
+def _readme() -> str:
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        return f.read()
+
+
+def _in_short() -> str:
+    with open(os.path.join(ROOT, 'BENCHMARKS.md')) as f:
+        return f.read().split('\n## In short')[1].split('\n## ')[0]
+
+
+def _study_json(name: str):
+    with open(os.path.join(ROOT, 'benchmarks', 'results', name, 'results.json')) as f:
+        return json.load(f)
+
+
 def test_benchmarks_section_10_quotes_the_committed_results():
     """BENCHMARKS.md section 10 (and the README sentence on it) quote results.md of the committed study."""
     accuracy, *_ = _quoted_tables(os.path.join(ROOT, 'benchmarks', 'results', 'study_converged', 'results.md'),
                                   _section(10))
     assert [r.split(' | ')[0] for r in accuracy] == ['| baseline', '| st', '| stpp', '| stpp_paper', '| baseline_2x']
-    with open(os.path.join(ROOT, 'README.md')) as f:
-        readme = f.read()
-    assert 'gains 0.8 points' in readme and float(accuracy[-1].split(' | ')[4]) == pytest.approx(0.78)
+    assert float(accuracy[-1].split(' | ')[4]) == pytest.approx(0.78)  # "gains +0.78" (In short)
+    # README / In short, from results.json: ST++ 0.45-0.50 above the baseline at equal epochs, and the
+    # baseline trained twice as long (2.0x the FLOPs, ST++ 2.9x) above both ST++ variants.
+    result = _study_json('study_converged')
+    mean = {v: a['top1_mean'] for v, a in result['accuracy'].items()}
+    gains = sorted(mean[v] - mean['baseline'] for v in ('stpp', 'stpp_paper'))
+    readme = ' '.join(_readme().split())
+    assert f'end {gains[0]:.2f}-{gains[1]:.2f} points above the baseline at equal epochs with cosine to zero' in readme
+    assert mean['baseline_2x'] > max(mean['stpp'], mean['stpp_paper'])
+    flops = {v: result['runs'][f'{v}-seed0']['flops']['train_flops'] for v in ('baseline', 'stpp', 'baseline_2x')}
+    ratios = (flops['baseline_2x'] / flops['baseline'], flops['stpp'] / flops['baseline'])
+    assert (round(ratios[0], 1), round(ratios[1], 1)) == (2.0, 2.9)
+    assert 'twice as long (2.0x the FLOPs, ST++ 2.9x) beats both' in readme
 
 
 def test_benchmarks_section_11_quotes_the_committed_plateau_study():
@@ -274,7 +300,172 @@ def test_benchmarks_section_11_quotes_the_committed_plateau_study():
     assert baseline[-1] == 'yes |' and abs(float(baseline[4])) < float(baseline[5])  # trend < seed std
     gains = {r.split(' | ')[0][2:]: float(r.split(' | ')[4]) for r in accuracy[1:]}
     assert gains['stpp'] == gains['stpp_paper'] == pytest.approx(0.82)
-    assert gains['stpp'] - gains['baseline_2x'] == pytest.approx(0.44)
-    with open(os.path.join(ROOT, 'README.md')) as f:
-        readme = ' '.join(f.read().split())
-    assert 'both ST++ variants end 0.82 points above the baseline and 0.44 above the baseline trained twice' in readme
+    # The README, "In short" and section 11 quote the means of results.json, not differences of rounded
+    # means (0.82 - 0.38 = 0.44): ST++ is 0.433 above the baseline trained twice as long.
+    plateau, converged = _study_json('study_plateau'), _study_json('study_converged')
+    mean = {v: a['top1_mean'] for v, a in plateau['accuracy'].items()}
+    assert f"{mean['stpp'] - mean['baseline']:.2f}" == f"{mean['stpp_paper'] - mean['baseline']:.2f}" == '0.82'
+    assert f"{mean['stpp'] - mean['baseline_2x']:.2f}" == f"{mean['stpp_paper'] - mean['baseline_2x']:.2f}" == '0.43'
+    from scipy.stats import ttest_ind
+    top1 = {v: a['top1'] for v, a in plateau['accuracy'].items()}
+    assert [round(ttest_ind(top1[v], top1['baseline'], equal_var=False).pvalue, 2)
+            for v in ('stpp', 'stpp_paper')] == [0.09, 0.10]
+    # What the flat tail costs against cosine to zero: the baseline 0.40 points, each ST++ variant under 0.1.
+    tail = {v: converged['accuracy'][v]['top1_mean'] - mean[v] for v in ('baseline', 'stpp', 'stpp_paper')}
+    assert f"{tail['baseline']:.2f}" == '0.40' and 0 < tail['stpp'] < 0.1 and 0 < tail['stpp_paper'] < 0.1
+    readme = ' '.join(_readme().split())
+    assert ('with a flat-tailed schedule they end 0.82 above the baseline and 0.43 above the twice-as-long one '
+            "(Welch's p = 0.09-0.10), partly because the flat tail costs the baseline 0.40 points and ST++ under "
+            '0.1') in readme
+    short = ' '.join(_in_short().split())
+    assert 'both ST++ variants end 0.82 points above it' in short and '0.43 above the baseline trained twice' in short
+    assert 'the flat tail cost the baseline 0.40 points against section 10, ST++ under 0.1' in short
+
+
+def test_claim3_is_said_to_be_planned_and_not_yet_run():
+    """Until its results are committed, the README and "In short" say the pre-registered study is not yet run."""
+    import claim3
+    assert os.path.exists(os.path.join(ROOT, claim3.PLAN))
+    assert not os.path.exists(os.path.join(ROOT, 'benchmarks', 'results', 'claim3', 'results.json'))
+    link = f'([plan]({claim3.PLAN})), not yet run'
+    assert link in ' '.join(_readme().split())
+    assert f'[plan]({claim3.PLAN})) is planned and not yet run' in ' '.join(_in_short().split())
+
+
+def test_section_9_says_its_gpu_gain_rests_on_two_seeds():
+    """gpu_h200's "beyond the spread: yes" for ST++ is two seeds a side; section 9 gives Welch's p."""
+    from scipy.stats import ttest_ind
+    with open(os.path.join(ROOT, 'benchmarks', 'results', 'gpu_h200', 'summary.md')) as f:
+        rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in f if line.startswith('| baseline | 10 |')
+                or line.startswith('| stpp | 10 |')}
+    per_seed = {v: [float(x) for x in row[3].split(', ')] for v, row in rows.items()}
+    assert len(per_seed['stpp']) == len(per_seed['baseline']) == 2 and rows['stpp'][5] == 'yes'
+    p = ttest_ind(per_seed['stpp'], per_seed['baseline'], equal_var=False).pvalue
+    assert f'{p:.2f}' == '0.19'
+    section = ' '.join(_section(9).split())
+    assert "it rests on two seeds a side: Welch's p = 0.19 (two-sided; 0.09 one-sided)" in section
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim 3, pre-registered (benchmarks/claim3.py, benchmarks/preregistration/claim3.md)
+# ---------------------------------------------------------------------------------------------
+
+def test_welch_one_sided_against_a_hand_computed_example():
+    import claim3
+    # a = 2, 4 and b = 0, 2: means 3 and 1, variances 2 and 2, se^2 = 2/2 + 2/2 = 2, t = 2 / sqrt(2),
+    # df = 2^2 / (1^2 / 1 + 1^2 / 1) = 2. For 2 degrees of freedom P(T >= t) = 1/2 - t / (2 sqrt(t^2 + 2)).
+    result = claim3.welch([2.0, 4.0], [0.0, 2.0])
+    t = 2 / 2 ** 0.5
+    assert result['diff'] == 2.0 and result['t'] == pytest.approx(t) and result['df'] == pytest.approx(2.0)
+    assert result['p'] == pytest.approx(0.5 - t / (2 * (t * t + 2) ** 0.5))  # 0.2113
+    # The 95 % interval: t(0.975, 2) = 4.302653 (tables) times se = sqrt(2).
+    assert result['ci_high'] - result['diff'] == pytest.approx(4.302653 * 2 ** 0.5, rel=1e-6)
+    # Unequal sizes and spreads: 1, 2, 3, 4 against 0, 0, 1, 1: se^2 = (5/3)/4 + (1/3)/4 = 0.5,
+    # t = 2 / sqrt(0.5), df = 0.25 / (((5/12)^2 + (1/12)^2) / 3) = 54/13; scipy's Welch test agrees.
+    result = claim3.welch([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0])
+    assert result['t'] == pytest.approx(2 / 0.5 ** 0.5) and result['df'] == pytest.approx(54 / 13)
+    from scipy.stats import ttest_ind
+    reference = ttest_ind([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0], equal_var=False, alternative='greater')
+    assert result['p'] == pytest.approx(reference.pvalue) and result['p'] < 0.05
+    assert math.isnan(claim3.welch([3.0, 3.0], [2.0, 2.0])['p'])  # no spread: no test
+
+
+def test_holm_steps_down_over_the_three_comparisons():
+    import claim3
+    # Sorted: H1 0.01 < 0.05/3 rejected; H3 0.03 >= 0.05/2 not, and so neither is H2 (0.04 < 0.05).
+    out = claim3.holm({'H1': 0.01, 'H2': 0.04, 'H3': 0.03})
+    assert [out[k]['rejected'] for k in ('H1', 'H2', 'H3')] == [True, False, False]
+    assert [out[k]['p_holm'] for k in ('H1', 'H3', 'H2')] == pytest.approx([0.03, 0.06, 0.06])
+    out = claim3.holm({'H1': 0.001, 'H2': 0.02, 'H3': 0.049})
+    assert all(v['rejected'] for v in out.values()) and out['H3']['p_holm'] == pytest.approx(0.049)
+    assert claim3.holm({'H1': 0.5, 'H2': 0.9, 'H3': 0.6})['H2']['p_holm'] == 1.0  # capped
+
+
+def test_the_plan_names_the_drivers_command_and_the_flops_matched_epochs():
+    """The pre-registered command is the one claim3.py runs; 232 epochs is what study.py counts."""
+    import claim3
+    with open(os.path.join(ROOT, claim3.PLAN)) as f:
+        plan = f.read()
+    block = plan.split('which runs\n\n```bash\n')[1].split('```')[0]
+    assert block.replace('\\\n', ' ').split() == ['python', 'benchmarks/study.py',
+                                                  *claim3.study_argv('benchmarks/results/claim3')]
+    assert 'python benchmarks/claim3.py --out benchmarks/results/claim3\n' in plan
+    assert claim3.MAIN_SEEDS == list(range(100, 111)) and claim3.OTHER_SEEDS == list(range(100, 105))
+    assert not {0, 1, 2} & set(claim3.MAIN_SEEDS + claim3.OTHER_SEEDS)  # seeds 0-2 are exploratory
+    assert '| H1 | `stpp_paper` (11) | `baseline` (11) |' in plan
+    assert '| H3 | `stpp_paper` (11) | `baseline_flops` (5) |' in plan
+    args = study.create_parser().parse_args(claim3.study_argv('/unused'))
+    assert study.flops_epochs(args) == 232 and '**232 epochs**' in plan
+    # From section 10's committed FLOPs: 80 x stpp_paper / baseline, rounded.
+    with open(os.path.join(ROOT, 'benchmarks', 'results', 'study_converged', 'results.json')) as f:
+        runs = json.load(f)['runs']
+    ratio = runs['stpp_paper-seed0']['flops']['train_flops'] / runs['baseline-seed0']['flops']['train_flops']
+    assert round(80 * ratio) == 232 and f'{ratio:.6f}' in plan
+
+
+def test_variant_seeds_and_baseline_flops_refuse_bad_input_before_any_work(tmp_path):
+    for bad, match in ((['--variant-seeds', 'stpp=1,x'], "--variant-seeds 'stpp=1,x': expected VARIANT=SEED"),
+                       (['--variant-seeds', 'st=1'], "the variant one of --variants \\(baseline, stpp\\)"),
+                       (['--variant-seeds', 'stpp=1', 'stpp=2'], "--variant-seeds 'stpp=2'"),
+                       (['--variants', 'baseline_flops', '--cooldown-epochs', '5', '--min-lr', '0.001'],
+                        'baseline_flops does not take --cooldown-epochs')):
+        argv = ['--data', 'digits', '--out', str(tmp_path / 'bad'), '--variants', 'baseline', 'stpp', *bad]
+        with pytest.raises(SystemExit, match=match):
+            study.main(argv)
+        assert not (tmp_path / 'bad').exists()
+    assert study.parse_variant_seeds(['stpp=4,5'], ['stpp']) == {'stpp': [4, 5]}
+
+
+def test_claim3_driver_runs_scores_resumes_and_reports_from_raw_files(tmp_path):
+    """Tiny end to end: every arm's final network scored and kept, tests as planned, resumable across sessions."""
+    import shutil
+    import claim3
+    import _score
+    out = tmp_path / 'claim3'
+    tiny = ['--out', str(out), '--main-seeds', '0', '1', '--other-seeds', '0', '1', '--score-split', 'validation',
+            '--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]', 'stem_width=8',
+            '--size', '16', '--epochs', '1', '--batches-per-epoch', '3', '--batch-size', '32', '--val-interval', '1',
+            '--val-split', 'validation', '--in-process']
+    result = claim3.main(tiny)
+    assert result['complete'] and result['recorded'] == 8 and set(result['tests']) == {'H1', 'H2', 'H3'}
+    # baseline_flops: the epochs study.py counted (1 x the tiny model's FLOPs ratio, rounded).
+    flops_epochs = json.load(open(out / 'study.json'))['flops_epochs']
+    assert result['arms']['baseline_flops']['epochs'] == [flops_epochs] and flops_epochs == 3
+    assert result['arms']['stpp_paper']['epochs'] == [1] and result['arms']['stpp']['seeds'] == [0, 1]
+    for name, run in result['runs'].items():
+        raw = out / 'raw' / name
+        # The final network, re-scored from its logits, is the one training validated last (same split).
+        assert run['top1'] == _score.top1_of(str(raw / 'logits_validation.npz')) == pytest.approx(
+            run['last_val_top1'], abs=1e-9)
+        assert run['images'] == 360 and yaml.safe_load(open(raw / 'args.yaml'))['seed'] == int(name[-1])
+        assert json.load(open(raw / 'meta.json'))['commit'] is not None
+    for name, arm, other in claim3.COMPARISONS:
+        expected = claim3.welch(result['arms'][arm]['top1'], result['arms'][other]['top1'])
+        got = result['tests'][name]
+        assert (got['arm'], got['against']) == (arm, other)
+        assert got['diff'] == pytest.approx(expected['diff']) and got['verdict'] in ('supported', 'not shown')
+    deviations = 'Deviations from the plan: study.py options beyond the plan: --data digits'
+    assert deviations in (out / 'results.md').read_text()
+    first = (out / 'raw' / 'stpp_paper-seed1' / 'logits_validation.npz').read_bytes()
+
+    # A later session: checkpoints gone, one run's record missing, that run found cut part-way.
+    shutil.rmtree(out / 'runs')
+    shutil.rmtree(out / 'raw' / 'stpp_paper-seed1')
+    partial = claim3.main(tiny + ['--report-only'])
+    assert not partial['complete'] and partial['tests'] == {}
+    assert 'Incomplete: no test is computed' in (out / 'results.md').read_text()
+    (out / 'runs' / 'stpp_paper-seed1').mkdir(parents=True)
+    again = claim3.main(tiny)
+    assert sorted(os.listdir(out / 'runs')) == ['stpp_paper-seed1', 'stpp_paper-seed1.log']  # only it retrained
+    import io
+    import numpy as np
+    before, after = np.load(io.BytesIO(first)), np.load(out / 'raw' / 'stpp_paper-seed1' / 'logits_validation.npz')
+    assert np.array_equal(before['logits'], after['logits'])  # same seed, same run
+    assert again['tests'] == result['tests']
+    assert {a: x['top1'] for a, x in again['arms'].items()} == {a: x['top1'] for a, x in result['arms'].items()}
+    assert again['events'][0].endswith('stpp_paper-seed1: found unfinished, restarted from scratch with the same seed')
+    # results.md reproduces from the raw files alone.
+    written = (out / 'results.md').read_text()
+    shutil.rmtree(out / 'runs')
+    claim3.main(tiny + ['--report-only'])
+    assert (out / 'results.md').read_text() == written
