@@ -16,12 +16,15 @@ __all__ = ['train', 'main']
 
 def train(argv: Optional[Sequence[str]] = None, callbacks: Sequence[TrainCallback] = (),
           config_cls: Type[StimConfig] = StimConfig) -> Dict[str, Any]:
-    """Run training with the tools plugged in (``--push-to-hub``); returns ``training.train.main``'s dict plus ``hub_url``.
+    """Run training with the tools plugged in (``--push-to-hub``).
 
     Args:
         argv: the command line (``sys.argv[1:]`` when None).
         callbacks: the user's ``TrainCallback`` objects, called after the program's own.
         config_cls: ``StimConfig`` or a subclass declaring more ``--stim-*`` options.
+
+    Returns:
+        ``timm_stim.training.train.main``'s dict, plus ``hub_url`` (None when nothing was published).
     """
     publisher = Publisher()
     plugged: List[TrainCallback] = [*callbacks, publisher]

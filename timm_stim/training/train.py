@@ -167,10 +167,7 @@ def train_one_epoch(
         output_dir=None, amp_autocast=nullcontext, loss_scaler=None, model_dtype=None, mixup_fn=None,
         naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, on_step_start=None, start_batch=0,
         updates_done=0, meters=None, interrupt=None):
-    """One epoch, as timm's ``train_one_epoch``. Returns ordered metrics (and ``interrupted``).
-
-    ``on_step_start(batch_idx)`` is called before each batch's forward pass (the callbacks' event).
-    """
+    """One epoch, as timm's ``train_one_epoch``, with ``on_step_start(batch_idx)``. Returns metrics, interrupted."""
     _mixup_off(args, epoch, loader, mixup_fn)
     second_order = hasattr(optimizer, 'is_second_order') and optimizer.is_second_order
     has_no_sync = args.distributed and hasattr(task.get_trainable_module(), 'no_sync')
