@@ -102,7 +102,7 @@ def test_stpp_recipe_resolves_subnet_sizes_from_the_training_size():
     sizes = train_input_sizes(args, data_config['input_size'])
     assert sizes == [(3, 200, 200)]
     stim = StimTraining(args)
-    stim.on_model_created(model, sizes)
+    stim.prepare_model(model, sizes)
     # official: randint(86, 200) for the 200 px crop
     assert stim.summary['subnet_input_short_side'] == [86, 200] and stim.summary['input_size'] == [3, 200, 200]
     # the compute budget counts the same sizes
@@ -147,7 +147,7 @@ def test_a_huge_budget_is_warned_about(caplog):
     args, _ = parse_args(['--model', 'resnet18', '--stim-budget', '1000', '--input-size', '3', '16', '16'])
     args.rank = 0
     stim = StimTraining(args)
-    stim.on_model_created(timm.create_model('resnet18', num_classes=10), [(3, 16, 16)])
+    stim.prepare_model(timm.create_model('resnet18', num_classes=10), [(3, 16, 16)])
     assert stim.resolved.config.num_subnets > 1000
     assert 'subnetworks per step: each step costs about' in caplog.text
 

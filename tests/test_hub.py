@@ -27,7 +27,7 @@ from timm_stim.tools.export import main as export_main
 from timm_stim.tools.modelcard import base_model_of, is_unedited
 from timm_stim.tools.summary import read_summary
 from timm_stim.training.args import parse_args as train_parse_args
-from timm_stim.training.train import main as train_main
+from timm_stim.cli import train as train_main
 
 from hub_server import DROP
 

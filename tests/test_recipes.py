@@ -129,7 +129,7 @@ def _create_task(args):
     model = create_train_model(args)
     data_config = resolve_data_config(vars(args), model=model, verbose=False)
     stim = StimTraining(args)
-    stim.on_model_created(model, train_input_sizes(args, data_config['input_size']))
+    stim.prepare_model(model, train_input_sizes(args, data_config['input_size']))
     return create_train_task(args, model, nn.CrossEntropyLoss(), torch.device('cpu'), data_config, stim)
 
 

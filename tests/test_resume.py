@@ -96,33 +96,32 @@ def test_resume_inside_an_epoch_repeats_the_uninterrupted_run(tmp_path, monkeypa
     _assert_same_run(result['output_dir'], references[workers])
 
 
-def _interrupt_after_epoch_0(out, monkeypatch, workers: int) -> None:
+def _interrupt_after_epoch_0(out, workers: int) -> None:
     """Train with Ctrl-C arriving after epoch 0's checkpoint (exit 130), then let epochs run on again."""
-    import timm_stim.training.train as train_mod
+    from timm_stim.callbacks import TrainCallback
 
-    def stop(epoch, output_dir):
-        if epoch == 0:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train_mod, '_after_epoch', stop)
+    class Stop(TrainCallback):
+        def on_epoch_end(self, state):
+            if state.progress.epoch == 0:
+                raise KeyboardInterrupt
     with pytest.raises(SystemExit) as info:
-        main(_args(out, workers))
+        main(_args(out, workers), callbacks=[Stop()])
     assert info.value.code == 130
-    monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
 
 
-def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, monkeypatch, references):
+def test_resume_at_an_epoch_boundary_with_other_workers(tmp_path, references):
     # Interrupted after epoch 0 with 2 workers, resumed with 1 (the quick start's value): the same run
     # as the uninterrupted one with 0 workers (with 0 and 2 workers the runs are equal, above).
-    _interrupt_after_epoch_0(tmp_path, monkeypatch, workers=2)
+    _interrupt_after_epoch_0(tmp_path, workers=2)
     main(_args(tmp_path, 1, '--resume', os.path.join(tmp_path, 'run', 'last.pth.tar')))
     _assert_same_run(os.path.join(tmp_path, 'run'), references[0])
 
 
-def test_resume_from_an_old_format_checkpoint(tmp_path, monkeypatch, references):
+def test_resume_from_an_old_format_checkpoint(tmp_path, references):
     # A valid checkpoint in torch's old (non-zip) format, e.g. re-saved by an older tool: it cannot be
     # memory-mapped, so it is read whole, and resuming from it repeats the uninterrupted run, checkpoint
     # history included.
-    _interrupt_after_epoch_0(tmp_path, monkeypatch, workers=0)
+    _interrupt_after_epoch_0(tmp_path, workers=0)
     last = os.path.join(tmp_path, 'run', 'last.pth.tar')
     torch.save(_load(last), last, _use_new_zipfile_serialization=False)
     with open(last, 'rb') as f:

@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 import timm_stim.training.train as train_mod
+from timm_stim.callbacks import TrainCallback
 from timm_stim.training.train import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,19 +76,18 @@ def test_bad_input_stops_before_writing(tmp_path, caplog, extra, message):
     assert not out.exists()
 
 
-def test_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
     args = ['--stim-subnets', '2', '--stim-min-scale', '0.5', '--epochs', '2', '--model-ema',
             '--model-ema-decay', '0.9']
     full = main(_base(tmp_path / 'full', *args))
 
-    def kill_after_first(epoch, output_dir):
-        if epoch == 0:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train_mod, '_after_epoch', kill_after_first)
+    class KillAfterFirst(TrainCallback):
+        def on_epoch_end(self, state):
+            if state.progress.epoch == 0:
+                raise KeyboardInterrupt
     with pytest.raises(SystemExit) as info:
-        main(_base(tmp_path / 'killed', *args))
+        main(_base(tmp_path / 'killed', *args), callbacks=[KillAfterFirst()])
     assert info.value.code == 130
-    monkeypatch.setattr(train_mod, '_after_epoch', lambda *a: None)
     last = tmp_path / 'killed' / 'run' / 'last.pth.tar'
     resumed = main(_base(tmp_path / 'killed', *args, '--resume', str(last)))
     assert [e['epoch'] for e in resumed['epochs']] == [1]

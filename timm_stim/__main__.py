@@ -1,7 +1,8 @@
 """``timm-stim COMMAND ...`` (or ``python -m timm_stim COMMAND ...``): the package's command-line tools.
 
 Commands:
-    train    timm's train.py with stimulative training (timm_stim.training.train; same as train_stim.py)
+    train    timm's train.py with stimulative training (timm_stim.cli: timm_stim.training.train with the Hub
+             publisher plugged in; same as train_stim.py)
     recipes  list the shipped training recipes, or print one (timm_stim.training.recipes)
     push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.tools.push)
     analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.tools.analyze)
@@ -14,7 +15,7 @@ from typing import List, Optional
 
 # command -> (module, one-line help); modules are imported only when their command runs.
 COMMANDS = {
-    'train': ('timm_stim.training.train', 'train a timm model: every option of timm\'s train.py, plus --stim-*'),
+    'train': ('timm_stim.cli', 'train a timm model: every option of timm\'s train.py, plus --stim-*'),
     'recipes': ('timm_stim.training.recipes', 'list the shipped recipes (train -c NAME runs one), or print one'),
     'push': ('timm_stim.tools.push', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
     'analyze': ('timm_stim.tools.analyze', 'evaluate the full network and its subnetworks (network loafing)'),

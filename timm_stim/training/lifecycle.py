@@ -3,7 +3,8 @@
 An output folder that is never another run's, a ``--resume`` that is read safely and repeats
 the uninterrupted run exactly (per-sample seeding, mid-epoch recovery checkpoints), and files
 that stay consistent when a run is killed. The pieces live in ``runs.py`` (folders, resume
-points, the saver) and ``seeding.py``; this object is how the loop uses them:
+points, the saver) and ``seeding.py``; this object is how the loop uses them. Its calls at
+fixed places of the flow:
 
 ==========================  =================================================================
 ``check_resume``            read ``--resume`` safely, check it fits the model and can be continued
@@ -14,9 +15,15 @@ points, the saver) and ``seeding.py``; this object is how the loop uses them:
 ``on_train_loader``         the seeded epoch order; refuse a mid-epoch resume it cannot continue
 ``create_saver``            timm's saver, recording mid-epoch progress in recovery checkpoints
 ``start_point``             where a resumed run starts (epoch, batch, updates, meters)
+==========================  =================================================================
+
+and the training events it acts on (it is a ``timm_stim.callbacks.TrainCallback``):
+
+==========================  =================================================================
 ``on_epoch_start``          seed the epoch and skip what a mid-epoch resume already did
-``on_batch_start``          seed the step (mixup, drop-path, dropout)
+``on_step_start``           seed the step (mixup, drop-path, dropout)
 ``on_epoch_end``            ``model_best.safetensors``; drop recovery files the epoch supersedes
+``on_failure``              bad input before the first file: give the claimed folder back
 ==========================  =================================================================
 """
 import logging
@@ -27,6 +34,7 @@ import torch
 import torch.nn as nn
 from timm import utils
 
+from ..callbacks import TrainCallback
 from ..errors import InputError
 from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, check_resume_output_dir,
                    check_summary, claim_output_dir, read_resume_point, release_output_dir, remove_recovery_files,
@@ -39,7 +47,7 @@ __all__ = ['RunLifecycle']
 _logger = logging.getLogger('train_stim')
 
 
-class RunLifecycle:
+class RunLifecycle(TrainCallback):
     """Output folder, resume and recovery, per-sample seeding of one training run.
 
     Args:
@@ -187,26 +195,35 @@ class RunLifecycle:
                             f'(an earlier version wrote it): every rank continues from those, so this epoch\'s train '
                             f'metrics differ from the uninterrupted run\'s (the weights do not).')
 
-    def on_epoch_start(self, epoch: int, loader, start_batch: int = 0) -> None:
+    def on_epoch_start(self, state) -> None:
         """Seed the epoch (its order, and what runs before the first step); skip what a resume already did."""
         if not self.per_sample:
             return
+        epoch, start_batch = state.progress.epoch, state.progress.start_batch
         seed_all(derive_seed('epoch', self.args.seed, self.args.rank, epoch))
         if self.epoch_order is not None:
             self.epoch_order.set_epoch(epoch)
             self.epoch_order.skip_next(start_batch * self._skip_batch_size)
-        erasing = getattr(loader, 'random_erasing', None)
+        erasing = getattr(state.data.loader_train, 'random_erasing', None)
         if hasattr(erasing, 'set_position'):
             erasing.set_position(epoch, start_batch)
 
-    def on_batch_start(self, epoch: int, batch_idx: int) -> None:
+    def on_step_start(self, state, batch_idx: int) -> None:
         """Seed this step's main-process draws (mixup, drop-path, dropout)."""
         if self.per_sample:
-            seed_all(derive_seed('step', self.args.seed, self.args.rank, epoch, batch_idx))
+            seed_all(derive_seed('step', self.args.seed, self.args.rank, state.progress.epoch, batch_idx))
 
-    def on_epoch_end(self, epoch: int, output_dir: Optional[str], best_epoch: Optional[int], model_ema) -> None:
-        if output_dir is None:
+    def on_epoch_end(self, state) -> None:
+        """``model_best.safetensors`` when the epoch is the best; drop the recovery files it supersedes."""
+        output_dir, epoch = state.progress.output_dir, state.progress.epoch
+        if output_dir is None or state.progress.checkpoint_epoch != epoch:  # an epoch without checkpoint keeps them
             return
-        if best_epoch == epoch:
+        if state.progress.best_epoch == epoch:
+            model_ema = state.model.task.get_trainable_module(ema=True)
             save_best_safetensors(output_dir, use_ema=model_ema is not None and not self.args.model_ema_force_cpu)
         remove_recovery_files(output_dir, up_to_epoch=epoch)
+
+    def on_failure(self, state, error: BaseException) -> None:
+        """Bad input found before the run's first file: leave no folder behind."""
+        if isinstance(error, InputError):
+            self.release_output_dir()

@@ -1,19 +1,22 @@
 """``StimTraining``: what stimulative training adds to timm's training loop, in one object.
 
-``timm_stim.training.train`` follows timm's train.py and knows nothing of subnetworks; it
-calls this object at five points, every one of them about stimulative training:
+``timm_stim.training.train`` follows timm's train.py and knows nothing of subnetworks; this object
+is one of its callbacks (``timm_stim.callbacks.TrainCallback``), every event it acts on about
+stimulative training:
 
 ==========================  =================================================================
-``check``                   before anything is built: the ``--stim-*`` values (``StimConfig``)
-                            and the timm options stimulative training cannot work with
+``on_options_checked``      before anything is built: the ``--stim-*`` values (``StimConfig``)
+                            and the timm options stimulative training cannot work with (``check``)
 ``on_model_created``        attach the stimulator, check subnetwork inputs against the model,
                             resolve the config for the training sizes (budget, warm-in), log it
-``create_task``             the stimulative version of the loop's task (classification or
-                            distillation)
-``after_resume``            say when ``--resume`` had no subnetwork sampler state (it starts
+                            (``prepare_model``)
+``on_task_created``         say when ``--resume`` had no subnetwork sampler state (it starts
                             as a fresh run's)
-``before_validation``       BatchNorm re-estimation (``--stim-bn-recal``)
+``on_before_validation``    BatchNorm re-estimation (``--stim-bn-recal``)
 ==========================  =================================================================
+
+and the loop's task is built by ``create_task`` (the stimulative version of classification or
+distillation).
 
 ``summary`` is what ``args.yaml`` saves under ``stim_resolved``.
 """
@@ -25,6 +28,7 @@ import torch.nn as nn
 from timm import utils
 
 from ..bn import recalibrate_bn
+from ..callbacks import TrainCallback
 from ..config import StimConfig
 from ..errors import InputError, UnsupportedModelError
 from ..inputs import smallest_input_side
@@ -46,7 +50,7 @@ def train_input_sizes(args, input_size: Sequence[int]) -> list:
     return [tuple(int(v) for v in input_size)]
 
 
-class StimTraining:
+class StimTraining(TrainCallback):
     """Stimulative training in timm's loop.
 
     Args:
@@ -102,7 +106,21 @@ class StimTraining:
             raise InputError('--torchscript with --stim-subnets > 0: a scripted model cannot skip blocks; use '
                              '--torchcompile (full network only) or no compilation.')
 
-    def on_model_created(self, model: nn.Module, train_sizes: Sequence[Sequence[int]]) -> None:
+    def on_options_checked(self, state) -> None:
+        self.check()
+
+    def on_model_created(self, state) -> None:
+        self.prepare_model(state.model.model, train_input_sizes(self.args, state.model.data_config['input_size']))
+
+    def on_task_created(self, state) -> None:
+        if self.args.resume:
+            self.after_resume(state.model.task)
+
+    def on_before_validation(self, state) -> None:
+        if state.data.loader_eval is not None:
+            self.recalibrate_batchnorm(state.data.loader_train, state.model.device, state.optim.amp_autocast)
+
+    def prepare_model(self, model: nn.Module, train_sizes: Sequence[Sequence[int]]) -> None:
         """Attach subnetwork sampling, check what subnetworks will be fed, resolve the config and log it.
 
         Args:
@@ -180,7 +198,7 @@ class StimTraining:
                          f'--stim-subnets 0 or timm\'s train.py): subnetworks are drawn from a fresh generator seeded '
                          f'with --seed {self.args.seed}, as in a fresh run.')
 
-    def before_validation(self, loader_train, device: torch.device, amp_autocast) -> None:
+    def recalibrate_batchnorm(self, loader_train, device: torch.device, amp_autocast) -> None:
         """Re-estimate the full network's BatchNorm statistics (``--stim-bn-recal N``)."""
         args = self.args
         if self.config.bn_recal <= 0:

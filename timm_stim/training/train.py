@@ -4,10 +4,13 @@ Every option of timm's train.py has its meaning there, and everything timm provi
 is (datasets, loaders, mixup, losses, optimizers, schedulers, EMA, checkpoint saver,
 distributed helpers, tasks). The loop is task-agnostic like timm's: it back-propagates the
 task's ``loss``, clips ``task.get_clip_parameters()``, and logs every other scalar the task
-returns. What train_stim.py adds is called through three named objects: ``stim``
-(``StimTraining``: everything about stimulative training), ``run`` (``RunLifecycle``: output
-folder, resume and recovery, per-sample seeding) and ``publisher`` (``Publisher``: the Hub).
+returns. The run is held in a declared ``TrainState`` (``state.py``); ``args`` is read-only once
+``resolve_args`` has run. What train_stim.py adds is called at the events of one callback protocol
+(``timm_stim.callbacks.TrainCallback``): ``StimTraining`` (everything about stimulative
+training), ``RunLifecycle`` (output folder, resume and recovery, per-sample seeding), then the
+callbacks the caller passes (the entry points plug in the Hub publisher, ``timm_stim.cli``).
 """
+import argparse
 import json
 import logging
 import os
@@ -16,7 +19,6 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
-from types import SimpleNamespace
 from typing import Any, Dict, Optional, Sequence, Type
 
 import torch
@@ -31,6 +33,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
 
+from ..callbacks import TrainCallback
 from ..config import StimConfig
 from ..devices import resolve_amp_dtype
 from ..errors import EXIT_INTERRUPTED, InputError, run_command
@@ -38,9 +41,9 @@ from ..loading import create_model_from_options
 from .args import check_args, parse_args
 from .data import resolve_dataset, with_image_mode
 from .lifecycle import RunLifecycle
-from .publish import Publisher
 from .runs import InterruptRequest, progress_record, trim_summary, update_summary
-from .stim import StimTraining, train_input_sizes
+from .state import DataState, ModelState, OptimState, ProgressState, TrainState
+from .stim import StimTraining
 
 _logger = logging.getLogger('train_stim')
 
@@ -162,9 +165,9 @@ def create_train_task(args, model: nn.Module, criterion: nn.Module, device: torc
 def train_one_epoch(
         epoch, model, loader, optimizer, args, task, device=torch.device('cuda'), lr_scheduler=None, saver=None,
         output_dir=None, amp_autocast=nullcontext, loss_scaler=None, model_dtype=None, mixup_fn=None,
-        naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, run=None, start_batch=0,
+        naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, on_step_start=None, start_batch=0,
         updates_done=0, meters=None, interrupt=None):
-    """One epoch, as timm's ``train_one_epoch``. Returns ordered metrics (and ``interrupted``)."""
+    """One epoch, as timm's ``train_one_epoch``, with ``on_step_start(batch_idx)``. Returns metrics, interrupted."""
     _mixup_off(args, epoch, loader, mixup_fn)
     second_order = hasattr(optimizer, 'is_second_order') and optimizer.is_second_order
     has_no_sync = args.distributed and hasattr(task.get_trainable_module(), 'no_sync')
@@ -194,8 +197,8 @@ def train_one_epoch(
         update_idx = batch_idx // accum_steps
         if batch_idx >= last_batch_idx_to_accum:
             accum_steps = last_accum_steps
-        if run is not None:
-            run.on_batch_start(epoch, batch_idx)
+        if on_step_start is not None:
+            on_step_start(batch_idx)
         if hasattr(task, 'set_progress'):
             task.set_progress(epoch, batch_idx)
 
@@ -426,10 +429,6 @@ def validate(model, loader, loss_fn, args, device=torch.device('cuda'), amp_auto
 # Main
 # ---------------------------------------------------------------------------------------------
 
-def _after_epoch(epoch: int, output_dir: Optional[str]) -> None:
-    """Called after each epoch's checkpoint is written (a seam for tests that simulate a kill)."""
-
-
 def setup_logging() -> None:
     """timm's console logging, exactly one handler per process, writing to the current stderr.
 
@@ -445,7 +444,8 @@ def setup_logging() -> None:
     utils.setup_default_logging()
 
 
-def main(argv: Optional[Sequence[str]] = None, config_cls: Type[StimConfig] = StimConfig) -> Dict[str, Any]:
+def main(argv: Optional[Sequence[str]] = None, config_cls: Type[StimConfig] = StimConfig,
+         callbacks: Sequence[TrainCallback] = ()) -> Dict[str, Any]:
     """Run training. Returns a dict with the best metric/epoch, the output dir and per-epoch results.
 
     Bad input ends with exit code 2 before any work; a failed Hub push after training with 1;
@@ -454,49 +454,73 @@ def main(argv: Optional[Sequence[str]] = None, config_cls: Type[StimConfig] = St
     Args:
         argv: the command line (``sys.argv[1:]`` when None).
         config_cls: ``StimConfig`` or a subclass declaring more ``--stim-*`` options.
+        callbacks: ``timm_stim.callbacks.TrainCallback`` objects called at every event, after the
+            program's own. ``--push-to-hub`` needs the Hub publisher the entry points plug in
+            (``timm_stim.cli.train``, which ``train_stim.py`` and ``timm-stim train`` run).
     """
     setup_logging()
     args, args_text = parse_args(argv, config_cls)
-    result = run_command(lambda: _main(args, args_text, config_cls))
+    result = run_command(lambda: _main(args, args_text, config_cls, callbacks))
     if result.get('interrupted'):
         raise SystemExit(EXIT_INTERRUPTED)
     return result
 
 
-class _Run(SimpleNamespace):
-    """What one training run builds, phase by phase: each phase of ``_main`` reads and adds attributes."""
-
-
-def _main(args, args_text: str, config_cls: Type[StimConfig]) -> Dict[str, Any]:
-    """timm's ``main``, in its phases."""
-    r = _Run(args_text=args_text, config_cls=config_cls)
-    _setup(args, r)
+def _main(args, args_text: str, config_cls: Type[StimConfig], callbacks: Sequence[TrainCallback]) -> Dict[str, Any]:
+    """timm's ``main``, in its phases, with one line per callback event."""
+    stim, run = StimTraining(args, config_cls), RunLifecycle(args)
+    state = TrainState(args=args, args_text=args_text, stim=stim, run=run, callbacks=[stim, run, *callbacks])
     try:
-        _create_model(args, r)
-        _create_loaders(args, r)
-        _create_task(args, r)
-        _prepare_run(args, r)
-    except InputError:
-        r.run.release_output_dir()  # bad input found before any file was written: leave no folder behind
+        check_args(args)  # cheap checks: nothing built, loaded or written yet
+        check_plugged_options(args, state.callbacks)
+        state.emit('on_options_checked')
+        device = resolve_args(args)  # args is read-only from here on
+        _setup(args)
+        _create_model(state, device)
+        state.emit('on_model_created')
+        _prepare_model(state)
+        _create_loaders(state)
+        _create_task(state)
+        state.emit('on_task_created')
+        _prepare_run(state)
+        state.emit('on_train_start')
+        _train_epochs(state)
+        if state.progress.interrupted:
+            state.emit('on_interrupted')
+        result = _finish(state)
+        state.emit('on_train_end')
+        return result
+    except BaseException as error:
+        state.emit('on_failure', error)
         raise
-    _train_epochs(args, r)
-    return _finish(args, r)
 
 
-def _setup(args, r: _Run) -> None:
-    """Checks, devices and dtypes, seeding: before anything is built."""
-    r.stim, r.run, r.publisher = StimTraining(args, r.config_cls), RunLifecycle(args), Publisher(args)
-    check_args(args)  # cheap checks: nothing built, loaded or written yet
-    r.stim.check()
-    r.publisher.check()
+# Options a callback plugged in by the entry point carries out (``TrainCallback.acts_on``).
+PLUGGED_OPTIONS = ('push_to_hub',)
 
+
+def check_plugged_options(args, callbacks: Sequence[TrainCallback]) -> None:
+    """Refuse an option that only a plugged-in callback carries out (``--push-to-hub``) when none is plugged in."""
+    for dest in PLUGGED_OPTIONS:
+        if getattr(args, dest, None) is not None and not any(dest in getattr(c, 'acts_on', ()) for c in callbacks):
+            raise InputError(f'--{dest.replace("_", "-")} is carried out by the Hub publisher, which this entry point '
+                             f'does not plug in: run train_stim.py or `timm-stim train`, or call timm_stim.cli.train '
+                             f'(or pass callbacks=[timm_stim.tools.publish.Publisher()]) from Python.')
+
+
+def resolve_args(args) -> torch.device:
+    """Resolve the options once, after they are checked; ``args`` is read-only afterwards. Returns the device.
+
+    Sets what timm's train.py sets in its args along the way: the prefetcher, at least one
+    accumulation step, the distributed device / rank / world size, no ``--dist-bn`` under
+    ``--sync-bn``, the ``--lr-base`` scaling rule, ``--log-wandb`` off without wandb. What needs the
+    model or the loaders (``num_classes``, ``lr``) lives in the run's state, and
+    ``TrainState.run_args`` holds it for the checkpoints, as timm's train.py saves its args.
+    ``args.yaml`` is the text parsed before any of this (as timm writes it).
+    """
     if args.device_modules:
         for module in args.device_modules:
             __import__(module)
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
     args.prefetcher = not args.no_prefetcher
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     if args.device.startswith('cuda') and not torch.cuda.is_available():
@@ -504,7 +528,27 @@ def _setup(args, r: _Run) -> None:
     if args.sync_bn and args.device.startswith('cpu'):
         raise InputError('--sync-bn synchronizes BatchNorm across GPUs; torch\'s SyncBatchNorm does not run on CPU '
                          'tensors. Drop --sync-bn (or use --dist-bn reduce) for CPU training.')
-    r.device = utils.init_distributed_device(args)
+    device = utils.init_distributed_device(args)
+    if args.distributed and args.sync_bn:
+        args.dist_bn = ''  # disable dist_bn when sync BN active
+    if not args.lr and not args.lr_base_scale:
+        on = args.opt.lower()
+        args.lr_base_scale = 'sqrt' if any([o in on for o in ('ada', 'lamb')]) else 'linear'
+    if args.log_wandb and utils.is_primary(args):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            _logger.warning("You've requested to log metrics to wandb but package not found. "
+                            "Metrics not being logged to wandb, try `pip install wandb`")
+            args.log_wandb = False
+    return device
+
+
+def _setup(args) -> None:
+    """Devices and seeding, as timm's train.py sets them before anything is built."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     if args.distributed:
         _logger.info(
             'Training in distributed mode with multiple processes, 1 device per process.'
@@ -512,13 +556,8 @@ def _setup(args, r: _Run) -> None:
     else:
         _logger.info(f'Training with a single process on 1 device ({args.device}).')
     assert args.rank >= 0
-
-    r.model_dtype = model_dtype_of(args)
-    if r.model_dtype == torch.float16:
+    if model_dtype_of(args) == torch.float16:
         _logger.warning('float16 is not recommended for training, for half precision bfloat16 is recommended.')
-    r.amp_dtype = resolve_amp_dtype(args.amp_dtype, r.device, _logger if args.amp else None)
-    r.publisher.warn_if_no_token()
-
     utils.random_seed(args.seed, args.rank)
     if args.fuser:
         utils.set_jit_fuser(args.fuser)
@@ -526,67 +565,77 @@ def _setup(args, r: _Run) -> None:
         set_fast_norm()
 
 
-def _create_model(args, r: _Run) -> None:
-    """The model; stimulative training attached; resume read; the output folder checked; AMP."""
-    r.model = create_train_model(args)
-    if args.num_classes is None:
-        assert hasattr(r.model, 'num_classes'), 'Model must have `num_classes` attr if not set on cmd line/config.'
-        args.num_classes = r.model.num_classes
+def _create_model(state: TrainState, device: torch.device) -> None:
+    """The timm model and its resolved data config (``state.model``)."""
+    args = state.args
+    model = create_train_model(args)
+    num_classes = args.num_classes
+    if num_classes is None:
+        assert hasattr(model, 'num_classes'), 'Model must have `num_classes` attr if not set on cmd line/config.'
+        num_classes = model.num_classes
     if args.grad_checkpointing:
-        r.model.set_grad_checkpointing(enable=True)
+        model.set_grad_checkpointing(enable=True)
     if utils.is_primary(args):
         _logger.info(
-            f'Model {safe_model_name(args.model)} created, param count:{sum([m.numel() for m in r.model.parameters()])}')
+            f'Model {safe_model_name(args.model)} created, param count:{sum([m.numel() for m in model.parameters()])}')
+    data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
+    state.model = ModelState(model=model, data_config=data_config, num_classes=num_classes, device=device,
+                             dtype=model_dtype_of(args), num_aug_splits=args.aug_splits if args.aug_splits > 0 else 0)
 
-    r.data_config = resolve_data_config(vars(args), model=r.model, verbose=utils.is_primary(args))
-    r.stim.on_model_created(r.model, train_input_sizes(args, r.data_config['input_size']))
 
-    r.num_aug_splits = args.aug_splits if args.aug_splits > 0 else 0
+def _prepare_model(state: TrainState) -> None:
+    """Split BN; resume read; the output folder checked; device, sync BN, torchscript; AMP (``state.optim``)."""
+    args, m = state.args, state.model
     if args.split_bn:
-        r.model = convert_splitbn_model(r.model, max(r.num_aug_splits, 2))
-    r.run.check_resume(r.model)
+        m.model = convert_splitbn_model(m.model, max(m.num_aug_splits, 2))
+    state.run.check_resume(m.model)
 
     # The output folder is decided and checked before any data is read or file written.
-    r.output_dir = r.exp_name = None
+    output_dir = exp_name = None
     if utils.is_primary(args):
-        r.exp_name = args.experiment or '-'.join([
-            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(r.data_config['input_size'][-1])])
-        r.output_dir = os.path.join(args.output if args.output else './output/train', r.exp_name)
-        r.run.check_output_dir(r.output_dir)
+        exp_name = args.experiment or '-'.join([
+            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(m.data_config['input_size'][-1])])
+        output_dir = os.path.join(args.output if args.output else './output/train', exp_name)
+        state.run.check_output_dir(output_dir)
+    eval_metric = args.eval_metric if args.val_split else 'loss'
+    state.progress = ProgressState(output_dir=output_dir, exp_name=exp_name, eval_metric=eval_metric,
+                                   decreasing_metric=eval_metric == 'loss')
 
-    r.model.to(device=r.device, dtype=r.model_dtype)
+    m.model.to(device=m.device, dtype=m.dtype)
     if args.channels_last:
-        r.model.to(memory_format=torch.channels_last)
+        m.model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
-        args.dist_bn = ''  # disable dist_bn when sync BN active
-        r.model = convert_sync_batchnorm(r.model)
+        m.model = convert_sync_batchnorm(m.model)
         if utils.is_primary(args):
             _logger.info(
                 'Converted model to use Synchronized BatchNorm. WARNING: You may have issues if using '
                 'zero initialized BN layers (enabled by default for ResNets) while sync-bn enabled.')
-    r.model_patch_size = r.model.get_patch_size() if args.naflex_loader and hasattr(r.model, 'get_patch_size') else None
+    m.patch_size = m.model.get_patch_size() if args.naflex_loader and hasattr(m.model, 'get_patch_size') else None
     if args.torchscript:
-        r.model = torch.jit.script(r.model)
+        m.model = torch.jit.script(m.model)
 
-    r.amp_autocast = nullcontext
-    r.loss_scaler = create_loss_scaler(r.device, r.amp_dtype, use_amp=args.amp)
+    amp_dtype = resolve_amp_dtype(args.amp_dtype, m.device, _logger if args.amp else None)
+    amp_autocast = nullcontext
+    loss_scaler = create_loss_scaler(m.device, amp_dtype, use_amp=args.amp)
     if args.amp:
-        r.amp_autocast = partial(torch.autocast, device_type=r.device.type, dtype=r.amp_dtype)
+        amp_autocast = partial(torch.autocast, device_type=m.device.type, dtype=amp_dtype)
         if utils.is_primary(args):
             _logger.info('Using native Torch AMP. Training in mixed precision.')
     elif utils.is_primary(args):
-        _logger.info(f'AMP not enabled. Training in {r.model_dtype or torch.float32}.')
+        _logger.info(f'AMP not enabled. Training in {m.dtype or torch.float32}.')
+    state.optim = OptimState(lr=args.lr, amp_autocast=amp_autocast, loss_scaler=loss_scaler)
 
 
-def _create_loaders(args, r: _Run) -> None:
-    """Datasets and loaders (train and eval), mixup, the learning rate from the batch size."""
+def _create_loaders(state: TrainState) -> None:
+    """Datasets and loaders (train and eval), mixup (``state.data``); the learning rate from the batch size."""
+    args, m, run = state.args, state.model, state.run
     # Datasets.
     dataset_name, data_root = resolve_dataset(args.dataset, args.data_dir)
     if args.input_img_mode is None:
-        input_img_mode = 'RGB' if r.data_config['input_size'][0] == 3 else 'L'
+        input_img_mode = 'RGB' if m.data_config['input_size'][0] == 3 else 'L'
     else:
         input_img_mode = args.input_img_mode
-    r.dataset_train = _create_dataset(
+    dataset_train = _create_dataset(
         dataset_name, data_root, args.train_split, is_training=True, class_map=args.class_map,
         download=args.dataset_download, batch_size=args.batch_size, seed=args.seed, repeats=args.epoch_repeats,
         input_img_mode=input_img_mode, input_key=args.input_key, target_key=args.target_key,
@@ -598,17 +647,17 @@ def _create_loaders(args, r: _Run) -> None:
             download=args.dataset_download, batch_size=args.batch_size, input_img_mode=input_img_mode,
             input_key=args.input_key, target_key=args.target_key, num_samples=args.val_num_samples,
             trust_remote_code=args.dataset_trust_remote_code)
-    r.dataset_train = with_image_mode(r.dataset_train, dataset_name, input_img_mode)
-    _check_batch_fits(args, r.dataset_train)
+    dataset_train = with_image_mode(dataset_train, dataset_name, input_img_mode)
+    _check_batch_fits(args, dataset_train)
     dataset_eval = with_image_mode(dataset_eval, dataset_name, input_img_mode)
 
     # Loaders.
     train_interpolation = args.train_interpolation
     if args.no_aug or not train_interpolation:
-        train_interpolation = r.data_config['interpolation']
+        train_interpolation = m.data_config['interpolation']
     common_loader_kwargs = dict(
-        mean=r.data_config['mean'], std=r.data_config['std'], pin_memory=args.pin_mem,
-        img_dtype=r.model_dtype or torch.float32, device=r.device, distributed=args.distributed,
+        mean=m.data_config['mean'], std=m.data_config['std'], pin_memory=args.pin_mem,
+        img_dtype=m.dtype or torch.float32, device=m.device, distributed=args.distributed,
         use_prefetcher=args.prefetcher)
     train_loader_kwargs = dict(
         batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode,
@@ -616,59 +665,59 @@ def _create_loaders(args, r: _Run) -> None:
         ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
         color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
         gaussian_blur_prob=args.gaussian_blur_prob, auto_augment=args.aa, num_aug_repeats=args.aug_repeats,
-        num_aug_splits=r.num_aug_splits, interpolation=train_interpolation, num_workers=args.workers,
+        num_aug_splits=m.num_aug_splits, interpolation=train_interpolation, num_workers=args.workers,
         worker_seeding=args.worker_seeding)
 
-    r.mixup_fn = None
+    mixup_fn = None
     mixup_args = {}
-    r.mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
-    if r.mixup_active:
+    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+    if mixup_active:
         mixup_args = dict(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-            label_smoothing=args.smoothing, num_classes=args.num_classes)
+            label_smoothing=args.smoothing, num_classes=m.num_classes)
 
-    r.naflex_mode = False
-    r.scheduled_batch_mode = args.train_img_sizes is not None
-    r.batch_size_reference = float(args.batch_size)
+    naflex_mode = False
+    scheduled_batch_mode = args.train_img_sizes is not None
+    batch_size_reference = float(args.batch_size)
     if args.naflex_loader:
         from timm.data import create_naflex_loader
         naflex_mixup_fn = None
-        if r.mixup_active:
+        if mixup_active:
             from timm.data import NaFlexMixup
             mixup_args.pop('mode')
             mixup_args.pop('cutmix_minmax')
             naflex_mixup_fn = NaFlexMixup(**mixup_args)
-        if r.model_patch_size is None:
-            r.model_patch_size = (16, 16)
+        if m.patch_size is None:
+            m.patch_size = (16, 16)
             if utils.is_primary(args):
-                _logger.warning(f'Could not determine model patch size, using default: {r.model_patch_size}')
+                _logger.warning(f'Could not determine model patch size, using default: {m.patch_size}')
         patch_loader_kwargs = {}
         if args.naflex_patch_sizes:
             patch_loader_kwargs['patch_size_choices'] = args.naflex_patch_sizes
             if args.naflex_patch_size_probs:
                 patch_loader_kwargs['patch_size_choice_probs'] = args.naflex_patch_size_probs
         else:
-            patch_loader_kwargs['patch_size'] = r.model_patch_size
-        r.naflex_mode = True
-        r.loader_train = create_naflex_loader(
-            dataset=r.dataset_train, train_seq_lens=args.naflex_train_seq_lens, mixup_fn=naflex_mixup_fn,
+            patch_loader_kwargs['patch_size'] = m.patch_size
+        naflex_mode = True
+        loader_train = create_naflex_loader(
+            dataset=dataset_train, train_seq_lens=args.naflex_train_seq_lens, mixup_fn=naflex_mixup_fn,
             rank=args.rank, world_size=args.world_size, patchify_channels_last=not args.naflex_patchify_channels_first,
             **patch_loader_kwargs, **common_loader_kwargs, **train_loader_kwargs)
     else:
         collate_fn = None
-        if r.mixup_active:
+        if mixup_active:
             if args.prefetcher:
-                assert not r.num_aug_splits  # collate conflict (need to support de-interleaving in collate mixup)
+                assert not m.num_aug_splits  # collate conflict (need to support de-interleaving in collate mixup)
                 collate_fn = FastCollateMixup(**mixup_args)
             else:
-                r.mixup_fn = Mixup(**mixup_args)
-        if r.num_aug_splits > 1:
+                mixup_fn = Mixup(**mixup_args)
+        if m.num_aug_splits > 1:
             from timm.data import AugMixDataset
-            r.dataset_train = AugMixDataset(r.dataset_train, num_splits=r.num_aug_splits)
-        r.dataset_train = r.run.wrap_train_dataset(r.dataset_train)
-        r.loader_train = create_loader(
-            r.dataset_train, input_size=r.data_config['input_size'], input_size_choices=args.train_img_sizes,
+            dataset_train = AugMixDataset(dataset_train, num_splits=m.num_aug_splits)
+        dataset_train = run.wrap_train_dataset(dataset_train)
+        loader_train = create_loader(
+            dataset_train, input_size=m.data_config['input_size'], input_size_choices=args.train_img_sizes,
             batch_size_choices=args.train_batch_sizes, batch_choice_weights=args.train_size_probs,
             batch_choice_seed=args.seed, batch_choice_schedule=args.train_size_schedule,
             batch_schedule_epochs=args.epochs if args.train_size_schedule == 'progressive' else None,
@@ -676,230 +725,239 @@ def _create_loaders(args, r: _Run) -> None:
             batch_schedule_random_mix=args.train_size_random_mix, num_batches=args.train_batches_per_epoch,
             collate_fn=collate_fn, use_multi_epochs_loader=args.use_multi_epochs_loader,
             **common_loader_kwargs, **train_loader_kwargs)
-        if r.scheduled_batch_mode:
-            scheduled_sampler = r.loader_train.batch_sampler
-            r.batch_size_reference = scheduled_sampler.average_batch_size
+        if scheduled_batch_mode:
+            scheduled_sampler = loader_train.batch_sampler
+            batch_size_reference = scheduled_sampler.average_batch_size
             if utils.is_primary(args):
                 _logger.info(f'Using scheduled training resolutions {args.train_img_sizes} with batch sizes '
                              f'{scheduled_sampler.batch_sizes}.')
         if args.lighting_std or args.uniform_augment:  # the paper recipe's train transforms timm lacks
             from .transforms import add_stim_transforms
-            add_stim_transforms(r.loader_train, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
+            add_stim_transforms(loader_train, lighting_std=args.lighting_std, lighting_mode=args.lighting_mode,
                                 uniform_augment=args.uniform_augment, uniform_augment_ops=args.uniform_augment_ops,
-                                uniform_augment_variant=args.uniform_augment_variant, mean=r.data_config['mean'],
-                                std=r.data_config['std'])
-        r.run.on_train_loader(r.loader_train, args.batch_size)
+                                uniform_augment_variant=args.uniform_augment_variant, mean=m.data_config['mean'],
+                                std=m.data_config['std'])
+        run.on_train_loader(loader_train, args.batch_size)
 
-    if not args.lr:
-        global_batch_size = r.batch_size_reference * args.world_size * args.grad_accum_steps
-        batch_ratio = global_batch_size / args.lr_base_size
-        if not args.lr_base_scale:
-            on = args.opt.lower()
-            args.lr_base_scale = 'sqrt' if any([o in on for o in ('ada', 'lamb')]) else 'linear'
-        if args.lr_base_scale == 'sqrt':
-            batch_ratio = batch_ratio ** 0.5
-        args.lr = args.lr_base * batch_ratio
-        if utils.is_primary(args):
-            _logger.info(f'Learning rate ({args.lr}) calculated from base learning rate ({args.lr_base}) '
-                         f'and effective global batch size ({global_batch_size:g}) with {args.lr_base_scale} scaling.')
+    state.optim.lr = args.lr or lr_from_base(args, batch_size_reference)
 
-    r.loader_eval = None
+    loader_eval = None
     if args.val_split:
         eval_workers = args.workers
         if args.distributed and ('tfds' in args.dataset or 'wds' in args.dataset):
             eval_workers = min(2, args.workers)  # reduces validation padding issues with TFDS, WDS
         eval_loader_kwargs = dict(
             batch_size=args.validation_batch_size or args.batch_size, is_training=False,
-            interpolation=r.data_config['interpolation'], num_workers=eval_workers, crop_pct=r.data_config['crop_pct'])
+            interpolation=m.data_config['interpolation'], num_workers=eval_workers, crop_pct=m.data_config['crop_pct'])
         if args.naflex_loader:
             from timm.data import create_naflex_loader
-            r.loader_eval = create_naflex_loader(
-                dataset=dataset_eval, patch_size=r.model_patch_size, max_seq_len=args.naflex_max_seq_len,
+            loader_eval = create_naflex_loader(
+                dataset=dataset_eval, patch_size=m.patch_size, max_seq_len=args.naflex_max_seq_len,
                 patchify_channels_last=not args.naflex_patchify_channels_first,
                 **common_loader_kwargs, **eval_loader_kwargs)
         else:
-            r.loader_eval = create_loader(dataset_eval, input_size=r.data_config['input_size'],
+            loader_eval = create_loader(dataset_eval, input_size=m.data_config['input_size'],
                                         **common_loader_kwargs, **eval_loader_kwargs)
+    state.data = DataState(
+        dataset_train=dataset_train, loader_train=loader_train, loader_eval=loader_eval, mixup_fn=mixup_fn,
+        mixup_active=mixup_active, naflex_mode=naflex_mode, scheduled_batch_mode=scheduled_batch_mode,
+        batch_size_reference=batch_size_reference)
 
 
-def _create_task(args, r: _Run) -> None:
-    """Loss, task, optimizer, resumed state, EMA, compilation, DDP."""
-    train_loss_fn = create_train_criterion(args, r.mixup_active, r.num_aug_splits).to(device=r.device)
-    r.validate_loss_fn = nn.CrossEntropyLoss().to(device=r.device)
-
-    r.task = create_train_task(args, r.model, train_loss_fn, r.device, r.data_config, r.stim)
-    r.model = r.task.get_trainable_module()
-    r.eval_model = r.task.get_eval_model()
-
-    r.optimizer = create_optimizer_v2(r.model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+def lr_from_base(args, batch_size_reference: float) -> float:
+    """The learning rate from ``--lr-base`` and the effective global batch size, as timm's train.py computes it."""
+    global_batch_size = batch_size_reference * args.world_size * args.grad_accum_steps
+    batch_ratio = global_batch_size / args.lr_base_size
+    if args.lr_base_scale == 'sqrt':
+        batch_ratio = batch_ratio ** 0.5
+    lr = args.lr_base * batch_ratio
     if utils.is_primary(args):
-        defaults = dict(r.optimizer.defaults, weight_decay=args.weight_decay)  # weight_decay isn't in defaults
-        logging.info(f'Created {type(r.optimizer).__name__} ({args.opt}) optimizer: '
+        _logger.info(f'Learning rate ({lr}) calculated from base learning rate ({args.lr_base}) '
+                     f'and effective global batch size ({global_batch_size:g}) with {args.lr_base_scale} scaling.')
+    return lr
+
+
+def _create_task(state: TrainState) -> None:
+    """Loss, task, optimizer, resumed state, EMA, compilation, DDP (``state.model.task``, ``state.optim``)."""
+    args, m, o = state.args, state.model, state.optim
+    o.train_loss_fn = create_train_criterion(args, state.data.mixup_active, m.num_aug_splits).to(device=m.device)
+    o.validate_loss_fn = nn.CrossEntropyLoss().to(device=m.device)
+
+    m.task = create_train_task(args, m.model, o.train_loss_fn, m.device, m.data_config, state.stim)
+    m.model = m.task.get_trainable_module()
+    m.eval_model = m.task.get_eval_model()
+
+    state.run_args = _with_run_values(args, state)
+    o.optimizer = create_optimizer_v2(m.model, **optimizer_kwargs(cfg=state.run_args), **args.opt_kwargs)
+    if utils.is_primary(args):
+        defaults = dict(o.optimizer.defaults, weight_decay=args.weight_decay)  # weight_decay isn't in defaults
+        logging.info(f'Created {type(o.optimizer).__name__} ({args.opt}) optimizer: '
                      + ', '.join(f'{k}: {v}' for k, v in defaults.items()))
 
-    r.resume_epoch = None
-    if args.resume:
-        r.resume_epoch = resume_task_checkpoint(
-            r.task, args.resume, optimizer=None if args.no_resume_opt else r.optimizer,
-            loss_scaler=None if args.no_resume_opt else r.loss_scaler, log_info=utils.is_primary(args))
-        r.stim.after_resume(r.task)
+    if args.resume:  # the epoch to start at, unless the run's own records say more (RunLifecycle.start_point)
+        state.progress.start_epoch = resume_task_checkpoint(
+            m.task, args.resume, optimizer=None if args.no_resume_opt else o.optimizer,
+            loss_scaler=None if args.no_resume_opt else o.loss_scaler, log_info=utils.is_primary(args)) or 0
 
     if args.model_ema:
         # EMA after the model is on its device and before DDP
-        r.task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                       device='cpu' if args.model_ema_force_cpu else None)
+        m.task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                         device='cpu' if args.model_ema_force_cpu else None)
         if args.resume:
-            load_task_ema_checkpoint(r.task, args.resume)
+            load_task_ema_checkpoint(m.task, args.resume)
 
     if args.torchcompile:
         # Before DDP: DDP stays out of the compiled graph. Subnetwork passes run the eager model.
         if utils.is_primary(args):
             _logger.info(f'Compiling task components with backend={args.torchcompile}, mode={args.torchcompile_mode}')
-        r.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
-        r.model = r.task.get_trainable_module()
-        r.eval_model = r.task.get_eval_model()
-        if r.task.has_ema():
-            r.task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
+        m.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+        m.model = m.task.get_trainable_module()
+        m.eval_model = m.task.get_eval_model()
+        if m.task.has_ema():
+            m.task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
 
     if args.distributed:
         if utils.is_primary(args):
             _logger.info('Preparing task for distributed training')
-        r.task.prepare_distributed(device_ids=[r.device] if r.device.type == 'cuda' else None,
-                                 broadcast_buffers=not args.no_ddp_bb)
-        r.model = r.task.get_trainable_module()
+        m.task.prepare_distributed(device_ids=[m.device] if m.device.type == 'cuda' else None,
+                                   broadcast_buffers=not args.no_ddp_bb)
+        m.model = m.task.get_trainable_module()
 
 
-def _prepare_run(args, r: _Run) -> None:
-    """Output files (saver, args.yaml, wandb), scheduler and the point to start from."""
-    r.eval_metric = args.eval_metric if r.loader_eval is not None else 'loss'
-    r.decreasing_metric = r.eval_metric == 'loss'
-    r.best_metric = r.best_epoch = None
-    r.saver = None
+def _with_run_values(args, state: TrainState) -> argparse.Namespace:
+    """``args`` with the values timm's train.py writes into its args at run time: what its checkpoints save."""
+    return argparse.Namespace(**{**vars(args), 'num_classes': state.model.num_classes, 'lr': state.optim.lr})
+
+
+def _prepare_run(state: TrainState) -> None:
+    """Output files (saver, args.yaml, wandb), scheduler and the point to start from (``state.progress``)."""
+    args, m, o, p = state.args, state.model, state.optim, state.progress
     if utils.is_primary(args):
-        os.makedirs(r.output_dir, exist_ok=True)
-        r.saver = r.run.create_saver(
-            model=r.model, optimizer=r.optimizer, args=args, amp_scaler=r.loss_scaler, checkpoint_dir=r.output_dir,
-            recovery_dir=r.output_dir, decreasing=r.decreasing_metric, max_history=args.checkpoint_hist, task=r.task)
-        r.best_metric, r.best_epoch = r.saver.best_metric, r.saver.best_epoch
-        with open(os.path.join(r.output_dir, 'args.yaml'), 'w') as f:
-            f.write(r.stim.args_yaml(r.args_text))
-        r.run.output_dir_written()
+        os.makedirs(p.output_dir, exist_ok=True)
+        p.saver = state.run.create_saver(
+            model=m.model, optimizer=o.optimizer, args=state.run_args, amp_scaler=o.loss_scaler,
+            checkpoint_dir=p.output_dir, recovery_dir=p.output_dir, decreasing=p.decreasing_metric,
+            max_history=args.checkpoint_hist, task=m.task)
+        p.best_metric, p.best_epoch = p.saver.best_metric, p.saver.best_epoch
+        with open(os.path.join(p.output_dir, 'args.yaml'), 'w') as f:
+            f.write(state.stim.args_yaml(state.args_text))
+        state.run.output_dir_written()
         if args.log_wandb:
-            try:
-                import wandb
-            except ImportError:
-                _logger.warning("You've requested to log metrics to wandb but package not found. "
-                                "Metrics not being logged to wandb, try `pip install wandb`")
-                args.log_wandb = False
-            else:
-                assert not args.wandb_resume_id or args.resume
-                wandb.init(project=args.wandb_project, name=r.exp_name,
-                           config={**vars(args), 'stim_resolved': r.stim.summary},
-                           tags=args.wandb_tags, resume='must' if args.wandb_resume_id else None,
-                           id=args.wandb_resume_id or None)
+            import wandb
+            assert not args.wandb_resume_id or args.resume
+            wandb.init(project=args.wandb_project, name=p.exp_name,
+                       config={**vars(state.run_args), 'stim_resolved': state.stim.summary},
+                       tags=args.wandb_tags, resume='must' if args.wandb_resume_id else None,
+                       id=args.wandb_resume_id or None)
 
-    num_train_batches = batches_per_epoch(r.loader_train, args)
+    num_train_batches = batches_per_epoch(state.data.loader_train, args)
     updates_per_epoch = (num_train_batches + args.grad_accum_steps - 1) // args.grad_accum_steps
-    r.lr_scheduler, r.num_epochs = create_scheduler_v2(
-        r.optimizer, **scheduler_kwargs(args, decreasing_metric=r.decreasing_metric), updates_per_epoch=updates_per_epoch)
-    if hasattr(r.task, 'configure_training'):
-        r.task.configure_training(epochs=args.epochs, batches_per_epoch=num_train_batches)
-    r.start_epoch, r.start_batch, r.updates_done, r.meters = r.run.start_point(r.resume_epoch)
-    if r.lr_scheduler is not None and (r.start_epoch > 0 or r.updates_done):
+    o.lr_scheduler, o.num_epochs = create_scheduler_v2(
+        o.optimizer, **scheduler_kwargs(args, decreasing_metric=p.decreasing_metric), updates_per_epoch=updates_per_epoch)
+    if hasattr(m.task, 'configure_training'):
+        m.task.configure_training(epochs=args.epochs, batches_per_epoch=num_train_batches)
+    p.start_epoch, p.start_batch, p.updates_done, p.meters = state.run.start_point(
+        p.start_epoch if args.resume else None)
+    if o.lr_scheduler is not None and (p.start_epoch > 0 or p.updates_done):
         if args.sched_on_updates:
-            r.lr_scheduler.step_update(r.start_epoch * updates_per_epoch + r.updates_done)
+            o.lr_scheduler.step_update(p.start_epoch * updates_per_epoch + p.updates_done)
         else:
-            r.lr_scheduler.step(r.start_epoch)
-    if r.output_dir is not None and args.resume:
-        trim_summary(os.path.join(r.output_dir, 'summary.csv'), r.start_epoch)
+            o.lr_scheduler.step(p.start_epoch)
+    if p.output_dir is not None and args.resume:
+        trim_summary(os.path.join(p.output_dir, 'summary.csv'), p.start_epoch)
     if utils.is_primary(args):
-        if r.start_batch:
-            _logger.info(f'Resuming inside epoch {r.start_epoch}, after batch {r.start_batch - 1}.')
-        _logger.info(f'Scheduled epochs: {r.num_epochs}. LR stepped per '
-                     f'{"r.epoch" if r.lr_scheduler is None or r.lr_scheduler.t_in_epochs else "update"}.')
+        if p.start_batch:
+            _logger.info(f'Resuming inside epoch {p.start_epoch}, after batch {p.start_batch - 1}.')
+        _logger.info(f'Scheduled epochs: {o.num_epochs}. LR stepped per '
+                     f'{"epoch" if o.lr_scheduler is None or o.lr_scheduler.t_in_epochs else "update"}.')
 
 
-def _train_epochs(args, r: _Run) -> None:
-    """The epochs: train, validate, summarize, checkpoint; stops cleanly on Ctrl-C."""
-    r.results = []
-    r.interrupted = False
-    r.last_saved = None
+def _train_epochs(state: TrainState) -> None:
+    """The epochs: train, validate, summarize, checkpoint; stops cleanly on Ctrl-C (``state.progress``)."""
+    args, m, d, o, p = state.args, state.model, state.data, state.optim, state.progress
     try:
         with InterruptRequest() as interrupt:
-            for r.epoch in range(r.start_epoch, r.num_epochs):
-                set_loader_epoch(r.loader_train, r.epoch)
-                r.run.on_epoch_start(r.epoch, r.loader_train, r.start_batch)
-                if hasattr(r.task, 'set_progress'):  # the task's schedule (e.g. the KL weight) follows the loop
-                    r.task.set_progress(r.epoch, r.start_batch)
+            for p.epoch in range(p.start_epoch, o.num_epochs):
+                set_loader_epoch(d.loader_train, p.epoch)
+                state.emit('on_epoch_start')
+                if hasattr(m.task, 'set_progress'):  # the task's schedule (e.g. the KL weight) follows the loop
+                    m.task.set_progress(p.epoch, p.start_batch)
 
-                train_metrics, r.interrupted = train_one_epoch(
-                    r.epoch, r.model, r.loader_train, r.optimizer, args, task=r.task, device=r.device,
-                    lr_scheduler=r.lr_scheduler, saver=r.saver, output_dir=r.output_dir, amp_autocast=r.amp_autocast,
-                    loss_scaler=r.loss_scaler, model_dtype=r.model_dtype, mixup_fn=r.mixup_fn, naflex_mode=r.naflex_mode,
-                    scheduled_batch_mode=r.scheduled_batch_mode, batch_size_reference=r.batch_size_reference, run=r.run,
-                    start_batch=r.start_batch, updates_done=r.updates_done, meters=r.meters, interrupt=interrupt)
-                r.start_batch = r.updates_done = 0
-                r.meters = None
-                if r.interrupted:
-                    r.last_saved = r.saver.curr_recovery_file if r.saver is not None else None
+                train_metrics, p.interrupted = train_one_epoch(
+                    p.epoch, m.model, d.loader_train, o.optimizer, args, task=m.task, device=m.device,
+                    lr_scheduler=o.lr_scheduler, saver=p.saver, output_dir=p.output_dir, amp_autocast=o.amp_autocast,
+                    loss_scaler=o.loss_scaler, model_dtype=m.dtype, mixup_fn=d.mixup_fn, naflex_mode=d.naflex_mode,
+                    scheduled_batch_mode=d.scheduled_batch_mode, batch_size_reference=d.batch_size_reference,
+                    on_step_start=partial(state.emit, 'on_step_start'), start_batch=p.start_batch,
+                    updates_done=p.updates_done, meters=p.meters, interrupt=interrupt)
+                p.start_batch = p.updates_done = 0
+                p.meters = None
+                if p.interrupted:
+                    p.last_saved = p.saver.curr_recovery_file if p.saver is not None else None
                     break
 
                 if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                     if utils.is_primary(args):
                         _logger.info('Distributing BatchNorm running means and vars')
-                    utils.distribute_bn(r.model, args.world_size, args.dist_bn == 'reduce')
+                    utils.distribute_bn(m.model, args.world_size, args.dist_bn == 'reduce')
 
-                if (r.epoch + 1) % args.val_interval != 0 and r.epoch + 1 != r.num_epochs:
+                if (p.epoch + 1) % args.val_interval != 0 and p.epoch + 1 != o.num_epochs:
                     if utils.is_primary(args):
                         _logger.info('Skipping eval and checkpointing ')
-                    if r.lr_scheduler is not None:
-                        r.lr_scheduler.step(r.epoch + 1, metric=None)
-                    r.results.append({'epoch': r.epoch, 'train': train_metrics})
-                    _after_epoch(r.epoch, r.output_dir)
+                    if o.lr_scheduler is not None:
+                        o.lr_scheduler.step(p.epoch + 1, metric=None)
+                    p.results.append({'epoch': p.epoch, 'train': train_metrics})
+                    state.emit('on_epoch_end')
                     continue
 
-                eval_metrics = None
-                if r.loader_eval is not None:
-                    r.stim.before_validation(r.loader_train, r.device, r.amp_autocast)
-                    eval_metrics = validate(r.eval_model, r.loader_eval, r.validate_loss_fn, args, device=r.device,
-                                            amp_autocast=r.amp_autocast, model_dtype=r.model_dtype)
-                    ema_model = r.task.get_trainable_module(ema=True)
-                    if ema_model is not None and not args.model_ema_force_cpu:
-                        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                            utils.distribute_bn(ema_model, args.world_size, args.dist_bn == 'reduce')
-                        eval_metrics = validate(r.task.get_eval_model(ema=True), r.loader_eval, r.validate_loss_fn, args,
-                                                device=r.device, amp_autocast=r.amp_autocast, log_suffix=' (EMA)')
-
-                if r.output_dir is not None:
-                    lrs = [param_group['lr'] for param_group in r.optimizer.param_groups]
-                    update_summary(r.epoch, train_metrics, eval_metrics,
-                                   filename=os.path.join(r.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
+                state.emit('on_before_validation')
+                eval_metrics = _validate_epoch(state) if d.loader_eval is not None else None
+                state.emit('on_validation_end', train_metrics, eval_metrics)
+                if p.output_dir is not None:
+                    lrs = [param_group['lr'] for param_group in o.optimizer.param_groups]
+                    update_summary(p.epoch, train_metrics, eval_metrics,
+                                   filename=os.path.join(p.output_dir, 'summary.csv'), lr=sum(lrs) / len(lrs),
                                    log_wandb=args.log_wandb)
-                latest_metric = eval_metrics[r.eval_metric] if eval_metrics is not None else train_metrics[r.eval_metric]
-                if r.saver is not None:
-                    r.best_metric, r.best_epoch = r.saver.save_checkpoint(r.epoch, metric=latest_metric)
-                    r.last_saved = os.path.join(r.output_dir, 'last.pth.tar')
-                r.run.on_epoch_end(r.epoch, r.output_dir, r.best_epoch, r.task.get_trainable_module(ema=True))
-                if r.lr_scheduler is not None:
-                    r.lr_scheduler.step(r.epoch + 1, latest_metric)
+                latest_metric = eval_metrics[p.eval_metric] if eval_metrics is not None else train_metrics[p.eval_metric]
+                if p.saver is not None:
+                    p.best_metric, p.best_epoch = p.saver.save_checkpoint(p.epoch, metric=latest_metric)
+                    p.checkpoint_epoch = p.epoch
+                    p.last_saved = os.path.join(p.output_dir, 'last.pth.tar')
+                if o.lr_scheduler is not None:
+                    o.lr_scheduler.step(p.epoch + 1, latest_metric)
 
-                latest_results = {'epoch': r.epoch, 'train': train_metrics}
+                latest_results = {'epoch': p.epoch, 'train': train_metrics}
                 if eval_metrics is not None:
                     latest_results['validation'] = eval_metrics
-                r.results.append(latest_results)
-                _after_epoch(r.epoch, r.output_dir)
+                p.results.append(latest_results)
+                state.emit('on_epoch_end')
     except KeyboardInterrupt:
-        r.interrupted = True
+        p.interrupted = True
 
 
-def _finish(args, r: _Run) -> Dict[str, Any]:
-    """Close the run: best metric, how to resume an interrupted run, the --result JSON, the Hub."""
+def _validate_epoch(state: TrainState) -> Dict[str, Any]:
+    """The epoch's validation metrics: the model's, or its EMA's when there is one (as timm's train.py)."""
+    args, m, d, o = state.args, state.model, state.data, state.optim
+    eval_metrics = validate(m.eval_model, d.loader_eval, o.validate_loss_fn, args, device=m.device,
+                            amp_autocast=o.amp_autocast, model_dtype=m.dtype)
+    ema_model = m.task.get_trainable_module(ema=True)
+    if ema_model is not None and not args.model_ema_force_cpu:
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            utils.distribute_bn(ema_model, args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = validate(m.task.get_eval_model(ema=True), d.loader_eval, o.validate_loss_fn, args,
+                                device=m.device, amp_autocast=o.amp_autocast, log_suffix=' (EMA)')
+    return eval_metrics
+
+
+def _finish(state: TrainState) -> Dict[str, Any]:
+    """Close the run: best metric, how to resume an interrupted run, the --result JSON; returns ``main``'s dict."""
+    args, p = state.args, state.progress
     if args.distributed:
         torch.distributed.destroy_process_group()
-    if r.best_metric is not None:
-        _logger.info(f'*** Best metric: {r.best_metric} (epoch {r.best_epoch})')
-    if r.interrupted and utils.is_primary(args):  # the primary process writes the checkpoints, and says where
-        resume_from = r.last_saved or (os.path.join(r.output_dir, 'last.pth.tar') if r.output_dir else None)
+    if p.best_metric is not None:
+        _logger.info(f'*** Best metric: {p.best_metric} (epoch {p.best_epoch})')
+    if p.interrupted and utils.is_primary(args):  # the primary process writes the checkpoints, and says where
+        resume_from = p.last_saved or (os.path.join(p.output_dir, 'last.pth.tar') if p.output_dir else None)
         hint = (f' Resume with the same options plus --resume {resume_from}' if resume_from and os.path.exists(resume_from)
                 else ' No checkpoint was written yet.')
         _logger.error(f'Training was interrupted.{hint}')
@@ -907,12 +965,11 @@ def _finish(args, r: _Run) -> Dict[str, Any]:
     if utils.is_primary(args):
         # for parsable results display, dump top-10 summaries to avoid excess console spam
         display_results = sorted(
-            r.results, key=lambda x: x.get('validation', x.get('train')).get(r.eval_metric, 0), reverse=r.decreasing_metric)
+            p.results, key=lambda x: x.get('validation', x.get('train')).get(p.eval_metric, 0),
+            reverse=p.decreasing_metric)
         print(f'--result\n{json.dumps(display_results[-10:], indent=4)}')
-
-    hub_url = r.publisher.after_training(r.output_dir, r.dataset_train, interrupted=r.interrupted)
-    return {'best_metric': r.best_metric, 'best_epoch': r.best_epoch, 'output_dir': r.output_dir, 'epochs': r.results,
-            'hub_url': hub_url, 'interrupted': r.interrupted}
+    return {'best_metric': p.best_metric, 'best_epoch': p.best_epoch, 'output_dir': p.output_dir,
+            'epochs': p.results, 'interrupted': p.interrupted}
 
 
 if __name__ == '__main__':
