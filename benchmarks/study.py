@@ -85,7 +85,7 @@ def prepare_data(args) -> Dict[str, Any]:
         return {'train': ['--dataset', 'embedded/digits'], 'analyze': ['--dataset', 'embedded/digits'],
                 'val_split': 'validation', 'analyze_split': 'validation', 'mean': '0.5', 'std': '0.5'}
     if args.data == 'fmnist':
-        from timm_stim.training.data import layout_fashion_mnist
+        from timm_stim.datasets import layout_fashion_mnist
         data_dir = args.data_dir or os.path.expanduser('~/.cache/timm_stim/fashion-mnist')
         if not os.path.exists(os.path.join(data_dir, 'FashionMNIST', 'raw', 't10k-labels-idx1-ubyte')):
             layout_fashion_mnist(data_dir, args.fmnist_source)

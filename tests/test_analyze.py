@@ -196,7 +196,7 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
 
 def test_every_train_option_can_be_shared():
     """copy_train_options finds every option of train_stim.py (its parser records them with public calls)."""
-    from timm_stim.tools.checkpoints import copy_train_options
+    from timm_stim.timm_options import copy_train_options
     from timm_stim.training.args import create_train_parser
     options = [s for a in create_train_parser()[1]._actions for s in a.option_strings if s not in ('-h', '--help')]
     assert len(options) > 200

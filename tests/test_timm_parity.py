@@ -32,7 +32,7 @@ REL = 1e-4
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    from timm_stim.training.data import materialize_embedded
+    from timm_stim.datasets import materialize_embedded
     work = tmp_path_factory.mktemp('parity')
     return materialize_embedded('digits', str(work / 'cache')), record.make_teacher(str(work / 'teacher'))
 

@@ -32,9 +32,10 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, copy_train_options, hub_repo_of, load_model
+from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, hub_repo_of, load_model
 from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
+from ..timm_options import copy_train_options
 from ..flops import count_flops
 from ..stimulator import Stimulator, attach
 from ..subnet import Subnet
@@ -431,7 +432,7 @@ def _seeded_subset(dataset, num_images: int, seed: int):
 def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
     """(validation loader, BN re-estimation batches) for one data config."""
     from timm.data import create_dataset, create_loader
-    from ..training.data import resolve_dataset, with_image_mode
+    from ..datasets import resolve_dataset, with_image_mode
     dataset_name, root = resolve_dataset(args.dataset, args.data_dir)
     img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
 
@@ -478,7 +479,7 @@ class _BatchProgress:
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
     from tqdm import tqdm
-    from ..training.data import resolve_dataset
+    from ..datasets import resolve_dataset
     _check_args(args)
     try:
         resolve_dataset(args.dataset, args.data_dir)  # missing data is reported before any model is built
