@@ -20,7 +20,7 @@ import timm_stim
 from timm_stim import StimulativeTask, Subnet, UnsupportedModelError
 from timm_stim.inputs import sample_input_size
 from timm_stim.training.train import main
-from conftest import assert_only_kept_blocks_ran, make_input
+from helpers import assert_only_kept_blocks_ran, make_input
 
 # family -> (timm modules building it, model name patterns): the slow sweep's selection.
 FAMILIES = {

@@ -243,17 +243,17 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
 class _DeprecatedAlias(argparse.Action):
     """An old option name: stores into the new option's dest and says on stderr to use the new name."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, new_option: str = '', **kwargs):
+    def __init__(self, option_strings: Sequence[str], dest: str, new_option: str = '', note: str = '', **kwargs):
         super().__init__(option_strings, dest, **kwargs)
-        self.new_option = new_option
+        self.new_option, self.note = new_option, note
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f'{parser.prog}: {option_string} is deprecated; use {self.new_option} (same meaning, as in '
-              f'train_stim.py).', file=sys.stderr)
+        print(f'{parser.prog}: {option_string} is deprecated; use {self.new_option} ({self.note}).', file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
-def add_deprecated_alias(parser: Any, old: str, new: argparse.Action) -> None:
+def add_deprecated_alias(parser: Any, old: str, new: argparse.Action,
+                         note: str = 'same meaning, as in train_stim.py') -> None:
     """Keep ``old`` working as a hidden alias of the option ``new`` (same dest, type and choices).
 
     Using it prints one deprecation note on stderr naming the new option; its value goes where
@@ -263,7 +263,8 @@ def add_deprecated_alias(parser: Any, old: str, new: argparse.Action) -> None:
         parser: the parser or argument group ``new`` was added to.
         old: the old option string (``'--subnets'``).
         new: the action of the new option (what ``add_argument`` returned).
+        note: what the note says of the new option, in brackets after its name.
     """
-    parser.add_argument(old, action=_DeprecatedAlias, dest=new.dest, new_option=new.option_strings[-1],
+    parser.add_argument(old, action=_DeprecatedAlias, dest=new.dest, new_option=new.option_strings[-1], note=note,
                         type=new.type, choices=new.choices, metavar=new.metavar, nargs=new.nargs,
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
