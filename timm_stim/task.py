@@ -235,6 +235,11 @@ class StimulativeMixin:
         self.set_progress(epoch, 0)
 
     @property
+    def base_kl_weight(self) -> float:
+        """The KL weight before its schedule and warm-in (``config.kl_weight``); ``kl_weight`` is the current one."""
+        return float(self.config.kl_weight)
+
+    @property
     def active(self) -> bool:
         """Whether the next training forward adds subnetwork terms."""
         return (self.config.num_subnets > 0 and self.epoch >= self.config.start_epoch
