@@ -33,6 +33,7 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_analyze_checkpoints_of_every_kind(tmp_path, capsys):
     pth, st, hub_dir = tmp_path / 'a' / 'model.pth.tar', tmp_path / 'b.safetensors', tmp_path / 'c'
     pth.parent.mkdir()

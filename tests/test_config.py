@@ -90,6 +90,7 @@ def test_task_takes_a_config_or_keywords_alike():
     assert a.config == b.config and (a.num_subnets, a.base_kl_weight, a.normalize) == (2, 0.5, 'kl')
 
 
+@pytest.mark.slow
 def test_stpp_recipe_resolves_subnet_sizes_from_the_training_size():
     """The stpp recipe trains at 200 px (--train-img-sizes 200) and evaluates at 224: sizes come from 200."""
     args, _ = parse_args(['-c', 'resnet50_imagenet_stpp'])

@@ -66,6 +66,7 @@ def test_fashion_mnist_layout_reads_through_timm(tmp_path):
     assert train[2][1] == 4 and val[0][1] == 9
 
 
+@pytest.mark.slow
 def test_fashion_mnist_missing_package_message(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'timm_stim.datasets', 'fashion-mnist', str(tmp_path / 'out'),
                            '--source', str(tmp_path / 'empty')], capture_output=True, text=True)

@@ -106,6 +106,7 @@ def _retry_command(text):
 # train_stim.py --push-to-hub
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, capfd):
     repo = 'tester/digits-stim'
     result = train_main(_train_argv(tmp_path / 'out', '--stim-subnets', '2', '--push-to-hub', repo))
@@ -157,6 +158,7 @@ def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, cap
     assert all(authorized for _, _, authorized in hub_server.requests)
 
 
+@pytest.mark.slow
 def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server, tmp_path, capfd, monkeypatch):
     before = {}
     real_push = push.push_training_output

@@ -266,6 +266,7 @@ def _ddp_worker(rank, world_size, init_file, out_dir, x, y):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gradients_are_the_average_of_per_rank_gradients(tmp_path):
     x, y = make_input(batch=8, size=32), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), x, y), nprocs=2, join=True)
