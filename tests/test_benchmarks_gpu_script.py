@@ -15,6 +15,7 @@ def _env(tmp_path):
     return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', TIMM_STIM_CACHE=str(tmp_path / 'cache'))
 
 
+@pytest.mark.slow
 def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
     out = tmp_path / 'gpu'
     proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--tiny', '--out', str(out)],

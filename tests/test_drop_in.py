@@ -31,6 +31,7 @@ def _last_weights(run_dir):
         return torch.load(os.path.join(run_dir, 'last.pth.tar'), map_location='cpu', weights_only=True)['state_dict']
 
 
+@pytest.mark.slow
 def test_naflex_loader_trains_a_naflex_vit(tmp_path, monkeypatch):
     import timm.data
     calls = []
@@ -96,6 +97,7 @@ def test_args_yaml_of_older_timm_versions(tmp_path, capsys):
     assert 'apex_amp: True is an option of an older timm that no longer exists' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_and_console_entry_points(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     # (`timm-stim train ...` dispatches to the same main: the fresh-install test below runs it.)
@@ -113,6 +115,7 @@ def _site_packages_of_this_interpreter():
     return [p for p in sys.path if os.path.basename(p) in ('site-packages', 'dist-packages') and os.path.isdir(p)]
 
 
+@pytest.mark.slow
 def test_pip_install_gives_the_timm_stim_command_and_the_recipes(tmp_path):
     # A regular, non-editable install of this checkout into a fresh virtual environment: the
     # console script and the packaged recipes work from any folder. Everything comes from the

@@ -224,6 +224,7 @@ def test_train_refuses_bad_hub_options_before_writing(hub_env, hub_server, tmp_p
 # python -m timm_stim push
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_push_command_publishes_a_plain_timm_checkpoint(hub_env, hub_server, tmp_path):
     model = timm.create_model('test_resnet', num_classes=5)
     checkpoint = tmp_path / 'plain.pth'

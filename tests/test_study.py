@@ -60,6 +60,7 @@ def test_loafing_table_and_blocks_removed_curves():
     assert curves[2][0] == pytest.approx((45 + 60) / 2) and curves[2][2] == 2
 
 
+@pytest.mark.slow
 def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epochs(tmp_path):
     out = tmp_path / 'study'
     common = ['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]', 'stem_width=8',
@@ -104,6 +105,7 @@ def test_tiny_study_times_runs_resolves_the_budget_and_sets_the_wall_clock_epoch
     assert again['runs'][('stpp', 0)] == runs[('stpp', 0)]
 
 
+@pytest.mark.slow
 def test_flat_tail_schedule_holds_the_floor_lr_and_twice_the_epochs_doubles_both_parts(tmp_path):
     out = tmp_path / 'study'
     result = study.main(['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]',
@@ -129,6 +131,7 @@ def test_flat_tail_schedule_holds_the_floor_lr_and_twice_the_epochs_doubles_both
     assert not (tmp_path / 'bad').exists()
 
 
+@pytest.mark.slow
 def test_tiny_study_analyzes_every_seed_with_and_without_bn_reestimation(tmp_path):
     out = tmp_path / 'study'
     result = study.main(['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]',

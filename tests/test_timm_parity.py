@@ -55,6 +55,7 @@ def test_record_is_for_the_installed_timm():
     assert RECORDS['env'] == record.PINNED_ENV
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(record.CONFIGS))
 def test_train_stim_is_timm_train(tmp_path, setup, name):
     data, teacher = setup
