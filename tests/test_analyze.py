@@ -115,6 +115,7 @@ def test_distinct_draws_are_different_subnetworks_and_never_the_full_one():
     assert sampled == [s for k, s in analysis_subnets(uniform, 16, seed=42, distinct=True) if k == 'sampled']
 
 
+@pytest.mark.slow
 def test_analyze_distinct_scores_each_subnetwork_of_a_small_space_once(tmp_path):
     ckpt = tmp_path / 'model.pth.tar'
     torch.save({'state_dict': _model(0).state_dict()}, ckpt)

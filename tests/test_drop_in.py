@@ -55,6 +55,7 @@ def test_save_images_writes_the_logged_batches(tmp_path):
         'train-batch-0.jpg', 'train-batch-1.jpg']
 
 
+@pytest.mark.slow
 def test_variable_batch_loss_scale_scales_the_loss(tmp_path, monkeypatch):
     # Scheduled sizes with different batch sizes: 'linear' multiplies each batch's loss by its size
     # over the average batch size, as timm does; the same batches then give other weights.

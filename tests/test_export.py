@@ -135,6 +135,7 @@ def test_parsers_name_the_model_depths():
         parse_depths('3,4', (3, 4, 6))
 
 
+@pytest.mark.slow
 def test_export_publishes_to_the_hub_and_analyze_reads_it(hub_env, hub_server, tmp_path, capsys):
     from huggingface_hub import ModelCard
     from timm_stim.tools.analyze import main as analyze_main

@@ -131,6 +131,7 @@ def test_torchcompile_trains_like_eager(tmp_path):
     ['--stim-weight-sched', 'cos-up', '--stim-norm', 'all', '--stim-mode', 'drop', '--stim-bn', 'update',
      '--stim-bn-recal', '64'],
 ], ids=lambda e: ' '.join(e))
+@pytest.mark.slow
 def test_stim_combines_with_timm_options(tmp_path, extra):
     result = main(_base(tmp_path, '--stim-subnets', '2', '--stim-min-scale', '0.5', '--train-batches-per-epoch', '2',
                         *extra))
@@ -175,6 +176,7 @@ def log(data, **kwargs):
 '''
 
 
+@pytest.mark.slow
 def test_log_wandb_gets_config_and_metrics(tmp_path):
     # A stand-in wandb package (no account, no network) that records what train_stim.py sends.
     (tmp_path / 'fake' / 'wandb').mkdir(parents=True)
