@@ -112,7 +112,7 @@ def test_the_modules_import_each_other_without_a_cycle():
 
     def visit(module: str, path: List[str]) -> None:
         state[module] = 1
-        for target in sorted(edges[module]):
+        for target in sorted(edges.get(module, ())):
             if state.get(target) == 1:
                 cycles.append(' -> '.join(path[path.index(target):] + [target]))
             elif target not in state:
@@ -123,3 +123,17 @@ def test_the_modules_import_each_other_without_a_cycle():
         if module not in state:
             visit(module, [module])
     assert not cycles, '\n'.join(cycles)
+
+
+def test_no_test_module_imports_conftest():
+    """Shared test helpers are fixtures (conftest.py) or plain functions in tests/helpers.py."""
+    offenders = []
+    folder = os.path.join(ROOT, 'tests')
+    for name in sorted(os.listdir(folder)):
+        if name.endswith('.py'):
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path, encoding='utf-8').read(), path)):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f'tests/{name}:{node.lineno}' for n in names if n.split('.')[0] == 'conftest']
+    assert not offenders, offenders
