@@ -648,7 +648,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             ckpts = [os.path.join(run_dir(args, v, s), 'last.pth.tar') for s in seeds_of(v)]
             return [*ckpts, '--labels', ','.join(f'{v}-seed{s}' for s in seeds_of(v)), *data['analyze'],
                     '--val-split', data['analyze_split'], '--train-split', 'train', '--stim-space', space,
-                    '--stim-subnets', str(subnets), '--stim-bn-recal', str(recal), '-b', '250', '--workers', '0',
+                    '--samples', str(subnets), '--stim-bn-recal', str(recal), '-b', '250', '--workers', '0',
                     '--device', args.device, '--out', folder, *(['--distinct'] if args.analyze_distinct else [])]
 
         return Job(f'analyze {v} {space} {"recal" if recal else "own BN"}', make_argv,
