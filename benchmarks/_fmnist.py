@@ -4,7 +4,7 @@ The study (``study.py``) trains on a seeded, class-balanced subset of the 60,000
 images and validates on the 10,000 test images; ``analyze`` evaluates subnetworks on a
 class-balanced 2,000-image part of the test set (``test2k``) to keep the loafing analysis
 affordable on a CPU. The images come from the Debian package ``dataset-fashion-mnist``
-(``timm_stim.training.data.layout_fashion_mnist``), nothing is downloaded. The folder is written in a
+(``timm_stim.datasets.layout_fashion_mnist``), nothing is downloaded. The folder is written in a
 temporary sibling and renamed into place, so an interrupted layout leaves nothing half-written.
 """
 import gzip
@@ -61,7 +61,7 @@ def layout_subset(out_dir: str, train_images: int, seed: int = 0, source_dir: Op
         ``out_dir``.
     """
     from PIL import Image
-    from timm_stim.training.data import FASHION_MNIST_SOURCES
+    from timm_stim.datasets import FASHION_MNIST_SOURCES
     if os.path.exists(os.path.join(out_dir, _MARKER)):
         return out_dir
     raw = None

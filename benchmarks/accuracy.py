@@ -134,7 +134,7 @@ def main() -> None:
     args.out = os.path.abspath(args.out or os.path.join(
         ROOT, 'benchmarks', 'results', f'accuracy_{args.device.split(":")[0]}{"_quick" if args.quick else ""}'))
     if not os.path.exists(os.path.join(args.data_dir, 'FashionMNIST', 'raw')):
-        from timm_stim.training.data import layout_fashion_mnist
+        from timm_stim.datasets import layout_fashion_mnist
         layout_fashion_mnist(args.data_dir)  # clear error naming the Debian package when it is missing
     os.makedirs(args.out, exist_ok=True)
 

@@ -16,6 +16,7 @@ and per-epoch validation top-1) and ``<out>/summary.md``; ``--plot`` draws the g
     python benchmarks/stable_start.py --variants stpp --recipe quickstart --extra --lr 0.05
 """
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -98,7 +99,7 @@ def traced_run(argv: List[str], trace: bool = True) -> Dict[str, Any]:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             # The script decides the warm-in, whatever train_stim.py's default is.
-            self.weight_warmup_epochs = warmin[0] if warmin else 0.0
+            self.config = dataclasses.replace(self.config, weight_warmup_epochs=warmin[0] if warmin else 0.0)
 
         def forward(self, input, target):
             if not trace:

@@ -96,7 +96,7 @@ def prepare_data(args) -> Dict[str, Any]:
         return {'train': ['--dataset', 'embedded/digits'], 'analyze': ['--dataset', 'embedded/digits'],
                 'val_split': 'validation', 'analyze_split': 'validation', 'mean': '0.5', 'std': '0.5'}
     if args.data == 'fmnist':
-        from timm_stim.training.data import layout_fashion_mnist
+        from timm_stim.datasets import layout_fashion_mnist
         data_dir = args.data_dir or os.path.expanduser('~/.cache/timm_stim/fashion-mnist')
         if not os.path.exists(os.path.join(data_dir, 'FashionMNIST', 'raw', 't10k-labels-idx1-ubyte')):
             layout_fashion_mnist(data_dir, args.fmnist_source)
@@ -772,7 +772,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             ckpts = [os.path.join(run_dir(args, v, s), 'last.pth.tar') for s in seeds_of(v)]
             return [*ckpts, '--labels', ','.join(f'{v}-seed{s}' for s in seeds_of(v)), *data['analyze'],
                     '--val-split', data['analyze_split'], '--train-split', 'train', '--stim-space', space,
-                    '--stim-subnets', str(subnets), '--stim-bn-recal', str(recal), '-b', '250', '--workers', '0',
+                    '--samples', str(subnets), '--stim-bn-recal', str(recal), '-b', '250', '--workers', '0',
                     '--device', args.device, '--out', folder, *(['--distinct'] if args.analyze_distinct else [])]
 
         return Job(f'analyze {v} {space} {"recal" if recal else "own BN"}', make_argv,

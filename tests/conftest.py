@@ -22,10 +22,6 @@ def _deterministic():
     yield
 
 
-def make_input(batch=2, size=64, seed=0):
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture
 def hub_server():
     """A local Hugging Face Hub-compatible server on 127.0.0.1 (tests/hub_server.py), stopped after the test.
@@ -35,23 +31,3 @@ def hub_server():
     from hub_server import HubServer
     with HubServer(token='hf_TEST_token_4f9c2e7b1d') as server:
         yield server
-
-
-def assert_only_kept_blocks_ran(stim, subnet, calls):
-    """Dropped blocks never ran and got no gradient; every kept block ran once and got gradients.
-
-    Args:
-        stim: the model's Stimulator.
-        subnet: the Subnet that was active for one forward + backward.
-        calls: (stage, block) -> how many times the block's residual branch ran.
-    """
-    dropped = subnet.dropped(stim.stage_depths)
-    for s, blocks in enumerate(stim.adapter.stages(stim.model)):
-        for b, block in enumerate(blocks):
-            grads = [p.grad for p in block.parameters() if p.requires_grad]
-            if b in dropped[s]:
-                assert calls[(s, b)] == 0, (s, b)
-                assert all(g is None for g in grads), (s, b)
-            else:
-                assert calls[(s, b)] == 1, (s, b)
-                assert all(g is not None for g in grads), (s, b)

@@ -33,6 +33,7 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_analyze_checkpoints_of_every_kind(tmp_path, capsys):
     pth, st, hub_dir = tmp_path / 'a' / 'model.pth.tar', tmp_path / 'b.safetensors', tmp_path / 'c'
     pth.parent.mkdir()
@@ -62,7 +63,7 @@ def test_analyze_checkpoints_of_every_kind(tmp_path, capsys):
         assert f.read(8) == PNG_MAGIC
     captured = capsys.readouterr()
     printed = captured.out
-    assert '--subnets is deprecated; use --stim-subnets' in captured.err  # the former names still work
+    assert '--subnets is deprecated; use --samples' in captured.err  # the former names still work
     assert '[24/24]' in printed and '| checkpoint | full top-1 |' in printed and 'b.safetensors' in printed
 
 
@@ -114,10 +115,11 @@ def test_distinct_draws_are_different_subnetworks_and_never_the_full_one():
     assert sampled == [s for k, s in analysis_subnets(uniform, 16, seed=42, distinct=True) if k == 'sampled']
 
 
+@pytest.mark.slow
 def test_analyze_distinct_scores_each_subnetwork_of_a_small_space_once(tmp_path):
     ckpt = tmp_path / 'model.pth.tar'
     torch.save({'state_dict': _model(0).state_dict()}, ckpt)
-    rc = main([str(ckpt), '--model', 'resnet18', '--stim-space', 'stpp', '--stim-subnets', '16', '--distinct',
+    rc = main([str(ckpt), '--model', 'resnet18', '--stim-space', 'stpp', '--samples', '16', '--distinct',
                '--stim-bn-recal', '0', '--out', str(tmp_path / 'out'), *DATA])
     assert rc == 0
     sampled = [r['depths'] for r in _read(tmp_path / 'out' / 'analyze.csv') if r['kind'] == 'sampled']
@@ -133,11 +135,13 @@ def test_labels_tell_checkpoints_apart():
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--stim-subnets', '-1'], '--stim-subnets -1: expected a number of sampled subnetworks >= 0'),
+    (['--samples', '-1'], '--samples -1: expected a number of sampled subnetworks >= 0'),
     (['--stim-bn-recal', '-5'], '--stim-bn-recal -5: expected a number of images >= 0'),
     (['--stim-space', 'bogus'], "Unknown space 'bogus'"),
+    (['--stim-space', ' '], "--stim-space ' ': expected uniform, stpp, keep:K"),  # StimConfig's check, as training's
     # the former names, deprecated aliases: the same checks, reported with the new names
-    (['--subnets', '-1'], '--stim-subnets -1: expected a number of sampled subnetworks >= 0'),
+    (['--stim-subnets', '-1'], '--samples -1: expected a number of sampled subnetworks >= 0'),
+    (['--subnets', '-1'], '--samples -1: expected a number of sampled subnetworks >= 0'),
     (['--bn-recal', '-5'], '--stim-bn-recal -5: expected a number of images >= 0'),
     (['--space', 'bogus'], "Unknown space 'bogus'"),
     (['--labels', 'a,b'], 'gives 2 names for 1 checkpoints'),
@@ -183,7 +187,7 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
                          inputs[0].dim() == 4 and inputs[0].is_contiguous(memory_format=torch.channels_last)))
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
-        assert main([str(ckpt), '--model', 'resnet18', '--stim-subnets', '0', '--stim-bn-recal', '0', '--amp',
+        assert main([str(ckpt), '--model', 'resnet18', '--samples', '0', '--stim-bn-recal', '0', '--amp',
                      '--channels-last', '--val-num-samples', '40', '--out', str(tmp_path / 'out'), *DATA]) == 0
     finally:
         handle.remove()
@@ -196,7 +200,7 @@ def test_amp_channels_last_and_val_num_samples_are_honoured(tmp_path):
 
 def test_every_train_option_can_be_shared():
     """copy_train_options finds every option of train_stim.py (its parser records them with public calls)."""
-    from timm_stim.tools.checkpoints import copy_train_options
+    from timm_stim.timm_options import copy_train_options
     from timm_stim.training.args import create_train_parser
     options = [s for a in create_train_parser()[1]._actions for s in a.option_strings if s not in ('-h', '--help')]
     assert len(options) > 200
@@ -224,23 +228,30 @@ def test_amp_dtype_rule_shared_with_training(caplog):
 def test_option_names_are_train_stims_and_former_names_are_deprecated_aliases(capsys):
     from timm_stim.tools.analyze import create_analyze_parser
     parser = create_analyze_parser()
-    new = parser.parse_args(['x.pth', '--stim-subnets', '3', '--stim-bn-recal', '64', '--stim-space', 'stpp',
+    new = parser.parse_args(['x.pth', '--samples', '3', '--stim-bn-recal', '64', '--stim-space', 'stpp',
                              '--stim-mode', 'drop'])
     assert capsys.readouterr().err == ''  # the new names say nothing
     old = parser.parse_args(['x.pth', '--subnets', '3', '--bn-recal', '64', '--space', 'stpp', '--mode', 'drop'])
     assert vars(old) == vars(new)
     notes = capsys.readouterr().err.splitlines()
-    assert notes == [f'python -m timm_stim analyze: --{name} is deprecated; use --stim-{name} (same meaning, as in '
-                     f'train_stim.py).' for name in ('subnets', 'bn-recal', 'space', 'mode')]
+    per_step = 'subnetworks sampled per checkpoint; in train_stim.py --stim-subnets means subnetworks per step'
+    assert notes == [f'python -m timm_stim analyze: --subnets is deprecated; use --samples ({per_step}).'] + [
+        f'python -m timm_stim analyze: --{name} is deprecated; use --stim-{name} (same meaning, as in train_stim.py).'
+        for name in ('bn-recal', 'space', 'mode')]
+    # analyze's --stim-subnets was its sample count: it still is, with a note that names the new option.
+    assert vars(parser.parse_args(['x.pth', '--stim-subnets', '3', '--stim-bn-recal', '64', '--stim-space', 'stpp',
+                                   '--stim-mode', 'drop'])) == vars(new)
+    assert capsys.readouterr().err.splitlines() == [
+        f'python -m timm_stim analyze: --stim-subnets is deprecated; use --samples ({per_step}).']
     defaults = parser.parse_args(['x.pth'])
-    assert (defaults.stim_subnets, defaults.stim_bn_recal, defaults.stim_space, defaults.stim_mode) == (
+    assert (defaults.samples, defaults.stim_bn_recal, defaults.stim_space, defaults.stim_mode) == (
         64, 1000, 'uniform', 'depth')
     for argv in (['--mode', 'bogus'], ['--stim-mode', 'bogus']):  # the alias checks as the new option does
         with pytest.raises(SystemExit):
             parser.parse_args(['x.pth', *argv])
         assert "invalid choice: 'bogus'" in capsys.readouterr().err
-    assert '--subnets' not in parser.format_usage()  # hidden; the new option's help names it
-    assert 'formerly --subnets' in parser.format_help()
+    assert '--subnets' not in parser.format_usage() and '--stim-subnets' not in parser.format_usage()  # hidden
+    assert 'formerly --stim-subnets and --subnets' in parser.format_help()  # the new option's help names them
 
 
 def test_command_line_dispatch(tmp_path):
@@ -256,9 +267,9 @@ def test_options_shared_with_train_stim_have_its_names_and_defaults():
     from timm_stim.tools.export import create_export_parser
     train = {a.dest: a for a in create_train_parser()[1]._actions}
     # --model and --device differ on purpose: no default architecture, and cpu where there is no GPU.
-    # analyze's --stim-subnets and --stim-bn-recal count per checkpoint / per subnetwork (training's: per
-    # step / before validation), so their defaults differ; their names are training's (checked below).
-    own = ('help', 'model', 'device', 'stim_subnets', 'stim_bn_recal')
+    # analyze's --stim-bn-recal counts images per subnetwork (training's: before each validation), so its default
+    # differs; its name, type and check are training's (checked below).
+    own = ('help', 'model', 'device', 'stim_bn_recal')
     for parser in (create_analyze_parser(), create_export_parser()):
         visible = [a for a in parser._actions if a.help != argparse.SUPPRESS]  # not the deprecated aliases
         shared = [a for a in visible if a.dest in train and a.dest not in own]
@@ -269,6 +280,9 @@ def test_options_shared_with_train_stim_have_its_names_and_defaults():
                 train[action.dest].nargs, train[action.dest].choices), action.dest
         for action in visible:
             if action.dest in own[3:]:
-                assert action.option_strings == train[action.dest].option_strings, action.dest
+                assert (action.option_strings, action.type, action.metavar) == (
+                    train[action.dest].option_strings, train[action.dest].type, train[action.dest].metavar)
     analyze = {a.dest for a in create_analyze_parser()._actions if a.help != argparse.SUPPRESS}
-    assert {'stim_subnets', 'stim_bn_recal', 'stim_space', 'stim_mode'} <= analyze
+    assert {'samples', 'stim_bn_recal', 'stim_space', 'stim_mode'} <= analyze
+    # One name, one meaning: analyze's sample count is not training's --stim-subnets (subnetworks per step).
+    assert 'stim_subnets' not in analyze

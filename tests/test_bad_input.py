@@ -271,6 +271,7 @@ def test_bad_input_stops_before_any_work(tmp_path, env, monkeypatch, caplog, cap
     assert not (tmp_path / 'PWNED').exists()  # nothing in a file ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', ['resume runs code', 'initial checkpoint runs code', 'subnet inputs too small'])
 def test_bad_input_from_the_command_line(tmp_path, env, case):
     # The same, as a user sees it: one message on stderr, no traceback.
@@ -303,6 +304,7 @@ def test_two_runs_cannot_take_one_folder(tmp_path):
         claim_output_dir(str(empty))
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_with_one_experiment(tmp_path, env):
     out = tmp_path / 'out'
     procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_base(out)],

@@ -15,6 +15,7 @@ def _env(tmp_path):
     return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', TIMM_STIM_CACHE=str(tmp_path / 'cache'))
 
 
+@pytest.mark.slow
 def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
     out = tmp_path / 'gpu'
     proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--tiny', '--out', str(out)],
@@ -44,6 +45,7 @@ def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
     assert json.load(open(out / 'environment.json'))['device'] == 'cpu'
 
 
+@pytest.mark.slow
 def test_gpu_script_refuses_cuda_without_a_gpu(tmp_path):
     env = dict(_env(tmp_path), CUDA_VISIBLE_DEVICES='')  # no GPU visible, also on a GPU machine
     proc = subprocess.run([sys.executable, SCRIPT, '--out', str(tmp_path / 'gpu')], capture_output=True, text=True,
@@ -52,6 +54,7 @@ def test_gpu_script_refuses_cuda_without_a_gpu(tmp_path):
     assert not (tmp_path / 'gpu' / 'summary.json').exists()
 
 
+@pytest.mark.slow
 def test_gpu_budget_section_asks_only_for_affordable_budgets(tmp_path):
     # The first H200 run stopped at --stim-budget 0.5: one stpp subnetwork of ResNet-50 at 224 px
     # costs 0.518 of a full pass. Every budget the GPU configuration asks for must afford one.

@@ -30,6 +30,7 @@ def _all_depth_subnets(stim):
             for drops in itertools.product(*per_stage)]
 
 
+@pytest.mark.slow
 def test_subnet_cost_is_the_exact_mean_over_every_subnet_and_input_size():
     # The expectation from per-block FLOPs equals counting every (subnet, size) pair the task can draw.
     model, stim = _resnet18('uniform')

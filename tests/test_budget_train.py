@@ -15,6 +15,7 @@ def _base(out, *extra):
             '--stim-space', 'stpp', '--stim-min-scale', '0.5', *extra]
 
 
+@pytest.mark.slow
 def test_budget_resolves_k_and_saves_the_plan(tmp_path, monkeypatch):
     tasks = []
     original = train_mod.create_train_task
@@ -45,6 +46,7 @@ def test_impossible_budgets_are_refused_before_anything_is_written(tmp_path, cap
     assert not os.path.exists(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_weight_warmup_reaches_the_task(tmp_path, monkeypatch):
     seen = []
     original = train_mod.create_train_task

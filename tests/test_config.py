@@ -1,5 +1,4 @@
 """StimConfig is the one place an option is declared: everything else derives from its fields."""
-import ast
 import dataclasses
 import os
 
@@ -91,6 +90,7 @@ def test_task_takes_a_config_or_keywords_alike():
     assert a.config == b.config and (a.num_subnets, a.base_kl_weight, a.normalize) == (2, 0.5, 'kl')
 
 
+@pytest.mark.slow
 def test_stpp_recipe_resolves_subnet_sizes_from_the_training_size():
     """The stpp recipe trains at 200 px (--train-img-sizes 200) and evaluates at 224: sizes come from 200."""
     args, _ = parse_args(['-c', 'resnet50_imagenet_stpp'])
@@ -116,31 +116,6 @@ def test_scheduled_sizes_all_count():
     resolved = resolve_config(StimConfig(num_subnets=1, min_scale=0.5), stim, [(3, 64, 64), (3, 96, 96)])
     assert resolved.summary['subnet_input_short_side'] == [32, 96]
     assert resolved.summary['train_input_sizes'] == [[3, 64, 64], [3, 96, 96]]
-
-
-def test_core_never_imports_the_training_program_or_the_tools():
-    core = os.path.join(ROOT, 'timm_stim')
-    offenders = []
-    for folder, _, files in os.walk(core):
-        rel = os.path.relpath(folder, core)
-        if rel.split(os.sep)[0] in ('training', 'tools'):
-            continue
-        for name in files:
-            if not name.endswith('.py') or (rel == '.' and name == '__main__.py'):  # __main__: the CLI dispatcher
-                continue
-            path = os.path.join(folder, name)
-            for node in ast.walk(ast.parse(open(path).read())):
-                targets = []
-                if isinstance(node, ast.Import):
-                    targets = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom):
-                    targets = ['.' * node.level + (node.module or '')]
-                    targets += [t + '.' + a.name for t in targets for a in node.names]
-                for t in targets:
-                    parts = t.lstrip('.').split('.')
-                    if 'training' in parts[:2] or 'tools' in parts[:2]:
-                        offenders.append(f'{os.path.relpath(path, ROOT)}: {t}')
-    assert not offenders, offenders
 
 
 def test_a_huge_budget_is_warned_about(caplog):

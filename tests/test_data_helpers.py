@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from timm.data import create_dataset
 
-from timm_stim.training.data import layout_fashion_mnist, materialize_embedded, resolve_dataset
+from timm_stim.datasets import layout_fashion_mnist, materialize_embedded, resolve_dataset
 
 
 def test_digits_materialized_once_with_stratified_splits(tmp_path, monkeypatch):
@@ -31,7 +31,7 @@ def test_digits_materialized_once_with_stratified_splits(tmp_path, monkeypatch):
     ('embedded/mnist', None, "Unknown embedded dataset 'embedded/mnist'"),
     ('', None, 'No data: pass --data-dir'),
     ('', '/no/such/dir', "'/no/such/dir' does not exist"),
-    ('torch/fashion_mnist', '/no/such/fm', 'python -m timm_stim.training.data fashion-mnist /no/such/fm'),
+    ('torch/fashion_mnist', '/no/such/fm', 'python -m timm_stim.datasets fashion-mnist /no/such/fm'),
     ('torch/cifar10', None, 'needs --data-dir'),
 ])
 def test_resolve_dataset_errors(dataset, data_dir, match):
@@ -66,8 +66,9 @@ def test_fashion_mnist_layout_reads_through_timm(tmp_path):
     assert train[2][1] == 4 and val[0][1] == 9
 
 
+@pytest.mark.slow
 def test_fashion_mnist_missing_package_message(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'timm_stim.training.data', 'fashion-mnist', str(tmp_path / 'out'),
+    proc = subprocess.run([sys.executable, '-m', 'timm_stim.datasets', 'fashion-mnist', str(tmp_path / 'out'),
                            '--source', str(tmp_path / 'empty')], capture_output=True, text=True)
     assert proc.returncode == 2
     assert 'apt-get install dataset-fashion-mnist' in proc.stderr and 'Traceback' not in proc.stderr
@@ -77,7 +78,7 @@ def test_grey_torch_dataset_reaches_a_3_channel_model_as_replicated_rgb(tmp_path
     # timm converts --input-img-mode only in its own readers; train_stim.py wraps torch/ datasets.
     import torch
     from timm.data import create_loader
-    from timm_stim.training.data import with_image_mode
+    from timm_stim.datasets import with_image_mode
     out = layout_fashion_mnist(str(tmp_path / 'fm'), str(_fake_fashion_source(tmp_path)))
     dataset = with_image_mode(create_dataset('torch/fashion_mnist', root=out, split='train'),
                               'torch/fashion_mnist', 'RGB')

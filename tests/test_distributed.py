@@ -13,6 +13,9 @@ from PIL import Image
 
 from timm_stim.training.train import main
 
+# Two-process runs under torchrun: the full suite and CI run them, the quick run leaves them out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -3,6 +3,7 @@ writes it, older timm configs, and the commands a plain `pip install` gives."""
 import csv
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -30,6 +31,7 @@ def _last_weights(run_dir):
         return torch.load(os.path.join(run_dir, 'last.pth.tar'), map_location='cpu', weights_only=True)['state_dict']
 
 
+@pytest.mark.slow
 def test_naflex_loader_trains_a_naflex_vit(tmp_path, monkeypatch):
     import timm.data
     calls = []
@@ -53,6 +55,7 @@ def test_save_images_writes_the_logged_batches(tmp_path):
         'train-batch-0.jpg', 'train-batch-1.jpg']
 
 
+@pytest.mark.slow
 def test_variable_batch_loss_scale_scales_the_loss(tmp_path, monkeypatch):
     # Scheduled sizes with different batch sizes: 'linear' multiplies each batch's loss by its size
     # over the average batch size, as timm does; the same batches then give other weights.
@@ -95,6 +98,7 @@ def test_args_yaml_of_older_timm_versions(tmp_path, capsys):
     assert 'apex_amp: True is an option of an older timm that no longer exists' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_and_console_entry_points(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     # (`timm-stim train ...` dispatches to the same main: the fresh-install test below runs it.)
@@ -107,18 +111,39 @@ def test_module_and_console_entry_points(tmp_path):
     assert all(f'  {c} ' in proc.stdout for c in ('train', 'recipes', 'push', 'analyze', 'export', 'data'))
 
 
+def _site_packages_of_this_interpreter():
+    """The site-packages folders this interpreter imports from (a virtual environment's and its base's)."""
+    return [p for p in sys.path if os.path.basename(p) in ('site-packages', 'dist-packages') and os.path.isdir(p)]
+
+
+@pytest.mark.slow
 def test_pip_install_gives_the_timm_stim_command_and_the_recipes(tmp_path):
-    # A fresh virtual environment (reusing this interpreter's torch and timm) and a regular,
-    # non-editable install of this checkout: the console script and the packaged recipes work
-    # from any folder.
-    env_dir = tmp_path / 'venv'
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    python = str(env_dir / 'bin' / 'python')
+    # A regular, non-editable install of this checkout into a fresh virtual environment: the
+    # console script and the packaged recipes work from any folder. Everything comes from the
+    # running environment, whether it is the base interpreter or a virtual environment made as the
+    # README says: the wheel is built by its setuptools (the test extra requires one that builds
+    # wheels), and the new environment imports its torch and timm through a .pth file.
+    source = tmp_path / 'source'  # a copy: the build writes no build/ or egg-info into the checkout
+    shutil.copytree(os.path.join(ROOT, 'timm_stim'), source / 'timm_stim',
+                    ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    for name in ('setup.py', 'setup.cfg', 'README.md'):
+        shutil.copy(os.path.join(ROOT, name), source / name)
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH',)}
-    install = subprocess.run([sys.executable, '-m', 'pip', '--python', python, 'install', '--no-deps',
-                              '--no-build-isolation', '--no-index', '-q', ROOT],
-                             capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    build = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index',
+                            '-q', '-w', str(tmp_path / 'dist'), str(source)],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel, = glob.glob(str(tmp_path / 'dist' / 'timm_stim-*.whl'))
+    env_dir = tmp_path / 'venv'
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = str(env_dir / 'bin' / 'python')
+    install = subprocess.run([sys.executable, '-m', 'pip', '--python', python, 'install', '--no-deps', '--no-index',
+                              '-q', wheel], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
+    site = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                          capture_output=True, text=True, env=env, timeout=120).stdout.strip()
+    with open(os.path.join(site, 'running_environment.pth'), 'w') as f:  # read after the venv's own packages
+        f.write('\n'.join(_site_packages_of_this_interpreter()) + '\n')
     command = str(env_dir / 'bin' / 'timm-stim')
     listing = subprocess.run([command, 'recipes'], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert listing.returncode == 0 and 'quickstart' in listing.stdout and 'resnet50_imagenet_stpp' in listing.stdout

@@ -11,7 +11,7 @@ from timm_stim import Subnet
 from timm_stim.errors import InputError
 from timm_stim.tools.export import export_subnet, main, parse_blocks, parse_depths, save_exported
 
-from conftest import make_input
+from helpers import make_input
 from test_hub import hub_env  # noqa: F401  (fixture: huggingface_hub pointed at the local Hub server)
 
 
@@ -135,6 +135,7 @@ def test_parsers_name_the_model_depths():
         parse_depths('3,4', (3, 4, 6))
 
 
+@pytest.mark.slow
 def test_export_publishes_to_the_hub_and_analyze_reads_it(hub_env, hub_server, tmp_path, capsys):
     from huggingface_hub import ModelCard
     from timm_stim.tools.analyze import main as analyze_main
@@ -157,6 +158,6 @@ def test_export_publishes_to_the_hub_and_analyze_reads_it(hub_env, hub_server, t
         assert torch.equal(published(x), _subnet_logits(model, Subnet.from_depths((1, 2, 1, 1)), x))
     # analyze takes hf-hub: models: full + 1 droppable block (stage 1) + 2 sampled.
     out = tmp_path / 'analysis'
-    assert analyze_main([f'hf-hub:{repo}', '--dataset', 'embedded/digits', '--subnets', '2', '--bn-recal', '32',
+    assert analyze_main([f'hf-hub:{repo}', '--dataset', 'embedded/digits', '--samples', '2', '--stim-bn-recal', '32',
                          '-b', '128', '--workers', '0', '--device', 'cpu', '--out', str(out)]) == 0
     assert len((out / 'analyze.csv').read_text().strip().splitlines()) == 1 + 1 + 1 + 2

@@ -20,7 +20,7 @@ import timm_stim
 from timm_stim import StimulativeTask, Subnet, UnsupportedModelError
 from timm_stim.inputs import sample_input_size
 from timm_stim.training.train import main
-from conftest import assert_only_kept_blocks_ran, make_input
+from helpers import assert_only_kept_blocks_ran, make_input
 
 # family -> (timm modules building it, model name patterns): the slow sweep's selection.
 FAMILIES = {
@@ -326,6 +326,7 @@ def _train_args(out, name, *extra):
             '--validation-batch-size', '128', '--stim-subnets', '2', '--stim-min-scale', '0.5', *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,extra', TRAIN_MODELS, ids=[n for n, _ in TRAIN_MODELS])
 def test_train_stim_runs_each_family(tmp_path, name, extra):
     result = main(_train_args(tmp_path, name, *extra))

@@ -106,6 +106,7 @@ def _retry_command(text):
 # train_stim.py --push-to-hub
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, capfd):
     repo = 'tester/digits-stim'
     result = train_main(_train_argv(tmp_path / 'out', '--stim-subnets', '2', '--push-to-hub', repo))
@@ -157,6 +158,7 @@ def test_train_then_push_loads_back_with_timm(hub_env, hub_server, tmp_path, cap
     assert all(authorized for _, _, authorized in hub_server.requests)
 
 
+@pytest.mark.slow
 def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server, tmp_path, capfd, monkeypatch):
     before = {}
     real_push = push.push_training_output
@@ -222,6 +224,7 @@ def test_train_refuses_bad_hub_options_before_writing(hub_env, hub_server, tmp_p
 # python -m timm_stim push
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_push_command_publishes_a_plain_timm_checkpoint(hub_env, hub_server, tmp_path):
     model = timm.create_model('test_resnet', num_classes=5)
     checkpoint = tmp_path / 'plain.pth'

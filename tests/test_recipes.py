@@ -175,6 +175,7 @@ def test_recipe_by_name_equals_recipe_by_path():
         {k: v for k, v in vars(by_path).items() if k != 'config'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('recipe', RECIPES, ids=[os.path.basename(r) for r in RECIPES])
 def test_every_recipe_runs(tmp_path, recipe):
     # The recipe's own settings, with data, size, length and hardware overridden. ResNets run at

@@ -18,6 +18,9 @@ import torch
 import timm_stim.training.runs as runs_mod
 from timm_stim.training.train import main
 
+# Reference runs, killed processes and resumes: the full suite and CI run them, the quick run leaves them out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

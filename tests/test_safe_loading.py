@@ -85,6 +85,7 @@ def test_truncated_checkpoint_is_refused_with_a_message(hub_env, hub_server, fil
     assert hub_server.requests == []
 
 
+@pytest.mark.slow
 def test_command_line_reports_without_traceback(hub_env, files, tmp_path):
     """The console command: exit code 2, the message, no traceback, and the payload never ran."""
     proc = subprocess.run(

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import timm_stim
 from timm_stim import Subnet
-from conftest import assert_only_kept_blocks_ran, make_input
+from helpers import assert_only_kept_blocks_ran, make_input
 
 ATTACH_MODELS = ['resnet18', 'resnet50', 'resnext50_32x4d', 'seresnext26d_32x4d', 'resnet26d', 'resnetv2_50']
 

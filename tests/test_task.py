@@ -1,5 +1,6 @@
 """StimulativeTask: gradients, sizes, RNG state, AMP, DDP."""
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -14,7 +15,7 @@ import timm_stim
 from timm_stim import StimulativeTask, stim_kl
 from timm_stim.losses import logit_norm
 from timm_stim.inputs import resize_batch
-from conftest import make_input
+from helpers import make_input
 
 
 def _model(name='resnet18', **kw):
@@ -227,6 +228,30 @@ def test_uses_attached_stimulator():
         StimulativeTask(model, num_subnets=1, space='uniform', verbose=False)
 
 
+def test_the_task_reads_its_options_from_its_config():
+    task = StimulativeTask(_model(), num_subnets=2, min_scale=0.5, resize='official', verbose=False)
+    # what it trains with: the antialias default of the resize mode, no KL warm-in unless resolved
+    assert (task.config.num_subnets, task.config.antialias, task.config.weight_warmup_epochs) == (2, False, 0.0)
+    assert (task.num_subnets, task.min_scale, task.resize, task.antialias) == (2, 0.5, 'official', False)
+    with pytest.raises(AttributeError, match='dataclasses.replace'):
+        task.num_subnets = 3  # would change nothing the task reads
+    task.config = dataclasses.replace(task.config, num_subnets=3)
+    task(make_input(size=32), torch.tensor([0, 1]))
+    assert len(task.last_subnets) == 3
+
+
+def test_a_stimulative_distillation_task_keeps_the_teachers_temperature():
+    from timm.task import LogitDistillationTask
+    cls = timm_stim.stimulative_task_class(LogitDistillationTask)
+    student = _model()
+    task = cls(student, _model().eval(), temperature=4.0, stim={'num_subnets': 1, 'temperature': 2.0}, verbose=False)
+    # The distillation loss divides by task.temperature; the subnetwork KL by the config's.
+    assert task.temperature == 4.0 and task.config.temperature == 2.0
+    x, y = make_input(size=32), torch.tensor([0, 1])
+    reference = LogitDistillationTask(student, task.teacher, temperature=4.0, verbose=False)
+    assert torch.allclose(task(x, y)['kd_loss'], reference(x, y)['kd_loss'])
+
+
 def _ddp_worker(rank, world_size, init_file, out_dir, x, y):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
     torch.manual_seed(0)
@@ -241,6 +266,7 @@ def _ddp_worker(rank, world_size, init_file, out_dir, x, y):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gradients_are_the_average_of_per_rank_gradients(tmp_path):
     x, y = make_input(batch=8, size=32), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), x, y), nprocs=2, join=True)

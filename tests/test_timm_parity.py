@@ -32,7 +32,7 @@ REL = 1e-4
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    from timm_stim.training.data import materialize_embedded
+    from timm_stim.datasets import materialize_embedded
     work = tmp_path_factory.mktemp('parity')
     return materialize_embedded('digits', str(work / 'cache')), record.make_teacher(str(work / 'teacher'))
 
@@ -55,6 +55,7 @@ def test_record_is_for_the_installed_timm():
     assert RECORDS['env'] == record.PINNED_ENV
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(record.CONFIGS))
 def test_train_stim_is_timm_train(tmp_path, setup, name):
     data, teacher = setup

@@ -76,6 +76,7 @@ def test_bad_input_stops_before_writing(tmp_path, caplog, extra, message):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
     args = ['--stim-subnets', '2', '--stim-min-scale', '0.5', '--epochs', '2', '--model-ema',
             '--model-ema-decay', '0.9']
@@ -96,6 +97,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
         assert a['validation'] == pytest.approx(b['validation'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_command_line_entry_point(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train_stim.py'), *_base(tmp_path, '--stim-subnets', '1')],
@@ -104,6 +106,7 @@ def test_command_line_entry_point(tmp_path):
     assert 'Stimulative training:' in proc.stderr and 'stage_depths' in proc.stderr
 
 
+@pytest.mark.slow
 def test_torchcompile_trains_like_eager(tmp_path):
     """--torchcompile compiles the full network only; subnetwork passes stay eager. Same training."""
     runs = {}
@@ -128,6 +131,7 @@ def test_torchcompile_trains_like_eager(tmp_path):
     ['--stim-weight-sched', 'cos-up', '--stim-norm', 'all', '--stim-mode', 'drop', '--stim-bn', 'update',
      '--stim-bn-recal', '64'],
 ], ids=lambda e: ' '.join(e))
+@pytest.mark.slow
 def test_stim_combines_with_timm_options(tmp_path, extra):
     result = main(_base(tmp_path, '--stim-subnets', '2', '--stim-min-scale', '0.5', '--train-batches-per-epoch', '2',
                         *extra))
@@ -136,6 +140,7 @@ def test_stim_combines_with_timm_options(tmp_path, extra):
     timm.create_model('resnet18', num_classes=10, checkpoint_path=os.path.join(result['output_dir'], 'last.pth.tar'))
 
 
+@pytest.mark.slow
 def test_loss_scaling_gives_the_unscaled_update(tmp_path, monkeypatch):
     # fp16 AMP on CUDA trains with timm's NativeScaler. Here, on CPU in float32, a scaler at
     # 2**16 must give the same weights as no scaler: the subnetwork KL backward passes are
@@ -171,6 +176,7 @@ def log(data, **kwargs):
 '''
 
 
+@pytest.mark.slow
 def test_log_wandb_gets_config_and_metrics(tmp_path):
     # A stand-in wandb package (no account, no network) that records what train_stim.py sends.
     (tmp_path / 'fake' / 'wandb').mkdir(parents=True)

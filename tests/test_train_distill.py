@@ -51,6 +51,7 @@ def _assert_teacher_loaded(task, expected_state):
     assert not task.teacher.model.training
 
 
+@pytest.mark.slow
 def test_logit_distillation_from_local_dir_teacher(tmp_path, monkeypatch, teacher_dir):
     folder, state = teacher_dir
     task, result = _run(tmp_path, monkeypatch, '--kd-model-name', f'local-dir:{folder}', '--kd-temperature', '2',
@@ -88,6 +89,7 @@ def test_teacher_that_cannot_be_loaded_stops_before_writing(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('distill_type', ['logit', 'feature'])
 def test_distillation_with_stimulative_training(tmp_path, monkeypatch, teacher_dir, distill_type):
     # The full network learns from labels and the teacher (timm's task); subnetworks are

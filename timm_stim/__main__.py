@@ -7,7 +7,7 @@ Commands:
     push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.tools.push)
     analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.tools.analyze)
     export   save a trained subnetwork as a plain, smaller timm model (timm_stim.tools.export)
-    data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.training.data)
+    data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.datasets)
 """
 import importlib
 import sys
@@ -20,7 +20,7 @@ COMMANDS = {
     'push': ('timm_stim.tools.push', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
     'analyze': ('timm_stim.tools.analyze', 'evaluate the full network and its subnetworks (network loafing)'),
     'export': ('timm_stim.tools.export', 'save a subnetwork as a plain timm model of smaller depth'),
-    'data': ('timm_stim.training.data', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),
+    'data': ('timm_stim.datasets', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),
 }
 
 

@@ -21,9 +21,9 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
-__all__ = ['StimConfig', 'stim_option', 'add_config_args', 'options_table', 'ConfigError']
+__all__ = ['StimConfig', 'stim_option', 'add_config_args', 'add_config_option', 'options_table', 'ConfigError']
 
 Check = Callable[[Any], Optional[str]]  # None when the value is fine, else what was expected
 
@@ -198,10 +198,29 @@ class StimConfig:
         for f in self.options():
             yield f, getattr(self, f.name)
 
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> 'StimConfig':
+        """The config of ``to_dict``'s values (keyed by field name; keys of no field, e.g. a subclass's, are left out)."""
+        names = {f.name for f in cls.options()}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
     @property
     def enabled(self) -> bool:
         """Whether the options turn stimulative training on (K > 0 or a budget)."""
         return self.budget is not None or (_number(self.num_subnets) and self.num_subnets > 0)
+
+    @property
+    def method(self) -> Optional[str]:
+        """The method these options train with, as the paper names it; None when stimulative training is off.
+
+        ``'ST++'`` when any of ST++'s additions is on: logit normalization (``normalize``), its
+        sampling space (``space='stpp'``) or smaller subnetwork inputs (``min_scale < 1``);
+        otherwise ``'ST'``.
+        """
+        if not self.enabled:
+            return None
+        stpp = self.normalize != 'none' or self.space == 'stpp' or float(self.min_scale) < 1.0
+        return 'ST++' if stpp else 'ST'
 
     @classmethod
     def check_value(cls, name: str, value: Any, cli: bool = True) -> Optional[str]:
@@ -211,6 +230,21 @@ class StimConfig:
         if not expected:
             return None
         return f'{cls.flag(f)} {value!r}: {expected}.' if cli else f'{f.name}={value!r}: {expected}.'
+
+    @classmethod
+    def check_options(cls, args: Any, names: Sequence[str]) -> None:
+        """Check the options of fields ``names`` in parsed ``args`` (read by dest) as ``check`` checks them.
+
+        For a command that takes some of the options (``add_config_option``).
+
+        Raises:
+            ConfigError: naming the first bad value by its flag.
+        """
+        values = args if isinstance(args, dict) else vars(args)
+        for name in names:
+            problem = cls.check_value(name, values[cls.dest(cls.__dataclass_fields__[name])])
+            if problem:
+                raise ConfigError(problem)
 
     def problems(self, cli: bool = False) -> List[str]:
         """Every value that is not allowed, as messages naming the option (its flag when ``cli``).
@@ -267,16 +301,37 @@ def add_config_args(parser: argparse.ArgumentParser,
         'Stimulative Training (ST) and ST++ of residual networks: each step also trains K sampled '
         'subnetworks towards the full network (KL). Off unless --stim-subnets > 0 or --stim-budget.')
     for f in config_cls.options():
-        flag, meta = config_cls.flag(f), f.metadata
-        help_ = f'{meta["help"]} (default: {f.default})'
-        if meta['type'] is bool:
-            group.add_argument(flag, dest=config_cls.dest(f), action=argparse.BooleanOptionalAction,
-                               default=f.default, help=help_)
-        else:
-            # Values are converted here (float: finite, see training.args) and checked by StimConfig.check.
-            group.add_argument(flag, dest=config_cls.dest(f), type=meta['type'], default=f.default,
-                               metavar=meta['metavar'], choices=meta['choices'], help=help_)
+        add_config_option(group, f.name, config_cls)
     return parser
+
+
+def add_config_option(parser: Any, name: str, config_cls: Type[StimConfig] = StimConfig, *,
+                      default: Any = dataclasses.MISSING, help: Optional[str] = None) -> argparse.Action:
+    """Add the option of field ``name`` (its flag, dest, type, metavar and choices) to ``parser``.
+
+    Another command that takes an option meaning what training's means (``timm-stim analyze
+    --stim-space``) adds it here and checks it with ``config_cls.check_options``, so it has
+    training's name, values and checks; only its default and help may be its own.
+
+    Args:
+        parser: a parser or argument group.
+        name: the field name (``'bn_recal'``).
+        config_cls: ``StimConfig`` or a subclass.
+        default, help: the command's own default and help text (default: the field's).
+
+    Returns:
+        The added action.
+    """
+    f = config_cls.__dataclass_fields__[name]
+    meta = f.metadata
+    default = f.default if default is dataclasses.MISSING else default
+    help_ = f'{meta["help"] if help is None else help} (default: {default})'
+    if meta['type'] is bool:
+        return parser.add_argument(config_cls.flag(f), dest=config_cls.dest(f), action=argparse.BooleanOptionalAction,
+                                   default=default, help=help_)
+    # Values are converted here (float: finite, see timm_stim.timm_options) and checked by StimConfig.check.
+    return parser.add_argument(config_cls.flag(f), dest=config_cls.dest(f), type=meta['type'], default=default,
+                               metavar=meta['metavar'], choices=meta['choices'], help=help_)
 
 
 def options_table(config_cls: Type[StimConfig] = StimConfig) -> str:

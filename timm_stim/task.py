@@ -70,6 +70,7 @@ class NormalizedLogitsLoss(nn.Module):
 
 # Arguments of the task that are not options: what it runs on, rather than how it trains.
 _RUNTIME_ARGS = ('stimulator', 'input_mean', 'input_std', 'seed')
+_OPTION_NAMES = frozenset(f.name for f in StimConfig.options())
 
 
 def _split_stim(stim: Union[StimConfig, Dict[str, Any], None]) -> Tuple[StimConfig, Dict[str, Any]]:
@@ -167,26 +168,19 @@ class StimulativeMixin:
             stimulator = attach(model, config.space, config.mode, config.bn)
         if config.normalize == 'all':
             self.criterion = NormalizedLogitsLoss(self.criterion, config.amplitude)
+        # The task reads its options from its config, resolved here for what it trains with: an antialias
+        # that follows the resize mode, and no KL warm-in when none was resolved (timm_stim.resolve).
+        config = dataclasses.replace(
+            config, antialias=(config.resize == 'independent') if config.antialias is None else bool(config.antialias),
+            weight_warmup_epochs=float(config.weight_warmup_epochs or 0.0))
+        # The KL weight now (set_progress moves it); the config's kl_weight is its base.
+        self.kl_weight = (config.kl_weight if config.weight_sched == 'const' and not config.weight_warmup_epochs
+                          else kl_weight_at(config.kl_weight, config.weight_sched, 0.0, config.weight_warmup_epochs))
         self.config = config
         self.stimulator = stimulator
         self.size_multiple = stimulator.adapter.input_size_multiple(stimulator.model)
-        self.num_subnets = config.num_subnets
-        self.min_scale = float(config.min_scale)
-        self.max_scale = float(config.max_scale)
-        self.base_kl_weight = float(config.kl_weight)
-        self.weight_sched = config.weight_sched
-        self.weight_sched_step = config.weight_sched_step
-        self.resize = config.resize
-        self.antialias = (config.resize == 'independent') if config.antialias is None else bool(config.antialias)
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
-        self.weight_warmup_epochs = float(config.weight_warmup_epochs or 0.0)
-        self.kl_weight = (self.base_kl_weight if config.weight_sched == 'const' and not self.weight_warmup_epochs
-                          else kl_weight_at(self.base_kl_weight, config.weight_sched, 0.0, self.weight_warmup_epochs))
-        self.normalize = config.normalize
-        self.amplitude = float(config.amplitude)
-        self.temperature = float(config.temperature)
-        self.start_epoch = int(config.start_epoch)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.generator_restored = False  # whether load_task_state found the generator's state
         self.last_subnets: List[Tuple[Subnet, Tuple[int, int]]] = []
@@ -195,11 +189,30 @@ class StimulativeMixin:
         self._epochs = 1
         self._batches_per_epoch = 1
         if self.verbose:
-            warmup = self.weight_warmup_epochs
+            warmup = self.config.weight_warmup_epochs
             _logger.info(f'{type(self).__name__}: K={config.num_subnets}, {stimulator!r}, scales=({config.min_scale}, '
                          f'{config.max_scale}), normalize={config.normalize}, kl_weight={config.kl_weight} '
                          f'({config.weight_sched}{f", warm-in over {warmup:g} epochs" if warmup else ""}), '
                          f'T={config.temperature}')
+
+    def __getattr__(self, name: str) -> Any:
+        """An option the task reads from ``self.config`` (``task.num_subnets`` is ``task.config.num_subnets``).
+
+        Only names the task and its base do not define themselves (a distillation task's
+        ``temperature`` stays the teacher's). Read-only: to change an option, replace ``task.config``
+        (``dataclasses.replace``).
+        """
+        config = self.__dict__.get('config')
+        if isinstance(config, StimConfig) and name in _OPTION_NAMES:
+            return getattr(config, name)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting ``task.num_subnets`` would change nothing the task reads: say so instead.
+        if name in _OPTION_NAMES and isinstance(self.__dict__.get('config'), StimConfig) and name not in self.__dict__:
+            raise AttributeError(f'{type(self).__name__}.{name} is read from task.config; set '
+                                 f'task.config = dataclasses.replace(task.config, {name}=...) instead.')
+        super().__setattr__(name, value)
 
     def configure_training(self, *, epochs: int = 1, batches_per_epoch: int = 1) -> None:
         """Tell the task, once, how long training is (the KL weight schedule spans ``epochs``)."""
@@ -210,21 +223,27 @@ class StimulativeMixin:
     def set_progress(self, epoch: int, batch_idx: int = 0) -> None:
         """Tell the task which batch of which epoch comes next (KL weight schedule, start epoch)."""
         self.epoch = int(epoch)
+        config = self.config
         batch_progress = (epoch + batch_idx / self._batches_per_epoch) / self._epochs
-        schedule_progress = epoch / self._epochs if self.weight_sched_step == 'epoch' else batch_progress
+        schedule_progress = epoch / self._epochs if config.weight_sched_step == 'epoch' else batch_progress
         # The warm-in of a stable start moves batch by batch, whatever the schedule's step.
-        ramp = kl_weight_at(1.0, 'const', batch_progress, self.weight_warmup_epochs / self._epochs)
-        self.kl_weight = kl_weight_at(self.base_kl_weight, self.weight_sched, schedule_progress) * ramp
+        ramp = kl_weight_at(1.0, 'const', batch_progress, config.weight_warmup_epochs / self._epochs)
+        self.kl_weight = kl_weight_at(config.kl_weight, config.weight_sched, schedule_progress) * ramp
 
     def set_epoch(self, epoch: int) -> None:
         """``set_progress(epoch, 0)``."""
         self.set_progress(epoch, 0)
 
     @property
+    def base_kl_weight(self) -> float:
+        """The KL weight before its schedule and warm-in (``config.kl_weight``); ``kl_weight`` is the current one."""
+        return float(self.config.kl_weight)
+
+    @property
     def active(self) -> bool:
         """Whether the next training forward adds subnetwork terms."""
-        return (self.num_subnets > 0 and self.epoch >= self.start_epoch and self.stimulator.model.training
-                and torch.is_grad_enabled())
+        return (self.config.num_subnets > 0 and self.epoch >= self.config.start_epoch
+                and self.stimulator.model.training and torch.is_grad_enabled())
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
         """The base task's state plus the sampler's RNG state (a resumed run draws the same subnets)."""
@@ -280,11 +299,12 @@ class StimulativeMixin:
             previous: the previous subnetwork's input in this step (``input`` for the first).
             size: (height, width) drawn for this subnetwork.
         """
-        if self.min_scale == 1.0 and self.max_scale == 1.0:
+        config = self.config
+        if config.min_scale == 1.0 and config.max_scale == 1.0:
             return input  # small inputs off: every subnetwork sees the full network's input (official too)
-        if self.resize == 'independent':
-            return resize_batch(input, size, self.antialias)
-        return renormalize_batch(resize_batch(previous, size, self.antialias), self.input_mean, self.input_std)
+        if config.resize == 'independent':
+            return resize_batch(input, size, config.antialias)
+        return renormalize_batch(resize_batch(previous, size, config.antialias), self.input_mean, self.input_std)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The base task's result; its ``loss`` back-propagates the subnetwork terms too.
@@ -309,7 +329,7 @@ class StimulativeMixin:
         height, width = input.shape[-2:]
         for _ in range(self._subnets_this_step()):
             subnet = self.stimulator.sample(self.generator)
-            size = sample_input_size(height, width, self.min_scale, self.max_scale, self.generator,
+            size = sample_input_size(height, width, self.config.min_scale, self.config.max_scale, self.generator,
                                      self.size_multiple)
             plan.append((subnet, size))
         self.last_subnets = list(plan)
@@ -327,8 +347,8 @@ class StimulativeMixin:
 
     def _subnets_this_step(self) -> int:
         """``num_subnets``, or for a fractional mean, its floor or ceiling drawn so the mean is exact."""
-        count = math.floor(self.num_subnets)
-        fraction = self.num_subnets - count
+        count = math.floor(self.config.num_subnets)
+        fraction = self.config.num_subnets - count
         # Whole K draws nothing, so the task's random stream is that of a plain K.
         if fraction > 0 and torch.rand((), generator=self.generator).item() < fraction:
             count += 1
@@ -336,14 +356,14 @@ class StimulativeMixin:
 
     def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """The subnetwork forward and backward passes; returns the mean KL term (detached)."""
-        model = self.stimulator.model
+        model, config = self.stimulator.model, self.config
         kl_total = torch.zeros((), device=teacher.device)
         subnet_input = input  # resize='official': each subnetwork resizes the previous one's input
         for subnet, size in plan:
             with self.stimulator.activate(subnet):
                 subnet_input = self.subnet_input(input, subnet_input, size)
                 student = model(subnet_input)
-                kl = stim_kl(student, teacher, self.temperature, self.normalize != 'none', self.amplitude)
+                kl = stim_kl(student, teacher, config.temperature, config.normalize != 'none', config.amplitude)
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
                 self._backward_now(grad * (self.kl_weight * kl))
             kl_total += kl.detach()

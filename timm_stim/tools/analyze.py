@@ -3,13 +3,16 @@
 ``python -m timm_stim analyze CHECKPOINT [CHECKPOINT ...] --model NAME --dataset/--data-dir ...``
 evaluates, on the validation split and for every checkpoint, the full network, every network
 with exactly one droppable block removed (block 0 of a stage holds the downsample and stays)
-and ``--stim-subnets`` subnetworks sampled from ``--stim-space`` (``--stim-mode``). Each
+and ``--samples`` subnetworks sampled from ``--stim-space`` (``--stim-mode``). Each
 subnetwork gets its own BatchNorm statistics first (``--stim-bn-recal`` training images, eval
 transform, the same images in the same order for every subnetwork); the checkpoint's own
 statistics are restored afterwards, and the full network is evaluated with them. It writes
 ``analyze.csv`` (one row per checkpoint and subnetwork), ``analyze.png`` (top-1 against FLOPs,
-one colour per checkpoint) and prints a summary table. Options mean what they mean in ``train_stim.py`` and have its names; the former
-names ``--subnets``, ``--space``, ``--mode`` and ``--bn-recal`` still work, with a deprecation note.
+one colour per checkpoint) and prints a summary table. Options that mean what they mean in ``train_stim.py``
+have its names, values and checks (``--stim-space``, ``--stim-mode``, ``--stim-bn-recal`` are ``StimConfig``'s);
+the sample count has its own name, ``--samples``, as training's ``--stim-subnets`` counts subnetworks per step. The
+former names ``--stim-subnets``, ``--subnets``, ``--space``, ``--mode`` and ``--bn-recal`` still work, with a
+deprecation note.
 
 Library use::
 
@@ -32,13 +35,15 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, copy_train_options, hub_repo_of, load_model
+from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, hub_repo_of, load_model
 from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
+from ..timm_options import copy_train_options
 from ..flops import count_flops
 from ..stimulator import Stimulator, attach
 from ..subnet import Subnet
 from ..bn import recalibrate_bn
+from ..config import ConfigError, StimConfig, add_config_option
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
            'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',
@@ -50,6 +55,8 @@ CSV_COLUMNS = ('checkpoint', 'label', 'model', 'kind', 'depths', 'blocks', 'num_
                'bn_recal_images')
 KINDS = ('full', 'drop1', 'sampled')
 
+# StimConfig's options analyze takes (names, values and checks as training's; --stim-bn-recal's default is its own).
+_STIM_OPTIONS = ('space', 'mode', 'bn_recal')
 # train_stim.py options analyze takes with the same names, defaults and meaning.
 _TRAIN_OPTIONS = ('--dataset', '--data-dir', '--train-split', '--val-split', '--class-map', '--input-img-mode',
                   '--input-key', '--target-key', '--dataset-trust-remote-code', '--val-num-samples',
@@ -349,16 +356,17 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                         help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
-    group = parser.add_argument_group('Analysis (option names as in train_stim.py)')
-    subnets = group.add_argument('--stim-subnets', type=int, default=64, metavar='N',
-                                 help='subnetworks sampled per checkpoint (default: 64; formerly --subnets)')
+    group = parser.add_argument_group('Analysis')
+    samples = group.add_argument('--samples', type=int, default=64, metavar='N',
+                                 help='subnetworks sampled per checkpoint (default: 64; formerly --stim-subnets and '
+                                      '--subnets)')
     group.add_argument('--distinct', action='store_true',
-                       help='sample --stim-subnets different subnetworks other than the full network (all of them '
+                       help='sample --samples different subnetworks other than the full network (all of them '
                             'when the space holds fewer); by default draws may repeat, as in training')
-    bn_recal = group.add_argument('--stim-bn-recal', type=int, default=1000, metavar='N',
-                                  help='training images (eval transform) BN statistics are re-estimated on for each '
-                                       'subnetwork; 0 keeps the checkpoint\'s statistics (default: 1000; formerly '
-                                       '--bn-recal)')
+    bn_recal = add_config_option(
+        group, 'bn_recal', default=1000,
+        help='training images (eval transform) BN statistics are re-estimated on for each subnetwork; 0 keeps the '
+             'checkpoint\'s statistics (formerly --bn-recal)')
     group.add_argument('--out', default='output/analyze', metavar='DIR',
                        help=f'folder for {CSV_FILE} and {PLOT_FILE} (default: output/analyze)')
     group.add_argument('--labels', default=None, metavar='A,B,...',
@@ -367,13 +375,16 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                        help='x axis of the plot (default: flops)')
     group.add_argument('--device', default=None,
                        help='device, e.g. cuda, cpu (default: cuda when available, else cpu)')
-    sampling = copy_train_options(parser, ('--stim-space', '--stim-mode'),
-                                  'Subnetworks sampled (as in train_stim.py; formerly --space, --mode)')
+    sampling = parser.add_argument_group('Subnetworks sampled (as in train_stim.py; formerly --space, --mode)')
+    space, mode = (add_config_option(sampling, name) for name in _STIM_OPTIONS[:2])
     copy_train_options(parser, _TRAIN_OPTIONS,
                        'Model and data (as in train_stim.py; classes and preprocessing default to the checkpoint\'s: '
                        'its classifier, args.yaml beside it or its Hub config)')
-    for old, new in (('--subnets', subnets), ('--bn-recal', bn_recal), ('--space', sampling['--stim-space']),
-                     ('--mode', sampling['--stim-mode'])):
+    # --stim-subnets is training's "subnetworks per step": analyze's count per checkpoint has its own name.
+    for old in ('--stim-subnets', '--subnets'):
+        add_deprecated_alias(group, old, samples, note='subnetworks sampled per checkpoint; in train_stim.py '
+                                                       '--stim-subnets means subnetworks per step')
+    for old, new in (('--bn-recal', bn_recal), ('--space', space), ('--mode', mode)):
         add_deprecated_alias(group, old, new)
     return parser
 
@@ -390,11 +401,12 @@ def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.stim_subnets < 0:
-        raise InputError(f'--stim-subnets {args.stim_subnets}: expected a number of sampled subnetworks >= 0.')
-    if args.stim_bn_recal < 0:
-        raise InputError(f'--stim-bn-recal {args.stim_bn_recal}: expected a number of images >= 0 (0 skips '
-                         f're-estimation).')
+    if args.samples < 0:
+        raise InputError(f'--samples {args.samples}: expected a number of sampled subnetworks >= 0.')
+    try:
+        StimConfig.check_options(args, _STIM_OPTIONS)  # as training checks them
+    except ConfigError as e:
+        raise InputError(str(e)) from None
     if args.batch_size < 1:
         raise InputError(f'-b/--batch-size {args.batch_size}: expected >= 1.')
     if args.val_num_samples is not None and args.val_num_samples < 1:
@@ -431,7 +443,7 @@ def _seeded_subset(dataset, num_images: int, seed: int):
 def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
     """(validation loader, BN re-estimation batches) for one data config."""
     from timm.data import create_dataset, create_loader
-    from ..training.data import resolve_dataset, with_image_mode
+    from ..datasets import resolve_dataset, with_image_mode
     dataset_name, root = resolve_dataset(args.dataset, args.data_dir)
     img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
 
@@ -478,7 +490,7 @@ class _BatchProgress:
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
     from tqdm import tqdm
-    from ..training.data import resolve_dataset
+    from ..datasets import resolve_dataset
     _check_args(args)
     try:
         resolve_dataset(args.dataset, args.data_dir)  # missing data is reported before any model is built
@@ -497,7 +509,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             raise InputError(f'{source} ({item.architecture}): {e}') from None
         loaded.append((item, stim, _data_config(args, item)))
 
-    plans = [analysis_subnets(stim, args.stim_subnets, args.seed, args.distinct) for _, stim, _ in loaded]
+    plans = [analysis_subnets(stim, args.samples, args.seed, args.distinct) for _, stim, _ in loaded]
     total = sum(len(p) for p in plans)
     recal_text = (f'BN statistics re-estimated on {args.stim_bn_recal} {args.train_split!r} images per subnetwork'
                   if args.stim_bn_recal else 'the checkpoints\' BN statistics')

@@ -14,8 +14,8 @@ Weights are loaded strictly, so a wrong ``--model`` / ``--num-classes`` is repor
 silently re-initializing layers.
 
 The commands share ``train_stim.py``'s definitions of the options they have in common
-(``copy_train_options``); renamed options keep their old names as deprecated aliases
-(``add_deprecated_alias``).
+(``timm_stim.timm_options.copy_train_options``); renamed options keep their old names as
+deprecated aliases (``add_deprecated_alias``).
 """
 import argparse
 import os
@@ -32,7 +32,7 @@ from ..loading import checkpoint_error, create_model_from_options, load_checkpoi
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'copy_train_options', 'add_deprecated_alias',
+    'load_model', 'add_deprecated_alias',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -240,52 +240,20 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
     return LoadedModel(model.eval(), source, name, train_args, data_config_from_args(train_args), info, use_ema)
 
 
-def copy_train_options(parser: argparse.ArgumentParser, options: Sequence[str],
-                       title: str) -> Dict[str, argparse.Action]:
-    """Add ``train_stim.py``'s definitions of ``options`` (same names, defaults, help) to ``parser``.
-
-    The options are defined by ``timm_stim.training.args.create_train_parser`` so that a command shares
-    them with training exactly (``-b``, ``--workers``, ``--img-size``, ``--mean``, ...).
-
-    Args:
-        parser: the command's parser.
-        options: option strings as train_stim.py spells them (``'--crop-pct'``).
-        title: title of the argument group they are shown under in ``--help``.
-
-    Returns:
-        The added actions, by the option strings of ``options``.
-    """
-    from ..training.args import create_train_parser
-    _, train_parser = create_train_parser()
-    missing = [o for o in options if o not in train_parser.definitions]
-    if missing:
-        raise KeyError(f'train_stim.py defines no option {", ".join(missing)}')
-    group = parser.add_argument_group(title)
-    added: Dict[int, argparse.Action] = {}  # one action per definition ('-b' and '--batch-size' are one)
-    actions: Dict[str, argparse.Action] = {}
-    for option in options:
-        args, kwargs = train_parser.definitions[option]
-        key = id(kwargs)
-        if key not in added:
-            added[key] = group.add_argument(*args, **kwargs)
-        actions[option] = added[key]
-    return actions
-
-
 class _DeprecatedAlias(argparse.Action):
     """An old option name: stores into the new option's dest and says on stderr to use the new name."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, new_option: str = '', **kwargs):
+    def __init__(self, option_strings: Sequence[str], dest: str, new_option: str = '', note: str = '', **kwargs):
         super().__init__(option_strings, dest, **kwargs)
-        self.new_option = new_option
+        self.new_option, self.note = new_option, note
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f'{parser.prog}: {option_string} is deprecated; use {self.new_option} (same meaning, as in '
-              f'train_stim.py).', file=sys.stderr)
+        print(f'{parser.prog}: {option_string} is deprecated; use {self.new_option} ({self.note}).', file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
-def add_deprecated_alias(parser: Any, old: str, new: argparse.Action) -> None:
+def add_deprecated_alias(parser: Any, old: str, new: argparse.Action,
+                         note: str = 'same meaning, as in train_stim.py') -> None:
     """Keep ``old`` working as a hidden alias of the option ``new`` (same dest, type and choices).
 
     Using it prints one deprecation note on stderr naming the new option; its value goes where
@@ -295,7 +263,8 @@ def add_deprecated_alias(parser: Any, old: str, new: argparse.Action) -> None:
         parser: the parser or argument group ``new`` was added to.
         old: the old option string (``'--subnets'``).
         new: the action of the new option (what ``add_argument`` returned).
+        note: what the note says of the new option, in brackets after its name.
     """
-    parser.add_argument(old, action=_DeprecatedAlias, dest=new.dest, new_option=new.option_strings[-1],
+    parser.add_argument(old, action=_DeprecatedAlias, dest=new.dest, new_option=new.option_strings[-1], note=note,
                         type=new.type, choices=new.choices, metavar=new.metavar, nargs=new.nargs,
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -29,10 +29,11 @@ import torch
 import torch.nn as nn
 
 from ..adapters import identity
-from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_model
+from .checkpoints import LoadedModel, hub_repo_of, load_model
 from ..errors import CommandFailed, InputError, command_main
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
+from ..timm_options import copy_train_options
 from .push import TokenMaskingParser
 
 __all__ = ['EXPORT_FAMILIES', 'parse_depths', 'parse_blocks', 'export_subnet', 'save_exported', 'max_logit_diff',
@@ -286,7 +287,8 @@ def run(args: argparse.Namespace) -> str:
     """Everything ``main`` does after parsing; return the output folder."""
     from timm.data import resolve_data_config
     from .hub import HubPushError, check_push_options
-    from .push import PushRequest, push
+    from .push import push
+    from .push_request import PushRequest
     if args.push_to_hub:
         try:
             check_push_options(args.push_to_hub, args.hub_revision, args.hub_create_pr)

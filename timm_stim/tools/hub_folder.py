@@ -8,18 +8,16 @@ the run's ``args.yaml``, ``summary.csv`` and ``training_curves.png``), loadable 
 import json
 import os
 import shutil
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError
 from .checkpoints import ARGS_FILE, LOCAL_DIR, LoadedModel, data_config_from_args, load_model, read_train_args
-from .hub import CARD_FILE, _mask
+from .hub import CARD_FILE, mask_secrets
 from .modelcard import build_model_card, public_train_args, stamp
+from .push_request import PushRequest
 from .summary import CURVES_FILE, SUMMARY_FILE, plot_training_curves, read_summary
 
-if TYPE_CHECKING:
-    from .push import PushRequest
-
-__all__ = ['write_model_card', 'save_timm_hf_folder', 'prepare_push_folder', 'dataset_label_names']
+__all__ = ['write_model_card', 'save_timm_hf_folder', 'prepare_push_folder', 'dataset_label_names', 'ema_validated']
 
 # pretrained_cfg keys describing the architecture's default weights (tag, paper, license, ...), not these weights.
 SOURCE_CFG_KEYS = ('tag', 'hf_hub_id', 'hf_hub_filename', 'url', 'file', 'source', 'state_dict', 'origin_url',
@@ -31,7 +29,7 @@ def write_model_card(folder: str, card: Any) -> str:
     """Write ``card`` (a ``ModelCard`` or text) as ``folder/README.md``, stamped and token-free; return its path."""
     path = os.path.join(folder, CARD_FILE)
     with open(path, 'w', encoding='utf-8') as f:
-        f.write(stamp(_mask(str(card))))
+        f.write(stamp(mask_secrets(str(card))))
     return path
 
 
@@ -61,12 +59,12 @@ def save_timm_hf_folder(model, folder: str, *, model_config: Optional[Dict[str, 
     return folder
 
 
-def _ema_evaluated(train_args: Dict[str, Any]) -> bool:
+def ema_validated(train_args: Dict[str, Any]) -> bool:
     """Whether a run validated (and chose model_best by) its EMA weights."""
     return bool(train_args.get('model_ema')) and not train_args.get('model_ema_force_cpu')
 
 
-def _copy_hub_folder(request: 'PushRequest', folder: str, train_args: Dict[str, Any]) -> Tuple[LoadedModel, Dict]:
+def _copy_hub_folder(request: PushRequest, folder: str, train_args: Dict[str, Any]) -> Tuple[LoadedModel, Dict]:
     """Copy a folder in timm's Hub format into ``folder``; return its model and what the card says of it."""
     source = request.checkpoint
     if not os.path.isfile(os.path.join(source, 'config.json')):
@@ -82,10 +80,10 @@ def _copy_hub_folder(request: 'PushRequest', folder: str, train_args: Dict[str, 
             shutil.copyfile(os.path.join(source, entry), os.path.join(folder, entry))
     return loaded, dict(published=f'the weights of `{os.path.basename(os.path.normpath(source))}/`',
                         label_names=loaded.model.pretrained_cfg.get('label_names'), pretrained_cfg=loaded.data_config,
-                        metrics_match_weights=not _ema_evaluated(train_args))
+                        metrics_match_weights=not ema_validated(train_args))
 
 
-def _convert_checkpoint(request: 'PushRequest', folder: str, train_args: Dict[str, Any]) -> Tuple[LoadedModel, Dict]:
+def _convert_checkpoint(request: PushRequest, folder: str, train_args: Dict[str, Any]) -> Tuple[LoadedModel, Dict]:
     """Write a checkpoint in timm's Hub format with the run's args.yaml; return its model and what the card says."""
     loaded = load_model(request.checkpoint, request.model, request.num_classes, use_ema=request.use_ema)
     classes, names = loaded.model.num_classes, request.label_names
@@ -101,7 +99,7 @@ def _convert_checkpoint(request: 'PushRequest', folder: str, train_args: Dict[st
     if train_args:
         import yaml
         with open(os.path.join(folder, ARGS_FILE), 'w', encoding='utf-8') as f:  # local paths cut to their last name
-            f.write(_mask(yaml.safe_dump(public_train_args(train_args), sort_keys=False)))
+            f.write(mask_secrets(yaml.safe_dump(public_train_args(train_args), sort_keys=False)))
     with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
         published_cfg = json.load(f).get('pretrained_cfg', {})  # as timm resolved it
     base, epoch = os.path.basename(request.checkpoint), loaded.info.epoch
@@ -109,10 +107,10 @@ def _convert_checkpoint(request: 'PushRequest', folder: str, train_args: Dict[st
         f' (epoch {epoch})' if epoch is not None else '')
     return loaded, dict(published=published, published_epoch=epoch, pick_best_row='best' in base, label_names=names,
                         pretrained_cfg=published_cfg,
-                        metrics_match_weights=request.use_ema == _ema_evaluated(train_args))
+                        metrics_match_weights=request.use_ema == ema_validated(train_args))
 
 
-def prepare_push_folder(request: 'PushRequest', folder: str) -> None:
+def prepare_push_folder(request: PushRequest, folder: str) -> None:
     """Write everything ``request`` publishes into the empty ``folder``; every check happens here, before the push.
 
     A checkpoint file becomes timm's Hub format with a model card, and the run's ``args.yaml`` and ``summary.csv``

@@ -15,11 +15,12 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .checkpoints import hub_repo_of
+from ..config import StimConfig
 from ..errors import is_hub_name
 from .summary import metric_row
 
-__all__ = ['TEMPLATE_PATH', 'DEFAULT_LICENSE', 'CITATION', 'build_model_card', 'base_model_of', 'public_train_args',
-           'stamp', 'is_unedited']
+__all__ = ['TEMPLATE_PATH', 'DEFAULT_LICENSE', 'CITATION', 'build_model_card', 'stim_config_of', 'base_model_of',
+           'public_train_args', 'stamp', 'is_unedited']
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates', 'modelcard.md')
 DEFAULT_LICENSE = 'apache-2.0'
@@ -119,11 +120,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _summary(architecture: str, train_args: Dict[str, Any], stim_on: bool) -> str:
-    if stim_on:
-        stpp = (train_args.get('stim_norm') not in (None, 'none') or train_args.get('stim_space') == 'stpp'
-                or float(train_args.get('stim_min_scale') or 1.0) < 1.0)
-        method = 'ST++' if stpp else 'ST'
+def stim_config_of(train_args: Dict[str, Any]) -> StimConfig:
+    """The stimulative options a run trained with: the resolved config of its ``args.yaml``
+    (``stim_resolved.config``), else (an ``args.yaml`` written without it) its ``--stim-*`` options."""
+    resolved = (train_args.get('stim_resolved') or {}).get('config')
+    return StimConfig.from_dict(resolved) if isinstance(resolved, dict) else StimConfig.from_args(train_args)
+
+
+def _summary(architecture: str, train_args: Dict[str, Any], method: Optional[str]) -> str:
+    if method:
         return (f'A timm `{architecture}` image classifier trained with stimulative training ({method}) '
                 f'using timm-stim\'s `train_stim.py`: at every step, randomly sampled subnetworks (shallower versions '
                 f'of the network) are also trained towards the full network\'s predictions, so that they stop '
@@ -183,7 +188,8 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
     train_args = dict(train_args or {})
     rows = list(summary_rows or [])
     stim_resolved = train_args.get('stim_resolved') or {}
-    stim_on = bool(stim_resolved.get('enabled')) or int(train_args.get('stim_subnets') or 0) > 0
+    method = stim_config_of(train_args).method  # None: trained without stimulative training
+    stim_on = method is not None
     dataset_id, dataset_name = _dataset_info(train_args, dataset_id)
     split = str(train_args.get('val_split') or 'validation')
     row = metric_row(rows, published_epoch, pick_best_row, str(train_args.get('eval_metric') or 'top1'))
@@ -236,7 +242,7 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
                   if not k.startswith('stim_') and k not in LOCAL_ARG_KEYS}
     return ModelCard.from_template(
         card_data, template_path=TEMPLATE_PATH, repo_id=repo_id, model_name=repo_name,
-        summary=_summary(architecture, train_args, stim_on), num_classes=num_classes,
+        summary=_summary(architecture, train_args, method), num_classes=num_classes,
         open_line=(f'img = Image.open("image.png").convert("{image_mode}")' if image_mode
                    else 'img = ...  # a PIL image with the channels the model expects'),
         details=details, stim_on=stim_on,

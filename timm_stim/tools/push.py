@@ -3,8 +3,9 @@
 What timm's ``push_to_hf_hub`` publishes (``model.safetensors``, ``config.json``, a ``README.md`` card), plus the run's
 ``args.yaml``, ``summary.csv`` and ``training_curves.png``; it loads with ``timm.create_model("hf-hub:USER/REPO",
 pretrained=True)``. ``timm_stim.tools.hub_folder`` prepares the files in a temporary folder (a failed push changes no
-local file) and ``timm_stim.tools.hub`` publishes it; this module adds the options (``PushRequest``), the command that
-retries a failed push, and ``TokenMaskingParser``, the command-line parser whose errors never show a token.
+local file) and ``timm_stim.tools.hub`` publishes it; this module adds the command (its options are the fields of
+``timm_stim.tools.push_request.PushRequest``), the command that retries a failed push, and ``TokenMaskingParser``, the
+command-line parser whose errors never show a token.
 """
 import argparse
 import logging
@@ -12,88 +13,19 @@ import os
 import shlex
 import sys
 import tempfile
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, fields
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import InputError, command_main
 from .checkpoints import CHECKPOINT_EXTS, read_train_args
-from .hub import DEFAULT_COMMIT_MESSAGE, HubPushError, _mask, check_push_options, push_folder
-from .hub_folder import _ema_evaluated, dataset_label_names, prepare_push_folder
-from .modelcard import DEFAULT_LICENSE
+from .hub import HubPushError, check_push_options, mask_secrets, push_folder
+from .hub_folder import dataset_label_names, ema_validated, prepare_push_folder
+from .push_request import PushRequest
 
 __all__ = ['PushRequest', 'push', 'push_training_output', 'push_after_training', 'retry_command',
            'TokenMaskingParser', 'create_push_parser', 'main']
 
 _logger = logging.getLogger(__name__)
-
-MAX_INLINE_LABELS_CHARS = 2000  # longer label names are left out of a printed retry command
-
-
-def _option(default: Any = MISSING, help: str = '', **argparse_kwargs: Any) -> Any:
-    """A ``PushRequest`` field that is also a ``timm-stim push`` argument (positional when it has no default)."""
-    return field(default=default, metadata=dict(help=help, **argparse_kwargs))
-
-
-@dataclass
-class PushRequest:
-    """What to publish and where: each field is the ``timm-stim push`` argument of its name; see its help."""
-    checkpoint: str = _option(help='a timm checkpoint (.pth.tar, .pth, .safetensors; args.yaml and summary.csv beside '
-                                   'it are published too) or a folder in timm\'s Hub format', metavar='CHECKPOINT')
-    repo_id: str = _option(help='Hub model repository (created if needed)', metavar='USER/REPO')
-    model: Optional[str] = _option(None, 'timm architecture (default: args.yaml or config.json)', metavar='NAME')
-    num_classes: Optional[int] = _option(None, 'classes of the checkpoint (default: its classifier)', type=int,
-                                         metavar='N')
-    use_ema: bool = _option(False, 'publish the EMA weights (state_dict_ema) of a checkpoint', action='store_true')
-    label_names: Optional[List[str]] = _option(None, 'class names in label order: A,B,... or @FILE, one a line',
-                                               metavar='A,B,...|@FILE')
-    input_size: Optional[List[int]] = _option(None, 'input size (default: args.yaml, else the model\'s)', type=int,
-                                              nargs=3, metavar=('C', 'H', 'W'))
-    mean: Optional[List[float]] = _option(None, 'normalization mean', type=float, nargs='+')
-    std: Optional[List[float]] = _option(None, 'normalization std', type=float, nargs='+')
-    crop_pct: Optional[float] = _option(None, 'center crop fraction at evaluation', type=float)
-    interpolation: Optional[str] = _option(None, 'resize interpolation (bilinear, bicubic, ...)')
-    license: str = _option(DEFAULT_LICENSE, f'license of the card (default: {DEFAULT_LICENSE})')
-    dataset_id: Optional[str] = _option(None, 'Hub dataset id for the card (default: from args.yaml when known)',
-                                          metavar='HUB_DATASET')
-    private: bool = _option(False, 'create the repository as private', action='store_true')
-    revision: Optional[str] = _option(None, 'branch to push to (default: main)', metavar='BRANCH')
-    create_pr: bool = _option(False, 'open a pull request against main instead of committing', action='store_true')
-    replace_card: bool = _option(False, 'replace a README.md edited on the Hub (default: keep it)', action='store_true')
-    commit_message: Optional[str] = _option(None, f'default: "{DEFAULT_COMMIT_MESSAGE}"')
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> 'PushRequest':
-        """The request of parsed ``push`` arguments (``--label-names`` split, or read from ``@FILE``)."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
-        return cls(**{**values, 'label_names': _parse_label_names(args.label_names)})
-
-    def argv(self) -> List[str]:
-        """The ``push`` arguments that make this request (label names only when they fit on a command line)."""
-        argv = [self.checkpoint, self.repo_id]
-        for f in fields(self)[2:]:
-            value = getattr(self, f.name)
-            if f.name == 'label_names' and value:
-                joined = ','.join(map(str, value))
-                # Left out when too long for a command line, or when a name holds a comma.
-                fits = len(joined) <= MAX_INLINE_LABELS_CHARS and joined.count(',') == len(value) - 1
-                value = joined if fits else None
-            if value is not None and value != f.default:
-                option = '--' + f.name.replace('_', '-')
-                listed = value if isinstance(value, (list, tuple)) else [value]
-                argv += [option] if value is True else [option, *map(str, listed)]
-        return argv
-
-
-def _parse_label_names(value: Optional[str]) -> Optional[List[str]]:
-    """The names of ``--label-names``: ``A,B,...``, or ``@FILE`` with one name a line."""
-    if value and value.startswith('@'):
-        try:
-            with open(value[1:], encoding='utf-8') as f:
-                return [line.strip() for line in f if line.strip()] or None
-        except OSError as e:
-            raise InputError(f'--label-names {value}: could not read {value[1:]}: {e}') from None
-    return [n.strip() for n in value.split(',')] if value else None
-
 
 def retry_command(request: PushRequest) -> str:
     """The shell command ``python -m timm_stim push ...`` that makes ``request`` (quoted)."""
@@ -134,7 +66,7 @@ def push(request: PushRequest) -> str:
 def _training_request(output_dir: str, repo_id: str, which: str, train_args: Dict[str, Any],
                       **options: Any) -> PushRequest:
     """The ``PushRequest`` of the ``which`` weights (best, last, ema) of a training output folder."""
-    choices = {'best': ('model_best.pth.tar', _ema_evaluated(train_args)),  # the weights the best metric measured
+    choices = {'best': ('model_best.pth.tar', ema_validated(train_args)),  # the weights the best metric measured
                'last': ('last.pth.tar', False), 'ema': ('last.pth.tar', True)}
     if which not in choices:
         raise InputError(f'--hub-which {which!r}: expected best, last or ema.')
@@ -237,7 +169,7 @@ class TokenMaskingParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         hint = '; the token comes from HF_TOKEN or `hf auth login`, never from an option' if 'token' in message else ''
-        super().error(_mask(message, getattr(self, '_secrets', ())) + hint)
+        super().error(mask_secrets(message, getattr(self, '_secrets', ())) + hint)
 
 
 def create_push_parser() -> argparse.ArgumentParser:

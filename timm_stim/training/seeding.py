@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, IterableDataset, RandomSampler
 
+from ..timm_options import SEED_SCHEMES  # the choices of --seed-scheme
+
 __all__ = [
     'SEED_SCHEMES', 'derive_seed', 'seed_all', 'SampleKey', 'PerSampleSeededDataset', 'EpochOrderSampler',
     'PerBatchSeeded', 'install_per_sample_seeding', 'per_sample_seeding_unsupported',
@@ -32,7 +34,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-SEED_SCHEMES = ('per-sample', 'timm')
 
 
 def derive_seed(*parts: Any) -> int:
