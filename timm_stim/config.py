@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
 
-__all__ = ['StimConfig', 'stim_option', 'add_config_args', 'options_table', 'ConfigError']
+__all__ = ['StimConfig', 'stim_option', 'add_config_args', 'options_table', 'ConfigError', 'MAX_SUBNETS']
 
 Check = Callable[[Any], Optional[str]]  # None when the value is fine, else what was expected
 
@@ -31,6 +31,10 @@ Check = Callable[[Any], Optional[str]]  # None when the value is fine, else what
 class ConfigError(ValueError):
     """A ``StimConfig`` value is not allowed; ``str(e)`` names the option, the value and what was expected."""
 
+
+# Subnetworks per step (and --stim-budget, in full passes) above this are refused: each costs a
+# forward+backward pass per step (ST++ runs 6), and far larger values only exhaust time and memory.
+MAX_SUBNETS = 1000
 
 # ---------------------------------------------------------------------------------------------
 # Checks: each returns None for a good value, else "expected ..." (the caller names the option)
@@ -40,11 +44,14 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def at_least(low: float, what: str = 'a number', integer: bool = False, note: str = '') -> Check:
-    """A finite number (an int when ``integer``) ``>= low``."""
+def at_least(low: float, what: str = 'a number', integer: bool = False, note: str = '',
+             high: Optional[float] = None) -> Check:
+    """A finite number (an int when ``integer``) ``>= low`` (and ``<= high`` when given)."""
     def check(value):
-        ok = _number(value) and value >= low and (not integer or float(value).is_integer())
-        return None if ok else f'expected {what} >= {low:g}{note}'
+        ok = (_number(value) and value >= low and (high is None or value <= high)
+              and (not integer or float(value).is_integer()))
+        span = f'>= {low:g}' if high is None else f'in [{low:g}, {high:g}]'
+        return None if ok else f'expected {what} {span}{note}'
     return check
 
 
@@ -110,13 +117,14 @@ class StimConfig:
         0, 'subnetworks per step, K; 0 turns stimulative training off unless --stim-budget is given (ST: 1, '
            'ST++: 6). Through the Python API a fraction is a mean (each step draws floor or ceil)',
         at_least(0, 'an int', note=' (0 turns stimulative training off), or a fraction such as 1.6 (subnetworks per '
-                                   'step on average)'), flag='--stim-subnets', metavar='K', type=int)
+                                   f'step on average); at most {MAX_SUBNETS}, each a forward+backward pass per step',
+                 high=MAX_SUBNETS), flag='--stim-subnets', metavar='K', type=int)
     budget: Optional[float] = stim_option(
         None, 'instead of K: the expected extra cost per step, in full forward+backward passes, estimated from '
               'FLOPs of the space and the input sizes; K = budget / cost on average, drawn per step (printed and '
               'saved in args.yaml). 1: a step costs about two plain steps',
-        optional(above(0, note=', the extra cost per step in full forward+backward passes (e.g. 1: a step costs about '
-                                  'twice a plain step)')),
+        optional(above(0, MAX_SUBNETS, note=', the extra cost per step in full forward+backward passes (e.g. 1: a step '
+                                            'costs about twice a plain step)')),
         metavar='B', type=float)
     space: Union[str, Tuple[int, ...]] = stim_option(
         'uniform', 'sampling space: uniform, stpp, keep:K, or the largest number of blocks each stage may drop, '

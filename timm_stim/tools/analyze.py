@@ -32,7 +32,9 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, copy_train_options, hub_repo_of, load_model
+from .checkpoints import (LOCAL_DIR, LoadedModel, add_deprecated_alias, check_writable_out, copy_train_options,
+                          hub_repo_of, load_model)
+from ..config import MAX_SUBNETS
 from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
 from ..flops import count_flops
@@ -390,8 +392,9 @@ def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.stim_subnets < 0:
-        raise InputError(f'--stim-subnets {args.stim_subnets}: expected a number of sampled subnetworks >= 0.')
+    if not 0 <= args.stim_subnets <= MAX_SUBNETS:
+        raise InputError(f'--stim-subnets {args.stim_subnets}: expected a number of sampled subnetworks in [0, '
+                         f'{MAX_SUBNETS}] (each is evaluated on the whole validation split).')
     if args.stim_bn_recal < 0:
         raise InputError(f'--stim-bn-recal {args.stim_bn_recal}: expected a number of images >= 0 (0 skips '
                          f're-estimation).')
@@ -404,8 +407,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.labels is not None and len(args.labels.split(',')) != len(args.checkpoints):
         raise InputError(f'--labels {args.labels!r} gives {len(args.labels.split(","))} names for '
                          f'{len(args.checkpoints)} checkpoints; give one name per checkpoint, comma-separated.')
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise InputError(f'--out {args.out!r} is a file; expected a folder.')
+    check_writable_out(args.out)
 
 
 def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:

@@ -20,6 +20,7 @@ The commands share ``train_stim.py``'s definitions of the options they have in c
 import argparse
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -32,7 +33,7 @@ from ..loading import checkpoint_error, create_model_from_options, load_checkpoi
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'copy_train_options', 'add_deprecated_alias',
+    'load_model', 'copy_train_options', 'add_deprecated_alias', 'check_writable_out',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -76,6 +77,24 @@ class LoadedModel:
     data_config: Dict[str, Any] = field(default_factory=dict)
     info: CheckpointInfo = field(default_factory=CheckpointInfo)
     use_ema: bool = False
+
+
+def check_writable_out(out_dir: str, option: str = '--out') -> None:
+    """``InputError`` unless ``out_dir`` is (or can be made) a folder a file can be written into.
+
+    Tried, not read from the permissions (root, read-only mounts); nothing is left behind.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f'{option} {out_dir!r} is a file; expected a folder.')
+    probe = os.path.abspath(out_dir)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f'{option} {out_dir!r} cannot be written (no file can be created in {probe}: {e.strerror}); '
+                         f'pass another {option}. Nothing was computed.') from None
 
 
 def hub_repo_of(source: str) -> Optional[str]:
