@@ -40,6 +40,7 @@ from ..errors import InputError, command_main
 from ..flops import count_flops
 from ..stimulator import Stimulator, attach
 from ..subnet import Subnet
+from ..tokens import TokenMaskingParser
 from ..bn import recalibrate_bn
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
@@ -341,7 +342,7 @@ def checkpoint_labels(sources: Sequence[str]) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 
 def create_analyze_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = TokenMaskingParser(
         prog='python -m timm_stim analyze',
         description='Evaluate the full network, every network with one block removed and sampled subnetworks of '
                     'timm checkpoints on the validation split (network loafing); write analyze.csv and analyze.png '

@@ -18,11 +18,12 @@ The commands share ``train_stim.py``'s definitions of the options they have in c
 (``add_deprecated_alias``).
 """
 import argparse
+import math
 import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,7 @@ from ..loading import checkpoint_error, create_model_from_options, load_checkpoi
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'copy_train_options', 'add_deprecated_alias', 'check_writable_out',
+    'load_model', 'copy_train_options', 'add_deprecated_alias', 'check_writable_out', 'check_preprocessing',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -77,6 +78,34 @@ class LoadedModel:
     data_config: Dict[str, Any] = field(default_factory=dict)
     info: CheckpointInfo = field(default_factory=CheckpointInfo)
     use_ema: bool = False
+
+
+def check_preprocessing(config: Dict[str, Any], where: str = '') -> None:
+    """``InputError`` unless the preprocessing in ``config`` can be used: every user of a published model applies it.
+
+    ``mean``: finite numbers; ``std``: finite numbers > 0 (inputs are divided by them); ``crop_pct``: a
+    finite fraction > 0; ``input_size``: positive sizes. Absent (None) values are not checked.
+
+    Args:
+        config: preprocessing keys (``DATA_CONFIG_KEYS``), e.g. the push options or a data config.
+        where: where the values come from, for the message (e.g. ``' (from args.yaml)'``).
+    """
+    def numbers(value: Any) -> List[Any]:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    rules = (('mean', lambda v: finite(v), 'finite numbers'),
+             ('std', lambda v: finite(v) and v > 0, 'finite numbers > 0 (the inputs are divided by them)'),
+             ('crop_pct', lambda v: finite(v) and v > 0, 'a finite center-crop fraction > 0 (e.g. 0.875)'),
+             ('input_size', lambda v: finite(v) and v >= 1, 'positive sizes C H W'))
+    for key, ok, expected in rules:
+        value = config.get(key)
+        if value is not None and not all(ok(v) for v in numbers(value)):
+            shown = ' '.join(map(str, numbers(value)))
+            raise InputError(f'--{key.replace("_", "-")} {shown}{where}: expected {expected}. Every user of the '
+                             f'published model would apply it.')
 
 
 def check_writable_out(out_dir: str, option: str = '--out') -> None:

@@ -8,12 +8,12 @@ showing the token. ``timm_stim.tools.hub_folder`` prepares the folder in timm's 
 """
 import logging
 import os
-import re
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from ..errors import CommandFailed, InputError
+from ..tokens import mask_tokens
 from .modelcard import is_unedited
 
 __all__ = ['HubPushError', 'check_push_options', 'warn_if_no_token', 'push_folder']
@@ -30,18 +30,7 @@ TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)  # what huggingface_hub's own 
 HEAD_MOVED = 412  # the Hub refuses a commit whose parent_commit is no longer the head of its branch
 
 
-def _mask(text: str, values: Sequence[str] = ()) -> str:
-    """``text`` with the token and ``values`` (command-line values that may be tokens) replaced by ``***``.
-
-    The token is masked wherever it appears, whatever its length: a server may echo even a short one. ``values`` are
-    masked where they stand whole, so that a short one blanks out no letters of the message.
-    """
-    from huggingface_hub import get_token
-    token = get_token()
-    text = text.replace(token, '***') if token else text
-    for value in values:
-        text = re.sub(rf'(?<![^\s\'"=]){re.escape(value)}(?![^\s\'",])', '***', text)
-    return text
+_mask = mask_tokens  # the one masking of timm_stim.tokens (the name the tools import)
 
 
 class HubPushError(CommandFailed):

@@ -11,7 +11,8 @@ import shutil
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError
-from .checkpoints import ARGS_FILE, LOCAL_DIR, LoadedModel, data_config_from_args, load_model, read_train_args
+from .checkpoints import (ARGS_FILE, LOCAL_DIR, LoadedModel, check_preprocessing, data_config_from_args, load_model,
+                          read_train_args)
 from .hub import CARD_FILE, _mask
 from .modelcard import build_model_card, public_train_args, stamp
 from .summary import CURVES_FILE, SUMMARY_FILE, plot_training_curves, read_summary
@@ -93,6 +94,7 @@ def _convert_checkpoint(request: 'PushRequest', folder: str, train_args: Dict[st
         raise InputError(f'--label-names gives {len(names)} names for a model with {classes} classes.')
     data_config = data_config_from_args(train_args, {k: getattr(request, k) for k in (
         'input_size', 'mean', 'std', 'crop_pct', 'interpolation')})
+    check_preprocessing(data_config, f' (the preprocessing of {request.checkpoint}, from its args.yaml and the options)')
     model_config = {'pretrained_cfg': {'license': request.license}, **({'label_names': names} if names else {})}
     try:
         save_timm_hf_folder(loaded.model, folder, model_config=model_config, data_config=data_config)

@@ -27,6 +27,7 @@ from timm.utils import ParseKwargs
 from ..config import StimConfig, add_config_args
 from ..errors import InputError, check_model_name
 from ..loading import check_checkpoint_path, check_weights_file
+from ..tokens import TokenMaskingParser
 from .data import is_embedded, resolve_dataset
 from .seeding import SEED_SCHEMES
 
@@ -462,7 +463,7 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-class RecordingParser(argparse.ArgumentParser):
+class RecordingParser(TokenMaskingParser):
     """An ``ArgumentParser`` that remembers every ``add_argument`` call: its action by dest and its
     arguments by option string.
 

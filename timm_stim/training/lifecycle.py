@@ -23,6 +23,7 @@ points, the saver) and ``seeding.py``; this object is how the loop uses them:
 """
 import logging
 import os
+import shlex
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -82,8 +83,8 @@ class RunLifecycle:
         if not last:
             options.append(f'--start-epoch {epoch + 1} to go on at the next epoch, as timm\'s train.py does')
         if epoch > 0:
-            options.append(f'--resume {os.path.join(os.path.dirname(point.path), "last.pth.tar")} (the checkpoint of '
-                           f'epoch {epoch - 1}) to repeat the uninterrupted run')
+            last_epoch = shlex.quote(os.path.join(os.path.dirname(point.path), 'last.pth.tar'))
+            options.append(f'--resume {last_epoch} (the checkpoint of epoch {epoch - 1}) to repeat the uninterrupted run')
         raise InputError(
             f'--resume {point.path} is a recovery checkpoint taken inside epoch {epoch}{after} without a record of how '
             f'far into the epoch it was (timm\'s train.py writes none): resuming it would skip the rest of epoch '

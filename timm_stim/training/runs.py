@@ -449,7 +449,8 @@ def check_resume_output_dir(output_dir: str, resume: str) -> None:
     raise InputError(
         f'--resume {resume} continues the run in {own}, but the output folder {output_dir} holds another run '
         f'({len(entries)} entries: {shown}). A resume writes into the checkpoint\'s own folder or into an empty or '
-        f'new one: pass --output {os.path.dirname(own)} --experiment {os.path.basename(own)} to continue in '
+        f'new one: pass --output {shlex.quote(os.path.dirname(own))} --experiment {shlex.quote(os.path.basename(own))} '
+        f'to continue in '
         f'{own}, or another --experiment for a new folder.')
 
 
@@ -557,7 +558,7 @@ class DiskFull(CommandFailed):
         text = f'{self.reason} while writing {self.path}{detail}. The partial file was removed.'
         if self.resume_from:
             return (f'{text} The last complete checkpoint, {self.resume_from}, is kept. Once space is freed, resume '
-                    f'with the same options plus --resume {self.resume_from}')
+                    f'with the same options plus --resume {shlex.quote(self.resume_from)}')
         folder = os.path.dirname(self.path) or '.'
         return (f'{text} No complete checkpoint was written yet: once space is freed, run again with another '
                 f'--experiment (or after removing {folder}).')
