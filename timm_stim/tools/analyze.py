@@ -394,8 +394,8 @@ def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any
 
 def _check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.stim_subnets <= MAX_SUBNETS:
-        raise InputError(f'--stim-subnets {args.stim_subnets}: expected a number of sampled subnetworks in [0, '
-                         f'{MAX_SUBNETS}] (each is evaluated on the whole validation split).')
+        raise InputError(f'--stim-subnets {args.stim_subnets}: expected a number of sampled subnetworks >= 0 and '
+                         f'<= {MAX_SUBNETS} (each is evaluated on the whole validation split).')
     if args.stim_bn_recal < 0:
         raise InputError(f'--stim-bn-recal {args.stim_bn_recal}: expected a number of images >= 0 (0 skips '
                          f're-estimation).')

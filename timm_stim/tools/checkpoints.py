@@ -108,14 +108,21 @@ def check_preprocessing(config: Dict[str, Any], where: str = '') -> None:
                              f'published model would apply it.')
 
 
-def check_writable_out(out_dir: str, option: str = '--out') -> None:
+def check_writable_out(out_dir: str, option: str = '--out', beside: bool = False) -> None:
     """``InputError`` unless ``out_dir`` is (or can be made) a folder a file can be written into.
 
     Tried, not read from the permissions (root, read-only mounts); nothing is left behind.
+
+    Args:
+        out_dir: the output folder.
+        option: its option, for the message.
+        beside: the folder is written beside it and renamed (``export``): its parent must be writable.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f'{option} {out_dir!r} is a file; expected a folder.')
     probe = os.path.abspath(out_dir)
+    if beside:
+        probe = os.path.dirname(probe)
     while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     try:

@@ -238,7 +238,7 @@ def _check_out_dir(out_dir: str) -> None:
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise InputError(f'--out {out_dir!r} already exists and is not an empty folder; choose a new folder or '
                          f'remove it.')
-    check_writable_out(os.path.dirname(os.path.abspath(out_dir)))  # the folder is made beside it, then renamed
+    check_writable_out(out_dir, beside=True)  # written into a folder beside it, then renamed
 
 
 def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_config: Dict[str, Any],
