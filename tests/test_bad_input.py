@@ -309,9 +309,9 @@ CASES = {
     'model-kwargs nan': (None, ['--model-kwargs', 'drop_rate=nan'], "--model-kwargs drop_rate='nan': expected finite"),
     'model-kwargs inf': (None, ['--model-kwargs', 'drop_rate=1e999'], '--model-kwargs drop_rate=inf: expected finite'),
     'stim-subnets beyond the bound': (None, ['--stim-subnets', '99999999999999999999'],
-                                      '--stim-subnets 99999999999999999999: expected an int in [0, 1000]'),
+                                      '--stim-subnets 99999999999999999999: expected at most 1000 subnetworks per step'),
     'stim-budget beyond the bound': (None, ['--stim-budget', '1e15'],
-                                     '--stim-budget 1000000000000000.0: expected a number in (0, 1000]'),
+                                     '--stim-budget 1000000000000000.0: expected at most 1000 full passes'),
     'train-batches-per-epoch -5': (None, ['--train-batches-per-epoch', '-5'],
                                    '--train-batches-per-epoch -5: expected an int >= 1'),
 }

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError
 from .flops import block_flops, shape_only_copy
-from .config import MAX_SUBNETS, StimConfig
+from .config import StimConfig
 from .inputs import input_size_choices
 
 __all__ = ['BudgetPlan', 'check_budget', 'drop_probabilities', 'input_size_choices', 'subnet_cost',
@@ -179,10 +179,6 @@ def affordable_subnets(cost: float, budget: float, num_subnets: int = 0, what: s
                          f'full forward+backward pass on average{about}. Use --stim-budget {smallest:g} or more, or '
                          f'make subnetworks cheaper (a space that drops more blocks, a lower --stim-min-scale or '
                          f'--stim-max-scale).')
-    if budget / cost > MAX_SUBNETS:
-        raise InputError(f'--stim-budget {budget:g} runs {budget / cost:.3g} subnetworks per step, each costing '
-                         f'{cost:.3g} of a full pass{about}; at most {MAX_SUBNETS} are allowed. Use a smaller '
-                         f'--stim-budget.')
     return budget / cost
 
 

@@ -44,14 +44,18 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def at_least(low: float, what: str = 'a number', integer: bool = False, note: str = '',
-             high: Optional[float] = None) -> Check:
-    """A finite number (an int when ``integer``) ``>= low`` (and ``<= high`` when given)."""
+def at_least(low: float, what: str = 'a number', integer: bool = False, note: str = '') -> Check:
+    """A finite number (an int when ``integer``) ``>= low``."""
     def check(value):
-        ok = (_number(value) and value >= low and (high is None or value <= high)
-              and (not integer or float(value).is_integer()))
-        span = f'>= {low:g}' if high is None else f'in [{low:g}, {high:g}]'
-        return None if ok else f'expected {what} {span}{note}'
+        ok = _number(value) and value >= low and (not integer or float(value).is_integer())
+        return None if ok else f'expected {what} >= {low:g}{note}'
+    return check
+
+
+def at_most(high: float, inner: Check, why: str) -> Check:
+    """A value ``inner`` accepts that is also ``<= high`` (a stated bound, ``why`` says why)."""
+    def check(value):
+        return inner(value) or (None if value is None or value <= high else f'expected at most {high:g}{why}')
     return check
 
 
@@ -116,15 +120,17 @@ class StimConfig:
     num_subnets: float = stim_option(
         0, 'subnetworks per step, K; 0 turns stimulative training off unless --stim-budget is given (ST: 1, '
            'ST++: 6). Through the Python API a fraction is a mean (each step draws floor or ceil)',
-        at_least(0, 'an int', note=' (0 turns stimulative training off), or a fraction such as 1.6 (subnetworks per '
-                                   f'step on average); at most {MAX_SUBNETS}, each a forward+backward pass per step',
-                 high=MAX_SUBNETS), flag='--stim-subnets', metavar='K', type=int)
+        at_most(MAX_SUBNETS, at_least(0, 'an int', note=' (0 turns stimulative training off), or a fraction such as '
+                                                         '1.6 (subnetworks per step on average)'),
+                ' subnetworks per step, each a forward+backward pass (ST++ runs 6)'),
+        flag='--stim-subnets', metavar='K', type=int)
     budget: Optional[float] = stim_option(
         None, 'instead of K: the expected extra cost per step, in full forward+backward passes, estimated from '
               'FLOPs of the space and the input sizes; K = budget / cost on average, drawn per step (printed and '
               'saved in args.yaml). 1: a step costs about two plain steps',
-        optional(above(0, MAX_SUBNETS, note=', the extra cost per step in full forward+backward passes (e.g. 1: a step '
-                                            'costs about twice a plain step)')),
+        at_most(MAX_SUBNETS, optional(above(0, note=', the extra cost per step in full forward+backward passes (e.g. '
+                                                     '1: a step costs about twice a plain step)')),
+                ' full passes of extra cost per step'),
         metavar='B', type=float)
     space: Union[str, Tuple[int, ...]] = stim_option(
         'uniform', 'sampling space: uniform, stpp, keep:K, or the largest number of blocks each stage may drop, '
