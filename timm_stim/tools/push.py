@@ -18,6 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import InputError, command_main
+from ..processes import process_alive
 from ..tokens import TokenMaskingParser
 from .checkpoints import CHECKPOINT_EXTS, check_preprocessing, read_train_args
 from .hub import DEFAULT_COMMIT_MESSAGE, HubPushError, check_push_options, push_folder
@@ -111,22 +112,12 @@ def remove_stale_push_folders() -> List[str]:
     removed = []
     for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), PUSH_FOLDER_PREFIX + '*_*')):
         pid = os.path.basename(path)[len(PUSH_FOLDER_PREFIX):].split('_', 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)) or not os.path.isdir(path):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)) or not os.path.isdir(path):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
         _logger.info(f'Removed {path}, the copy of a push that was killed.')
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's (or not a pid): not ours to remove
-        return True
-    return True
 
 
 def retry_command(request: PushRequest) -> str:

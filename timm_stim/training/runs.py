@@ -44,6 +44,7 @@ from timm import utils
 
 from ..errors import CommandFailed, InputError
 from ..loading import load_checkpoint, require_state_dict
+from ..processes import process_alive, process_start
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
@@ -235,32 +236,11 @@ def _in_use(output_dir: str, entries: List[str], held: Optional[str] = None) -> 
 CLAIM_FILE = '.timm-stim-run'  # in a run's folder for the run's whole life: who writes into it
 
 
-def _process_start(pid: int) -> Optional[str]:
-    """When process ``pid`` started (clock ticks since boot, from /proc), to tell it from a later one with its pid."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OSError, OverflowError):
-        return False
-    return True
-
-
 def _claim_record() -> Dict[str, Any]:
     """Who claims a folder: this process (pid, host, when, and its start on this host's clock)."""
     pid = os.getpid()
     return {'pid': pid, 'host': socket.gethostname(), 'started': datetime.now().isoformat(timespec='seconds'),
-            'process_start': _process_start(pid)}
+            'process_start': process_start(pid)}
 
 
 def read_claim(output_dir: str) -> Optional[Dict[str, Any]]:
@@ -289,10 +269,10 @@ def claim_is_stale(record: Dict[str, Any]) -> bool:
     pid = record.get('pid')
     if not isinstance(pid, int) or record.get('host') != socket.gethostname():
         return False
-    if not _pid_alive(pid):
+    if not process_alive(pid):
         return True
     started = record.get('process_start')
-    return started is not None and _process_start(pid) not in (None, started)
+    return started is not None and process_start(pid) not in (None, started)
 
 
 def _describe_claim(output_dir: str, record: Dict[str, Any]) -> str:
