@@ -8,8 +8,9 @@ Two kinds of failure reach a user:
   failed (e.g. publishing to the Hub after training); ``report()`` says what was kept and how
   to retry.
 
-``run_command`` is the single place where these become exit codes and messages; the model
-name check and the Hub-name prefixes are defined here once too.
+``run_command`` is the single place where these become exit codes and messages, and where a
+command's cleanups run however it ends (``at_command_exit``: e.g. a run's claim on its output
+folder is released); the model name check and the Hub-name prefixes are defined here once too.
 """
 import atexit
 import contextlib
