@@ -147,6 +147,10 @@ def test_labels_tell_checkpoints_apart():
     (['--labels', 'a,b'], 'gives 2 names for 1 checkpoints'),
     (['--model', 'resnet1888'], "'resnet1888' is not a timm model"),
     (['--num-classes', '7'], 'does not fit --model resnet18 with 7 classes'),
+    # issue 27: a stated bound, before any work; a token never echoed; an --out that cannot be written
+    (['--stim-subnets', '1000000000000'], '--stim-subnets 1000000000000: expected a number of sampled subnetworks '
+                                          '>= 0 and <= 1000'),
+    (['--out', '/proc/timm-stim-analysis'], "--out '/proc/timm-stim-analysis' cannot be written"),
 ])
 def test_bad_arguments_are_refused_before_evaluation(tmp_path, caplog, extra, message):
     ckpt = tmp_path / 'm.pth.tar'
@@ -286,3 +290,12 @@ def test_options_shared_with_train_stim_have_its_names_and_defaults():
     assert {'samples', 'stim_bn_recal', 'stim_space', 'stim_mode'} <= analyze
     # One name, one meaning: analyze's sample count is not training's --stim-subnets (subnetworks per step).
     assert 'stim_subnets' not in analyze
+
+
+def test_a_token_given_to_analyze_is_never_echoed(tmp_path, capsys):
+    secret = 'hf_' + 'Q7' * 17
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / 'm.pth.tar'), '--model', 'resnet18', '--token', secret])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments: --token ***' in err and secret not in err and secret[:10] not in err

@@ -161,6 +161,44 @@ def _setup_empty_image_folder(tmp_path):
     return ['--dataset', '', '--data-dir', str(tmp_path / 'images')]
 
 
+def _setup_weights_only_resume(tmp_path, kind):
+    # A finished run's folder (out/A); --resume names its weights-only file instead of last.pth.tar.
+    from safetensors.torch import save_file
+    state_dict = timm.create_model('resnet18', num_classes=10).state_dict()
+    last = _epoch_0_checkpoint(tmp_path / 'out' / 'A' / 'last.pth.tar')
+    if kind == 'safetensors':
+        path = tmp_path / 'out' / 'A' / 'model_best.safetensors'
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    else:
+        path = tmp_path / 'out' / 'A' / 'weights.pth'
+        torch.save(state_dict, path)
+    assert os.path.exists(last)
+    return ['--resume', str(path), '--experiment', 'A']
+
+
+def _setup_epoch(tmp_path, epoch):
+    return ['--resume', _epoch_0_checkpoint(tmp_path / 'out' / 'run' / 'last.pth.tar', epoch=epoch)]
+
+
+def _claim(folder, **record):
+    import json
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / '.timm-stim-run').write_text(json.dumps(record))
+
+
+def _setup_claimed_by_another_host(tmp_path):
+    _claim(tmp_path / 'out' / 'run', pid=4242, host='node-7.cluster', started='2026-01-01T00:00:00')
+    return []
+
+
+def _setup_resume_while_another_process_writes(tmp_path):
+    # A live process (this test's parent) on this host holds the run's folder.
+    checkpoint = _epoch_0_checkpoint(tmp_path / 'out' / 'run' / 'last.pth.tar')
+    import socket
+    _claim(tmp_path / 'out' / 'run', pid=os.getppid(), host=socket.gethostname(), started='2026-01-01T00:00:00')
+    return ['--resume', checkpoint]
+
+
 CASES = {
     'output is a file': (_setup_output_is_file, [], "output folder {out}/run cannot be created: {out} is a file"),
     'output cannot be written': (None, ['--output', '/proc/timm-stim'], 'cannot be written'),
@@ -238,6 +276,44 @@ CASES = {
     'experiment leaves output': (None, ['--experiment', '../../x'], "--experiment '../../x': expected a folder name "
                                                                      "under --output"),
     'experiment is absolute': (None, ['--experiment', '/tmp/x'], "--experiment '/tmp/x': expected a folder name"),
+    # Trust, third round (issue 27): a finished run is never wiped, a folder never shared, options timm
+    # refuses late are refused before the folder is taken.
+    'resume from model_best.safetensors': (
+        lambda p: _setup_weights_only_resume(p, 'safetensors'), [],
+        ('--resume {out}/A/model_best.safetensors holds model weights only', 'nothing was touched',
+         'pass --resume {out}/A/last.pth.tar', '--initial-checkpoint {out}/A/model_best.safetensors',
+         '--pretrained-path {out}/A/model_best.safetensors')),
+    'resume from a plain state dict': (
+        lambda p: _setup_weights_only_resume(p, 'pth'), [],
+        ('--resume {out}/A/weights.pth holds model weights only', '--initial-checkpoint {out}/A/weights.pth')),
+    'resume epoch is a string': (lambda p: _setup_epoch(p, 'three'), [],
+                                 "records epoch 'three' (str); expected a whole number >= 0"),
+    'resume epoch is negative': (lambda p: _setup_epoch(p, -4), [], 'records epoch -4 (int); expected a whole number'),
+    'output claimed from another host': (
+        _setup_claimed_by_another_host, [],
+        ('output folder {out}/run already holds another run', 'in use by process 4242 on host node-7.cluster',
+         'remove {out}/run/.timm-stim-run and run again')),
+    'resume while another process writes the folder': (
+        _setup_resume_while_another_process_writes, [],
+        ('output folder {out}/run already holds another run', f'in use by process {os.getppid()} on host')),
+    'checkpoint-hist 0': (None, ['--checkpoint-hist', '0'], '--checkpoint-hist 0: expected an int >= 1'),
+    'aa bogus': (None, ['--aa', 'bogus'], "--aa 'bogus' is not an augmentation policy timm can parse"),
+    'opt bogus': (None, ['--opt', 'bogus'], "--opt 'bogus' is not an optimizer of timm"),
+    'smoothing 2': (None, ['--smoothing', '2'], '--smoothing 2.0: expected a label smoothing in [0, 1)'),
+    'lr-base-size 0': (None, ['--lr-base-size', '0'], '--lr-base-size 0: expected an int >= 1'),
+    'sched bogus': (None, ['--sched', 'bogus'], "--sched 'bogus' with these schedule options: timm refuses it"),
+    'eval-metric bogus': (None, ['--eval-metric', 'bogus'], "--eval-metric 'bogus': expected one of top1, top5, loss"),
+    'drop 2': (None, ['--drop', '2'], '--drop 2.0: expected a rate in [0, 1)'),
+    'crop-pct -3': (None, ['--crop-pct', '-3'], '--crop-pct -3.0: expected a center-crop fraction > 0'),
+    'std 0': (None, ['--std', '0', '0', '0'], '--std 0.0 0.0 0.0: expected values > 0'),
+    'model-kwargs nan': (None, ['--model-kwargs', 'drop_rate=nan'], "--model-kwargs drop_rate='nan': expected finite"),
+    'model-kwargs inf': (None, ['--model-kwargs', 'drop_rate=1e999'], '--model-kwargs drop_rate=inf: expected finite'),
+    'stim-subnets beyond the bound': (None, ['--stim-subnets', '99999999999999999999'],
+                                      '--stim-subnets 99999999999999999999: expected at most 1000 subnetworks per step'),
+    'stim-budget beyond the bound': (None, ['--stim-budget', '1e15'],
+                                     '--stim-budget 1000000000000000.0: expected at most 1000 full passes'),
+    'train-batches-per-epoch -5': (None, ['--train-batches-per-epoch', '-5'],
+                                   '--train-batches-per-epoch -5: expected an int >= 1'),
 }
 
 

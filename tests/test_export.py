@@ -94,6 +94,7 @@ def test_export_command_round_trip(tmp_path, capsys):
     (['--depths', '1,1,1,1', '--num-classes', '3'], 'does not fit --model resnet18 with 3 classes'),
     (['--depths', '1,1,1,1', '--push-to-hub', 'u/r', '--hub-revision', 'dev', '--hub-create-pr'],
      'a pull request is opened against main'),
+    (['--depths', '1,1,1,1', '--out', '/proc/timm-stim-export'], "--out '/proc/timm-stim-export' cannot be written"),
 ])
 def test_bad_arguments_are_refused_before_writing(tmp_path, caplog, extra, message):
     ckpt = tmp_path / 'm.pth.tar'

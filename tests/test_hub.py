@@ -165,6 +165,8 @@ def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server
 
     def hash_then_push(output_dir, *args, **kwargs):
         before.update(_hash_tree(output_dir))
+        # The run holds its folder while it publishes (issue 27); the claim goes when the command ends.
+        assert before.pop('.timm-stim-run', None) is not None
         return real_push(output_dir, *args, **kwargs)
     monkeypatch.setattr(push, 'push_training_output', hash_then_push)
     scratch = tmp_path / 'tmp'
@@ -186,12 +188,14 @@ def test_refused_push_keeps_outputs_and_prints_retry_command(hub_env, hub_server
     assert '401 Unauthorized' in text and f'saved, unchanged, in {out}' in text
     assert hub_server.token not in text
     command = _retry_command(text)
-    assert command.startswith(f'python -m timm_stim push {out / "model_best.pth.tar"} {repo} --model resnet18')
+    # The interpreter that runs (the one with timm_stim), not a bare `python` (issue 27).
+    assert command.startswith(f'{shlex.quote(sys.executable)} -m timm_stim push {out / "model_best.pth.tar"} {repo} '
+                              f'--model resnet18')
 
     # The printed command publishes the same weights once the Hub accepts the token.
     hub_server.refuse_all = False
     argv = shlex.split(command)
-    assert argv[:4] == ['python', '-m', 'timm_stim', 'push']
+    assert argv[:4] == [sys.executable, '-m', 'timm_stim', 'push']
     assert push.main(argv[4:]) == 0
     published = load_file_from_bytes(hub_server.files(repo)['model.safetensors'], tmp_path)
     best = load_file(str(out / 'model_best.safetensors'))
@@ -282,6 +286,10 @@ def test_push_command_takes_ema_weights_and_hub_format_folders(hub_env, hub_serv
     ('wrong_classes', 'does not fit --model test_resnet with 10 classes'),
     ('no_ema', 'holds no EMA weights'),
     ('not_hub_folder', 'a folder without config.json'),
+    # issue 27: preprocessing every user of the model would apply is checked before any work
+    ('mean_nan', '--mean nan 0.0 0.0: expected finite numbers'),
+    ('crop_pct', '--crop-pct -3.0: expected a finite center-crop fraction > 0'),
+    ('std_zero', '--std 0.0 1.0 1.0: expected finite numbers > 0'),
 ])
 def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_server, tmp_path, caplog, case,
                                                                 message):
@@ -296,6 +304,9 @@ def test_push_command_refuses_bad_input_before_any_network_call(hub_env, hub_ser
         'wrong_classes': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--num-classes', '10'],
         'no_ema': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--num-classes', '4', '--use-ema'],
         'not_hub_folder': [str(tmp_path), 'tester/x'],
+        'mean_nan': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--mean', 'nan', '0', '0'],
+        'crop_pct': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--crop-pct', '-3'],
+        'std_zero': [str(checkpoint), 'tester/x', '--model', 'test_resnet', '--std', '0', '1', '1'],
     }[case]
     with pytest.raises(SystemExit) as info:
         push.main(argv)
@@ -546,3 +557,86 @@ def test_training_push_takes_create_pr_and_replace_card_as_objects(monkeypatch, 
         '--model resnet18 --num-classes 10 --private --create-pr --replace-card')
     with pytest.raises(InputError, match='a pull request is opened against main'):
         hub.check_push_options('tester/x', 'dev', create_pr=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust, third round (issue 27): nothing local or secret is published, every printed command is safe
+# ---------------------------------------------------------------------------------------------
+
+def test_local_dir_models_publish_no_local_path(hub_env, hub_server, tmp_path):
+    """--model local-dir:/abs/... (and --kd-model-name local-dir:...) are published by architecture, never by path."""
+    secret = tmp_path / 'secret'
+    model = timm.create_model('test_resnet', num_classes=3)
+    save_for_hf(model, str(secret / 'teacher'), safe_serialization=True)
+    run = tmp_path / 'run'
+    _fake_run(run, [50.0, 60.0], model=f'local-dir:{secret / "teacher"}', pretrained=True,
+              kd_model_name=f'local-dir:{secret / "kd"}')
+    torch.save({'epoch': 1, 'state_dict': model.state_dict()}, run / 'last.pth.tar')
+    assert push.main([str(run / 'last.pth.tar'), 'tester/local']) == 0
+    files = hub_server.files('tester/local')
+    leaked = [name for name, content in files.items() if str(secret).encode() in content]
+    assert not leaked
+    card = ModelCard(files['README.md'].decode())
+    assert 'test_resnet' in card.data.tags and not [t for t in card.data.tags if 'local-dir' in t]
+    assert '`test_resnet` (timm)' in card.text  # the architecture line
+    published_args = yaml.safe_load(files['args.yaml'])
+    assert published_args['model'] == 'test_resnet' and published_args['kd_model_name'] == 'local-dir:kd'
+
+
+def test_a_token_or_part_of_it_is_never_shown(hub_env, hub_server, tmp_path, monkeypatch, caplog, capsys):
+    from timm_stim.tokens import mask_tokens
+    token = 'hf_' + 'aB3dE6gH9j' * 3 + 'kLmN'
+    monkeypatch.setenv('HF_TOKEN', token)
+    # A server that echoes a truncated token, or its end.
+    assert mask_tokens(f'bad token {token[:12]}..., ends in {token[-9:]}') == 'bad token ***..., ends in ***'
+    # train_stim.py has no --hub-token: argparse would echo it.
+    with pytest.raises(SystemExit) as info:
+        train_main(_train_argv(tmp_path / 'out', f'--hub-token={token}'))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments: --hub-token=***' in err and token[:10] not in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_retry_and_conversion_commands_are_quoted_for_the_shell(tmp_path):
+    """A path like /x/$(cmd)/ck.pth.tar in a printed command never runs cmd when pasted."""
+    folder = tmp_path / '$(touch PWNED)' / "it's here"
+    request = push.PushRequest(str(folder / 'ck.pth.tar'), 'tester/x', model='resnet18')
+    command = push.retry_command(request)
+    echoed = subprocess.run(['bash', '-c', 'printf "%s\\n" ' + command], cwd=tmp_path, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert echoed == [sys.executable, '-m', 'timm_stim', 'push', str(folder / 'ck.pth.tar'), 'tester/x', '--model',
+                      'resnet18']
+    assert not (tmp_path / 'PWNED').exists()
+
+
+def test_ctrl_c_during_a_push_exits_130_and_prints_the_retry_command(hub_env, hub_server, tmp_path, monkeypatch,
+                                                                   caplog):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(push, 'push_folder', interrupted)
+    with pytest.raises(SystemExit) as info:
+        train_main(_train_argv(tmp_path / 'out', '--push-to-hub', 'tester/stopped'))
+    assert info.value.code == 130
+    expected = push.retry_command(push.PushRequest(str(tmp_path / 'out' / 'run' / 'model_best.pth.tar'),
+                                                   'tester/stopped', model='resnet18', num_classes=10))
+    assert f'Publishing to tester/stopped was interrupted; no local file was changed. To publish:\n  {expected}' \
+        in caplog.text
+    assert os.path.exists(tmp_path / 'out' / 'run' / 'model_best.pth.tar')  # what the command publishes
+
+
+def test_a_push_killed_mid_way_leaves_no_copy_after_the_next_push(hub_env, hub_server, tmp_path, monkeypatch):
+    scratch = tmp_path / 'tmp'
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    killed = scratch / f'{push.PUSH_FOLDER_PREFIX}{dead.pid}_x1y2'  # what a kill -9 mid-push leaves
+    killed.mkdir()
+    (killed / 'model.safetensors').write_bytes(b'weights')
+    live = scratch / f'{push.PUSH_FOLDER_PREFIX}{os.getppid()}_a3b4'  # a push running now, in another process
+    live.mkdir()
+    model = timm.create_model('test_resnet', num_classes=4)
+    torch.save(model.state_dict(), tmp_path / 'plain.pth')
+    assert push.main([str(tmp_path / 'plain.pth'), 'tester/next', '--model', 'test_resnet']) == 0
+    assert sorted(os.listdir(scratch)) == [live.name]

@@ -373,3 +373,133 @@ RESUME_CASES = {
 @pytest.mark.parametrize('case', list(RESUME_CASES), ids=list(RESUME_CASES))
 def test_resume_case(tmp_path, monkeypatch, caplog, references, case):
     RESUME_CASES[case](tmp_path, monkeypatch, caplog, references)
+
+
+# ---------------------------------------------------------------------------------------------
+# One folder, one process (issue 27): every run that writes into a folder claims it for its whole life
+# ---------------------------------------------------------------------------------------------
+
+def _tiny(out, *extra):
+    return ['--dataset', 'embedded/digits', '--model', 'resnet18', '--model-kwargs', 'channels=(8,16,32,64)',
+            'stem_width=8', '--num-classes', '10', '--device', 'cpu', '--input-size', '3', '16', '16', '-b', '32',
+            '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--seed', '3', '--epochs', '1',
+            '--train-batches-per-epoch', '2', '--output', str(out), '--experiment', 'A', *extra]
+
+
+def _snapshot(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), 'rb') as f:
+                out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return out
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_claim_holds_the_folder_until_released_and_a_dead_one_is_taken_over(tmp_path, caplog):
+    import json
+    import socket
+    from timm_stim.errors import InputError
+    from timm_stim.training.runs import CLAIM_FILE, claim_output_dir, read_claim, release_output_dir
+    folder = tmp_path / 'run'
+    claimed = claim_output_dir(str(folder), resuming=True)
+    record = read_claim(str(folder))
+    assert (record['pid'], record['host']) == (os.getpid(), socket.gethostname()) and record['started']
+    with pytest.raises(InputError, match=rf'in use by process {os.getpid()} on host .*this process'):
+        claim_output_dir(str(folder), resuming=True)  # a second run (here: this process again) is refused
+    release_output_dir(claimed)
+    assert not (folder / CLAIM_FILE).exists()
+    claim_output_dir(str(folder), resuming=True)  # released: free again
+
+    # Left by a process that died without releasing it (kill -9): taken over, said in the log.
+    dead = _dead_pid()
+    (folder / CLAIM_FILE).write_text(json.dumps({'pid': dead, 'host': socket.gethostname(), 'started': 'then'}))
+    caplog.set_level('WARNING')
+    claim_output_dir(str(folder), resuming=True)
+    assert read_claim(str(folder))['pid'] == os.getpid()
+    assert f'taking over the claim of process {dead} on this host' in caplog.text
+
+    # From another host (a shared file system): never taken as stale; the message says how to clear it.
+    (folder / CLAIM_FILE).write_text(json.dumps({'pid': dead, 'host': 'elsewhere', 'started': 'then'}))
+    with pytest.raises(InputError) as info:
+        claim_output_dir(str(folder), resuming=True)
+    assert f'in use by process {dead} on host elsewhere' in str(info.value)
+    assert f'remove {folder / CLAIM_FILE} and run again' in str(info.value)
+
+
+_HOLDER = '''
+import sys, time
+from timm_stim.training.runs import claim_output_dir
+claim_output_dir(sys.argv[1], resuming=True)
+print('claimed', flush=True)
+time.sleep(600)
+'''
+
+
+def test_resume_while_another_process_holds_the_folder(tmp_path, caplog):
+    # A run is trained; another process claims its folder (as a running resume does); a second resume
+    # of it is refused with exit 2 and nothing in the folder changes. Once that process is killed (-9),
+    # its claim is stale: the resume takes the folder over and continues the run.
+    main(_tiny(tmp_path))
+    run_dir = tmp_path / 'A'
+    assert not (run_dir / '.timm-stim-run').exists()  # released when the run ended
+    holder = subprocess.Popen([sys.executable, '-c', _HOLDER, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'claimed'
+        before = _snapshot(run_dir)
+        with pytest.raises(SystemExit) as info:
+            main(_tiny(tmp_path, '--epochs', '2', '--resume', str(run_dir / 'last.pth.tar')))
+        assert info.value.code == 2
+        assert f'in use by process {holder.pid}' in caplog.text
+        assert _snapshot(run_dir) == before  # nothing written, nothing removed
+    finally:
+        holder.kill()
+        holder.wait()
+    caplog.clear()
+    result = main(_tiny(tmp_path, '--epochs', '2', '--resume', str(run_dir / 'last.pth.tar')))
+    assert [e['epoch'] for e in result['epochs']] == [1]
+    assert f'taking over the claim of process {holder.pid}' in caplog.text
+    assert not (run_dir / '.timm-stim-run').exists()
+    assert [row[0] for row in _rows(run_dir)] == ['epoch', '0', '1']
+
+
+@pytest.mark.parametrize('failure', ['crash after args.yaml', 'ctrl-c while the data loads'])
+def test_a_run_that_stops_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch, failure):
+    # Any failure between taking the folder and the first checkpoint used to leave args.yaml or the claim
+    # behind, and the same command was then refused. Now the folder goes; the command runs again.
+    import timm_stim.training.train as train_mod
+    if failure == 'crash after args.yaml':
+        def broken(*args, **kwargs):
+            assert os.path.exists(tmp_path / 'A' / 'args.yaml')  # the folder was taken and written
+            raise RuntimeError('a bug after the folder was written')
+        monkeypatch.setattr(train_mod, 'create_scheduler_v2', broken)
+        with pytest.raises(RuntimeError):
+            main(_tiny(tmp_path))
+    else:
+        def interrupted(*args, **kwargs):
+            assert os.path.exists(tmp_path / 'A' / '.timm-stim-run')  # the folder was taken
+            raise KeyboardInterrupt
+        monkeypatch.setattr(train_mod, '_create_dataset', interrupted)
+        with pytest.raises(SystemExit) as info:
+            main(_tiny(tmp_path))
+        assert info.value.code == 130
+    assert not (tmp_path / 'A').exists()
+    monkeypatch.undo()
+    assert main(_tiny(tmp_path))['epochs']  # the same command runs
+
+
+def test_resume_of_a_summary_saved_by_a_spreadsheet(tmp_path):
+    # Excel writes a UTF-8 byte-order mark before the header: the resume still reads the 'epoch' column.
+    main(_tiny(tmp_path))
+    summary = tmp_path / 'A' / 'summary.csv'
+    summary.write_bytes(b'\xef\xbb\xbf' + summary.read_bytes())
+    main(_tiny(tmp_path, '--epochs', '2', '--resume', str(tmp_path / 'A' / 'last.pth.tar')))
+    rows = _rows(tmp_path / 'A')
+    assert rows[0][0] == 'epoch' and rows[0].count('epoch') == 1 and not rows[0][0].startswith('\ufeff')
+    assert [row[0] for row in rows[1:]] == ['0', '1'] and all(len(row) == len(rows[0]) for row in rows)

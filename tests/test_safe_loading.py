@@ -178,3 +178,24 @@ def test_valid_weights_pass_the_check_and_load(tmp_path, monkeypatch, option, ol
     kept = {k: v for k, v in state_dict.items() if head is None or not k.startswith(head)}
     assert len(kept) > len(state_dict) - 3
     assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_the_conversion_hint_is_safe_to_paste_and_converts_the_file(tmp_path):
+    """The hint's ``python -c "..."`` quotes the path for the shell: /x/$(cmd)/ck.pth.tar never runs cmd (issue 27)."""
+    import datetime
+    import shlex
+    from timm_stim.loading import load_checkpoint
+    from timm_stim.errors import InputError
+    folder = tmp_path / '$(touch PWNED)' / "it's `here`"
+    folder.mkdir(parents=True)
+    state_dict = timm.create_model('test_resnet', num_classes=4).state_dict()
+    path = folder / 'ck.pth.tar'
+    torch.save({'state_dict': state_dict, 'saved_on': datetime.date(2026, 1, 1)}, path)  # trusted, not allowed
+    with pytest.raises(InputError) as info:
+        load_checkpoint(str(path), '--resume')
+    hint = str(info.value).splitlines()[-1].strip()
+    assert hint.startswith(shlex.quote(sys.executable) + ' -c ')
+    subprocess.run(['bash', '-c', hint], cwd=tmp_path, check=True, timeout=120)
+    assert not (tmp_path / 'PWNED').exists()  # nothing in the path ran
+    converted = load_checkpoint(str(folder / 'ck_weights.pth'))  # and the file was converted
+    assert converted.keys() == state_dict.keys()

@@ -252,3 +252,10 @@ def test_attached_but_inactive_model_runs_exactly_the_plain_ops(name):
     x = make_input(batch=2, size=32)
     ops = _dispatched_ops(model, x)
     assert len(ops) > 50 and ops == _dispatched_ops(plain, x)
+
+
+@pytest.mark.parametrize('model', [None, 'resnet18', 3])
+def test_attach_to_something_that_is_not_a_model_is_a_clear_error(model):
+    import timm_stim
+    with pytest.raises(TypeError, match=r'attach expects a timm model \(a torch.nn.Module'):
+        timm_stim.attach(model)

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
-__all__ = ['StimConfig', 'stim_option', 'add_config_args', 'add_config_option', 'options_table', 'ConfigError']
+__all__ = ['StimConfig', 'stim_option', 'add_config_args', 'add_config_option', 'options_table', 'ConfigError',
+           'MAX_SUBNETS']
 
 Check = Callable[[Any], Optional[str]]  # None when the value is fine, else what was expected
 
@@ -31,6 +32,10 @@ Check = Callable[[Any], Optional[str]]  # None when the value is fine, else what
 class ConfigError(ValueError):
     """A ``StimConfig`` value is not allowed; ``str(e)`` names the option, the value and what was expected."""
 
+
+# Subnetworks per step (and --stim-budget, in full passes) above this are refused: each costs a
+# forward+backward pass per step (ST++ runs 6), and far larger values only exhaust time and memory.
+MAX_SUBNETS = 1000
 
 # ---------------------------------------------------------------------------------------------
 # Checks: each returns None for a good value, else "expected ..." (the caller names the option)
@@ -45,6 +50,13 @@ def at_least(low: float, what: str = 'a number', integer: bool = False, note: st
     def check(value):
         ok = _number(value) and value >= low and (not integer or float(value).is_integer())
         return None if ok else f'expected {what} >= {low:g}{note}'
+    return check
+
+
+def at_most(high: float, inner: Check, why: str) -> Check:
+    """A value ``inner`` accepts that is also ``<= high`` (a stated bound, ``why`` says why)."""
+    def check(value):
+        return inner(value) or (None if value is None or value <= high else f'expected at most {high:g}{why}')
     return check
 
 
@@ -109,14 +121,17 @@ class StimConfig:
     num_subnets: float = stim_option(
         0, 'subnetworks per step, K; 0 turns stimulative training off unless --stim-budget is given (ST: 1, '
            'ST++: 6). Through the Python API a fraction is a mean (each step draws floor or ceil)',
-        at_least(0, 'an int', note=' (0 turns stimulative training off), or a fraction such as 1.6 (subnetworks per '
-                                   'step on average)'), flag='--stim-subnets', metavar='K', type=int)
+        at_most(MAX_SUBNETS, at_least(0, 'an int', note=' (0 turns stimulative training off), or a fraction such as '
+                                                         '1.6 (subnetworks per step on average)'),
+                ' subnetworks per step, each a forward+backward pass (ST++ runs 6)'),
+        flag='--stim-subnets', metavar='K', type=int)
     budget: Optional[float] = stim_option(
         None, 'instead of K: the expected extra cost per step, in full forward+backward passes, estimated from '
               'FLOPs of the space and the input sizes; K = budget / cost on average, drawn per step (printed and '
               'saved in args.yaml). 1: a step costs about two plain steps',
-        optional(above(0, note=', the extra cost per step in full forward+backward passes (e.g. 1: a step costs about '
-                                  'twice a plain step)')),
+        at_most(MAX_SUBNETS, optional(above(0, note=', the extra cost per step in full forward+backward passes (e.g. '
+                                                     '1: a step costs about twice a plain step)')),
+                ' full passes of extra cost per step'),
         metavar='B', type=float)
     space: Union[str, Tuple[int, ...]] = stim_option(
         'uniform', 'sampling space: uniform, stpp, keep:K, or the largest number of blocks each stage may drop, '

@@ -13,6 +13,7 @@ works offline.
 import argparse
 import gzip
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -138,7 +139,7 @@ def resolve_dataset(dataset: str, data_dir: Optional[str]) -> Tuple[str, Optiona
     if data_dir and not os.path.isdir(data_dir):
         hint = ''
         if dataset.lower() == 'torch/fashion_mnist':
-            hint = ' Create it with: python -m timm_stim.datasets fashion-mnist ' + data_dir
+            hint = ' Create it with: ' + shlex.join([sys.executable, '-m', 'timm_stim.datasets', 'fashion-mnist', data_dir])
         raise FileNotFoundError(f'--data-dir {data_dir!r} does not exist.{hint}')
     if prefix == 'torch' and not data_dir:
         raise ValueError(f'--dataset {dataset} needs --data-dir DIR (torchvision datasets are read from a root folder).')

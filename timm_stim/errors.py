@@ -8,9 +8,13 @@ Two kinds of failure reach a user:
   failed (e.g. publishing to the Hub after training); ``report()`` says what was kept and how
   to retry.
 
-``run_command`` is the single place where these become exit codes and messages; the model
-name check and the Hub-name prefixes are defined here once too.
+``run_command`` is the single place where these become exit codes and messages, and where a
+command's cleanups run however it ends (``at_command_exit``: e.g. a run's claim on its output
+folder is released); the model name check and the Hub-name prefixes are defined here once too.
 """
+import atexit
+import contextlib
+import contextvars
 import difflib
 import logging
 import sys
@@ -18,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 __all__ = [
     'InputError', 'UnsupportedModelError', 'CommandFailed', 'run_command', 'check_model_name',
-    'HUB_PREFIXES', 'is_hub_name', 'EXIT_INPUT', 'EXIT_FAILED', 'EXIT_INTERRUPTED',
+    'HUB_PREFIXES', 'is_hub_name', 'EXIT_INPUT', 'EXIT_FAILED', 'EXIT_INTERRUPTED', 'at_command_exit',
 ]
 
 _logger = logging.getLogger('timm_stim')
@@ -74,6 +78,26 @@ def check_model_name(name: Any, option: str = '--model') -> None:
     raise InputError(f'{option} {name!r} is not a timm model.{hint}')
 
 
+# The cleanups of the command running now (``run_command``): a context variable, not a global, so that
+# commands run one inside another (or in threads) each end with their own.
+_COMMAND_EXIT: 'contextvars.ContextVar[Optional[contextlib.ExitStack]]' = contextvars.ContextVar(
+    'timm_stim_command_exit', default=None)
+
+
+def at_command_exit(callback: Callable[[Optional[BaseException]], None]) -> None:
+    """Call ``callback(error)`` when the running command ends, however it ends (``error`` is None on success).
+
+    A command's resources that must not outlive it (a claim on an output folder) are released
+    here, also when it fails, is interrupted or is called in-process (tests, notebooks). Outside
+    ``run_command`` the callback runs at interpreter exit.
+    """
+    stack = _COMMAND_EXIT.get()
+    if stack is None:
+        atexit.register(callback, None)
+        return
+    stack.push(lambda exc_type, exc, tb: callback(exc))
+
+
 def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None) -> Any:
     """Run a command's body; turn timm_stim's errors into a message and an exit code.
 
@@ -86,8 +110,11 @@ def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None
         fn: the command's body, called without arguments.
         interrupted_hint: what to log when the user interrupts (e.g. how to resume).
     """
+    stack = contextlib.ExitStack()
+    token = _COMMAND_EXIT.set(stack)
     try:
-        return fn()
+        with stack:  # the command's cleanups (at_command_exit) run before its error is reported
+            return fn()
     except InputError as e:
         _logger.error(f'error: {e}')
         raise SystemExit(e.exit_code) from None
@@ -97,6 +124,8 @@ def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None
     except KeyboardInterrupt:
         _logger.error('Interrupted.' + (f' {interrupted_hint}' if interrupted_hint else ''))
         raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        _COMMAND_EXIT.reset(token)
 
 
 def command_main(body: Callable[[Sequence[str]], Any], argv: Optional[Sequence[str]] = None) -> Any:

@@ -17,9 +17,12 @@ work), and ``analyze``, ``export`` and ``push`` (``timm_stim.tools.checkpoints.l
   or the ``args.yaml`` of a run), for training or for loading trained weights.
 """
 import argparse
+import json
 import os
 import pickle
 import re
+import shlex
+import sys
 from contextlib import nullcontext
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -50,12 +53,14 @@ def _subject(path: str, option: Optional[str]) -> str:
 
 
 def _convert_hint(path: str) -> str:
-    """How to turn a trusted file with other Python objects into a plain state dict."""
+    """How to turn a trusted file with other Python objects into a plain state dict (a command quoted for the shell)."""
     converted = (path[:-len('.pth.tar')] if path.endswith('.pth.tar') else os.path.splitext(path)[0]) + '_weights.pth'
+    # Python string literals in double quotes (json writes valid ones), so the shell quoting stays readable.
+    code = (f'import torch; c = torch.load({json.dumps(path)}, map_location="cpu", weights_only=False); '
+            f'torch.save(c.get("state_dict", c) if isinstance(c, dict) else c.state_dict(), {json.dumps(converted)})')
     return (f'If you trust this file (and only then), convert it once to a plain state dict (the weights only) and '
             f'pass that file:\n'
-            f'  python -c "import torch; c = torch.load({path!r}, map_location=\'cpu\', weights_only=False); '
-            f'torch.save(c.get(\'state_dict\', c) if isinstance(c, dict) else c.state_dict(), {converted!r})"')
+            f'  {shlex.quote(sys.executable)} -c {shlex.quote(code)}')
 
 
 def _unsafe_globals(path: str, err: BaseException) -> List[str]:

@@ -214,7 +214,11 @@ def attach(
     Raises:
         UnsupportedModelError: no adapter for the model's class, or a block cannot be dropped.
         ValueError: invalid space, mode or bn; or a Stimulator is already attached.
+        TypeError: ``model`` is not a ``torch.nn.Module``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'attach expects a timm model (a torch.nn.Module, e.g. timm.create_model("resnet50")); got '
+                        f'{type(model).__name__} {model!r:.80}.')
     model = unwrap_model(model)
     if mode not in MODES:
         raise ValueError(f'Invalid mode {mode!r}: expected one of {MODES}.')

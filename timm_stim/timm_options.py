@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type
 from timm.utils import ParseKwargs
 
 from .config import StimConfig, add_config_args
+from .tokens import TokenMaskingParser
 
 __all__ = ['create_train_parser', 'copy_train_options', 'add_recipe_args', 'add_run_args', 'add_hub_args',
            'RecordingParser', 'finite_float', 'SEED_SCHEMES']
@@ -454,7 +455,7 @@ def add_hub_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-class RecordingParser(argparse.ArgumentParser):
+class RecordingParser(TokenMaskingParser):
     """An ``ArgumentParser`` that remembers every ``add_argument`` call: its action by dest and its
     arguments by option string.
 

@@ -35,15 +35,16 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, hub_repo_of, load_model
+from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, check_writable_out, hub_repo_of, load_model
 from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
 from ..timm_options import copy_train_options
 from ..flops import count_flops
 from ..stimulator import Stimulator, attach
 from ..subnet import Subnet
+from ..tokens import TokenMaskingParser
 from ..bn import recalibrate_bn
-from ..config import ConfigError, StimConfig, add_config_option
+from ..config import MAX_SUBNETS, ConfigError, StimConfig, add_config_option
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
            'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',
@@ -346,7 +347,7 @@ def checkpoint_labels(sources: Sequence[str]) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 
 def create_analyze_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = TokenMaskingParser(
         prog='python -m timm_stim analyze',
         description='Evaluate the full network, every network with one block removed and sampled subnetworks of '
                     'timm checkpoints on the validation split (network loafing); write analyze.csv and analyze.png '
@@ -401,8 +402,9 @@ def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.samples < 0:
-        raise InputError(f'--samples {args.samples}: expected a number of sampled subnetworks >= 0.')
+    if not 0 <= args.samples <= MAX_SUBNETS:
+        raise InputError(f'--samples {args.samples}: expected a number of sampled subnetworks >= 0 and '
+                         f'<= {MAX_SUBNETS} (each is evaluated on the whole validation split).')
     try:
         StimConfig.check_options(args, _STIM_OPTIONS)  # as training checks them
     except ConfigError as e:
@@ -416,8 +418,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.labels is not None and len(args.labels.split(',')) != len(args.checkpoints):
         raise InputError(f'--labels {args.labels!r} gives {len(args.labels.split(","))} names for '
                          f'{len(args.checkpoints)} checkpoints; give one name per checkpoint, comma-separated.')
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise InputError(f'--out {args.out!r} is a file; expected a folder.')
+    check_writable_out(args.out)
 
 
 def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:

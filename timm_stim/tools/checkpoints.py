@@ -18,10 +18,12 @@ The commands share ``train_stim.py``'s definitions of the options they have in c
 deprecated aliases (``add_deprecated_alias``).
 """
 import argparse
+import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,7 +34,7 @@ from ..loading import checkpoint_error, create_model_from_options, load_checkpoi
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'add_deprecated_alias',
+    'load_model', 'add_deprecated_alias', 'check_writable_out', 'check_preprocessing',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -76,6 +78,59 @@ class LoadedModel:
     data_config: Dict[str, Any] = field(default_factory=dict)
     info: CheckpointInfo = field(default_factory=CheckpointInfo)
     use_ema: bool = False
+
+
+def check_preprocessing(config: Dict[str, Any], where: str = '') -> None:
+    """``InputError`` unless the preprocessing in ``config`` can be used: every user of a published model applies it.
+
+    ``mean``: finite numbers; ``std``: finite numbers > 0 (inputs are divided by them); ``crop_pct``: a
+    finite fraction > 0; ``input_size``: positive sizes. Absent (None) values are not checked.
+
+    Args:
+        config: preprocessing keys (``DATA_CONFIG_KEYS``), e.g. the push options or a data config.
+        where: where the values come from, for the message (e.g. ``' (from args.yaml)'``).
+    """
+    def numbers(value: Any) -> List[Any]:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    rules = (('mean', lambda v: finite(v), 'finite numbers'),
+             ('std', lambda v: finite(v) and v > 0, 'finite numbers > 0 (the inputs are divided by them)'),
+             ('crop_pct', lambda v: finite(v) and v > 0, 'a finite center-crop fraction > 0 (e.g. 0.875)'),
+             ('input_size', lambda v: finite(v) and v >= 1, 'positive sizes C H W'))
+    for key, ok, expected in rules:
+        value = config.get(key)
+        if value is not None and not all(ok(v) for v in numbers(value)):
+            shown = ' '.join(map(str, numbers(value)))
+            raise InputError(f'--{key.replace("_", "-")} {shown}{where}: expected {expected}. Every user of the '
+                             f'published model would apply it.')
+
+
+def check_writable_out(out_dir: str, option: str = '--out', beside: bool = False) -> None:
+    """``InputError`` unless ``out_dir`` is (or can be made) a folder a file can be written into.
+
+    Tried, not read from the permissions (root, read-only mounts); nothing is left behind.
+
+    Args:
+        out_dir: the output folder.
+        option: its option, for the message.
+        beside: the folder is written beside it and renamed (``export``): its parent must be writable.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f'{option} {out_dir!r} is a file; expected a folder.')
+    probe = os.path.abspath(out_dir)
+    if beside:
+        probe = os.path.dirname(probe)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f'{option} {out_dir!r} cannot be written (no file can be created in {probe}: {e.strerror}); '
+                         f'pass another {option}. Nothing was computed.') from None
 
 
 def hub_repo_of(source: str) -> Optional[str]:

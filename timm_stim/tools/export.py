@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import identity
-from .checkpoints import LoadedModel, hub_repo_of, load_model
+from .checkpoints import LoadedModel, check_writable_out, hub_repo_of, load_model
 from ..errors import CommandFailed, InputError, command_main
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
@@ -239,6 +239,7 @@ def _check_out_dir(out_dir: str) -> None:
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise InputError(f'--out {out_dir!r} already exists and is not an empty folder; choose a new folder or '
                          f'remove it.')
+    check_writable_out(out_dir, beside=True)  # written into a folder beside it, then renamed
 
 
 def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_config: Dict[str, Any],

@@ -8,15 +8,15 @@ showing the token. ``timm_stim.tools.hub_folder`` prepares the folder in timm's 
 """
 import logging
 import os
-import re
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from ..errors import CommandFailed, InputError
+from ..tokens import mask_tokens
 from .modelcard import is_unedited
 
-__all__ = ['HubPushError', 'check_push_options', 'warn_if_no_token', 'push_folder', 'mask_secrets']
+__all__ = ['HubPushError', 'check_push_options', 'warn_if_no_token', 'push_folder']
 
 _logger = logging.getLogger(__name__)
 
@@ -30,18 +30,6 @@ TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)  # what huggingface_hub's own 
 HEAD_MOVED = 412  # the Hub refuses a commit whose parent_commit is no longer the head of its branch
 
 
-def mask_secrets(text: str, values: Sequence[str] = ()) -> str:
-    """``text`` with the token and ``values`` (command-line values that may be tokens) replaced by ``***``.
-
-    The token is masked wherever it appears, whatever its length: a server may echo even a short one. ``values`` are
-    masked where they stand whole, so that a short one blanks out no letters of the message.
-    """
-    from huggingface_hub import get_token
-    token = get_token()
-    text = text.replace(token, '***') if token else text
-    for value in values:
-        text = re.sub(rf'(?<![^\s\'"=]){re.escape(value)}(?![^\s\'",])', '***', text)
-    return text
 
 
 class HubPushError(CommandFailed):
@@ -56,7 +44,7 @@ class HubPushError(CommandFailed):
 
     def __init__(self, message: str, *, repo_id: Optional[str] = None, status_code: Optional[int] = None,
                  transient: bool = False, retry_command: Optional[str] = None, saved_in: Optional[str] = None):
-        super().__init__(mask_secrets(message))
+        super().__init__(mask_tokens(message))
         self.repo_id, self.status_code, self.transient = repo_id, status_code, transient
         self.retry_command, self.saved_in = retry_command, saved_in
 
@@ -65,7 +53,7 @@ class HubPushError(CommandFailed):
         kept = (f'The results are saved, unchanged, in {self.saved_in}.' if self.saved_in
                 else 'No local file was changed.')
         retry = f'\nRetry with:\n  {self.retry_command}' if self.retry_command else ''
-        return mask_secrets(f'Publishing to the Hugging Face Hub failed: {self}\n{kept}{retry}')
+        return mask_tokens(f'Publishing to the Hugging Face Hub failed: {self}\n{kept}{retry}')
 
 
 def check_push_options(repo_id: str, revision: Optional[str] = None, create_pr: bool = False) -> None:

@@ -11,8 +11,10 @@ import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError
-from .checkpoints import ARGS_FILE, LOCAL_DIR, LoadedModel, data_config_from_args, load_model, read_train_args
-from .hub import CARD_FILE, mask_secrets
+from ..tokens import mask_tokens
+from .checkpoints import (ARGS_FILE, LOCAL_DIR, LoadedModel, check_preprocessing, data_config_from_args, load_model,
+                          read_train_args)
+from .hub import CARD_FILE
 from .modelcard import build_model_card, public_train_args, stamp
 from .push_request import PushRequest
 from .summary import CURVES_FILE, SUMMARY_FILE, plot_training_curves, read_summary
@@ -29,7 +31,7 @@ def write_model_card(folder: str, card: Any) -> str:
     """Write ``card`` (a ``ModelCard`` or text) as ``folder/README.md``, stamped and token-free; return its path."""
     path = os.path.join(folder, CARD_FILE)
     with open(path, 'w', encoding='utf-8') as f:
-        f.write(stamp(mask_secrets(str(card))))
+        f.write(stamp(mask_tokens(str(card))))
     return path
 
 
@@ -91,6 +93,7 @@ def _convert_checkpoint(request: PushRequest, folder: str, train_args: Dict[str,
         raise InputError(f'--label-names gives {len(names)} names for a model with {classes} classes.')
     data_config = data_config_from_args(train_args, {k: getattr(request, k) for k in (
         'input_size', 'mean', 'std', 'crop_pct', 'interpolation')})
+    check_preprocessing(data_config, f' (the preprocessing of {request.checkpoint}, from its args.yaml and the options)')
     model_config = {'pretrained_cfg': {'license': request.license}, **({'label_names': names} if names else {})}
     try:
         save_timm_hf_folder(loaded.model, folder, model_config=model_config, data_config=data_config)
@@ -99,7 +102,7 @@ def _convert_checkpoint(request: PushRequest, folder: str, train_args: Dict[str,
     if train_args:
         import yaml
         with open(os.path.join(folder, ARGS_FILE), 'w', encoding='utf-8') as f:  # local paths cut to their last name
-            f.write(mask_secrets(yaml.safe_dump(public_train_args(train_args), sort_keys=False)))
+            f.write(mask_tokens(yaml.safe_dump(public_train_args(train_args), sort_keys=False)))
     with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
         published_cfg = json.load(f).get('pretrained_cfg', {})  # as timm resolved it
     base, epoch = os.path.basename(request.checkpoint), loaded.info.epoch

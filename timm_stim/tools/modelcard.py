@@ -10,17 +10,18 @@ named sections (``sections={'Exported subnetwork': text}``) instead of editing t
 replace a card nobody changed and keep one that was edited on the Hub.
 """
 import hashlib
+import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .checkpoints import hub_repo_of
+from .checkpoints import LOCAL_DIR, hub_repo_of
 from ..config import StimConfig
 from ..errors import is_hub_name
 from .summary import metric_row
 
 __all__ = ['TEMPLATE_PATH', 'DEFAULT_LICENSE', 'CITATION', 'build_model_card', 'stim_config_of', 'base_model_of',
-           'public_train_args', 'stamp', 'is_unedited']
+           'public_train_args', 'public_model_name', 'stamp', 'is_unedited']
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates', 'modelcard.md')
 DEFAULT_LICENSE = 'apache-2.0'
@@ -92,13 +93,33 @@ def base_model_of(train_args: Dict[str, Any]) -> Optional[str]:
     return getattr(cfg, 'hf_hub_id', None) or None
 
 
+def public_model_name(name: Any) -> Any:
+    """A model name as it may be published: ``local-dir:/a/b/NAME`` becomes its architecture, never its path.
+
+    The architecture comes from the folder's ``config.json`` (timm's Hub format); when it cannot be
+    read, ``local-dir:NAME`` (the folder's last component). Other values are returned as they are.
+    """
+    if not isinstance(name, str) or not name.startswith(LOCAL_DIR):
+        return name
+    folder = name[len(LOCAL_DIR):]
+    try:
+        with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
+            architecture = json.load(f).get('architecture')
+    except (OSError, ValueError, AttributeError):
+        architecture = None
+    if isinstance(architecture, str) and architecture and os.sep not in architecture:
+        return architecture
+    return LOCAL_DIR + os.path.basename(os.path.normpath(folder))
+
+
 def public_train_args(train_args: Dict[str, Any]) -> Dict[str, Any]:
-    """``train_args`` with local paths (``PATH_ARG_KEYS``) reduced to their last component, for publishing."""
+    """``train_args`` as published: local paths (``PATH_ARG_KEYS``) reduced to their last component,
+    ``local-dir:`` model names (``--model``, ``--kd-model-name``) to their architecture (``public_model_name``)."""
     shown = dict(train_args)
     for key in PATH_ARG_KEYS:
         if shown.get(key) and isinstance(shown[key], str):
             shown[key] = os.path.basename(os.path.normpath(shown[key]))
-    return shown
+    return {k: public_model_name(v) for k, v in shown.items()}
 
 
 def _dataset_info(train_args: Dict[str, Any], dataset_id: Optional[str]) -> Tuple[Optional[str], str]:
@@ -186,6 +207,7 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     train_args = dict(train_args or {})
+    architecture = public_model_name(architecture)  # a local-dir: model is published by its architecture, no path
     rows = list(summary_rows or [])
     stim_resolved = train_args.get('stim_resolved') or {}
     method = stim_config_of(train_args).method  # None: trained without stimulative training

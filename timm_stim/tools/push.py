@@ -8,28 +8,56 @@ local file) and ``timm_stim.tools.hub`` publishes it; this module adds the comma
 command-line parser whose errors never show a token.
 """
 import argparse
+import glob
 import logging
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from dataclasses import MISSING, fields
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import InputError, command_main
-from .checkpoints import CHECKPOINT_EXTS, read_train_args
-from .hub import HubPushError, check_push_options, mask_secrets, push_folder
+from ..processes import process_alive
+from ..tokens import TokenMaskingParser
+from .checkpoints import CHECKPOINT_EXTS, check_preprocessing, read_train_args
+from .hub import HubPushError, check_push_options, push_folder
 from .hub_folder import dataset_label_names, ema_validated, prepare_push_folder
 from .push_request import PushRequest
 
 __all__ = ['PushRequest', 'push', 'push_training_output', 'push_after_training', 'retry_command',
+           'remove_stale_push_folders', 'PUSH_FOLDER_PREFIX',
            'TokenMaskingParser', 'create_push_parser', 'main']
 
 _logger = logging.getLogger(__name__)
 
+PUSH_FOLDER_PREFIX = 'timm_stim_push_'  # + the pid of the push: its temporary copy of the weights
+
+
+def remove_stale_push_folders() -> List[str]:
+    """Remove the temporary folders of pushes whose process is gone (killed with -9 mid-push); return them.
+
+    A push copies the weights into ``TMPDIR/timm_stim_push_PID_*`` and removes the copy when it ends,
+    however it ends, except on a kill that no code sees: the next push removes that copy.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), PUSH_FOLDER_PREFIX + '*_*')):
+        pid = os.path.basename(path)[len(PUSH_FOLDER_PREFIX):].split('_', 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)) or not os.path.isdir(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        _logger.info(f'Removed {path}, the copy of a push that was killed.')
+    return removed
+
+
 def retry_command(request: PushRequest) -> str:
-    """The shell command ``python -m timm_stim push ...`` that makes ``request`` (quoted)."""
-    return 'python -m timm_stim push ' + shlex.join(request.argv())
+    """The shell command ``PYTHON -m timm_stim push ...`` that makes ``request``, every part quoted for the shell.
+
+    ``PYTHON`` is the interpreter running now (``sys.executable``): the one that has timm_stim installed.
+    """
+    return shlex.join([sys.executable, '-m', 'timm_stim', 'push', *request.argv()])
 
 
 def push(request: PushRequest) -> str:
@@ -47,7 +75,9 @@ def push(request: PushRequest) -> str:
     if os.path.isfile(source) and not source.endswith(CHECKPOINT_EXTS):
         raise InputError(f'checkpoint {source!r}: expected a {", ".join(CHECKPOINT_EXTS)} file or a folder in '
                          f'timm\'s Hub format.')
-    with tempfile.TemporaryDirectory(prefix='timm_stim_push_') as tmp:
+    check_preprocessing({k: getattr(request, k) for k in ('input_size', 'mean', 'std', 'crop_pct')})
+    remove_stale_push_folders()
+    with tempfile.TemporaryDirectory(prefix=f'{PUSH_FOLDER_PREFIX}{os.getpid()}_') as tmp:
         prepare_push_folder(request, tmp)
         _logger.info(f'Publishing {", ".join(sorted(os.listdir(tmp)))} to {request.repo_id} on {constants.ENDPOINT}')
         try:
@@ -56,6 +86,10 @@ def push(request: PushRequest) -> str:
                                replace_card=request.replace_card)
         except HubPushError as e:
             e.retry_command = retry_command(request)
+            raise
+        except KeyboardInterrupt:  # exits 130 (run_command), saying how to publish
+            _logger.error(f'Publishing to {request.repo_id} was interrupted; no local file was changed. To publish:\n'
+                          f'  {retry_command(request)}')
             raise
 
 
@@ -141,36 +175,6 @@ def push_after_training(args: argparse.Namespace, output_dir: str, dataset_train
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
-
-def _token_like(argv: Sequence[str]) -> List[str]:
-    """The values of ``argv`` that may be a token: ``hf_...``, and the value of any option named like ``--*token*``."""
-    values = []
-    for i, arg in enumerate(argv):
-        option, equals, value = arg.partition('=') if arg.startswith('-') else ('', '', arg)
-        if 'token' in option.lower():
-            values.append(value if equals else (argv[i + 1] if i + 1 < len(argv) else ''))
-        elif value.startswith('hf_'):
-            values.append(value)
-    return [v for v in values if v]
-
-
-class TokenMaskingParser(argparse.ArgumentParser):
-    """An ``argparse.ArgumentParser`` whose errors never show a token, for every command that may publish to the Hub.
-
-    argparse's errors quote the values they refuse (``unrecognized arguments: --token hf_...``): here the token and
-    every value of the command line that may be one (see ``_token_like``) show as ``***``. Build it as an
-    ``ArgumentParser`` (``timm-stim push``, ``timm-stim export``).
-    """
-
-    def parse_known_args(self, args: Optional[Sequence[str]] = None,
-                         namespace: Any = None) -> Tuple[argparse.Namespace, List[str]]:
-        self._secrets = _token_like(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        hint = '; the token comes from HF_TOKEN or `hf auth login`, never from an option' if 'token' in message else ''
-        super().error(mask_secrets(message, getattr(self, '_secrets', ())) + hint)
-
 
 def create_push_parser() -> argparse.ArgumentParser:
     """The ``timm-stim push`` parser: one argument per ``PushRequest`` field."""

@@ -26,7 +26,7 @@ def read_summary(path: Optional[str]) -> List[Dict[str, float]]:
         return []
     rows = []
     try:
-        with open(path, newline='') as f:
+        with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: a spreadsheet's byte-order mark
             for row in csv.DictReader(f):
                 parsed = {}
                 for key, value in row.items():

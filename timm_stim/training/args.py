@@ -7,7 +7,9 @@ the values timm asserts on late or not at all, before any work.
 """
 import argparse
 import difflib
+import math
 import os
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 import yaml
@@ -22,7 +24,7 @@ from ..timm_options import (RecordingParser, add_hub_args, add_recipe_args, add_
 
 __all__ = [
     'create_train_parser', 'check_args', 'add_recipe_args', 'add_run_args', 'add_hub_args', 'parse_args',
-    'INFORMATIONAL_CONFIG_KEYS',
+    'INFORMATIONAL_CONFIG_KEYS', 'check_timm_options',
 ]
 
 # Keys train_stim.py adds to the args.yaml it writes next to the checkpoints (resolved at run
@@ -208,7 +210,9 @@ def check_args(args) -> None:
     for flag, value, low in (('-b/--batch-size', args.batch_size, 1), ('--epochs', args.epochs, 1),
                              ('-vb/--validation-batch-size', args.validation_batch_size, 1),
                              ('--grad-accum-steps', args.grad_accum_steps, 1), ('--workers', args.workers, 0),
-                             ('--log-interval', args.log_interval, 1), ('--val-interval', args.val_interval, 1)):
+                             ('--log-interval', args.log_interval, 1), ('--val-interval', args.val_interval, 1),
+                             ('--checkpoint-hist', args.checkpoint_hist, 1), ('--lr-base-size', args.lr_base_size, 1),
+                             ('--train-batches-per-epoch', args.train_batches_per_epoch, 1)):
         if value is not None and value < low:
             raise InputError(f'{flag} {value}: expected an int >= {low}.')
     if args.experiment:
@@ -249,6 +253,7 @@ def check_args(args) -> None:
         resolve_dataset(args.dataset, args.data_dir)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
+    check_timm_options(args)
     # Checkpoint files, read as every checkpoint is (timm_stim.loading): --resume is read in full once the
     # model exists (its weights must fit it); the weights timm loads while creating the model are read now.
     if args.resume:
@@ -256,3 +261,97 @@ def check_args(args) -> None:
     for option, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
         if path:
             check_weights_file(path, option)
+
+
+EVAL_METRICS = ('top1', 'top5', 'loss')  # what validate() returns (without a validation split: train 'loss')
+
+
+def _close(value: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value).lower(), list(names), n=3)
+    return f' Did you mean {", ".join(close)}?' if close else ''
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a --model-kwargs value holds NaN or infinity (``1e999``, or text ``nan`` / ``inf`` timm keeps)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        return value.strip().lower().lstrip('+-') in ('nan', 'inf', 'infinity')
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def check_timm_options(args) -> None:
+    """Refuse, before any work, timm options that fail late (after the folder is taken) or train to NaN.
+
+    Names are checked against timm's own registries and parsers (optimizers, schedulers,
+    augmentation policies), so every value timm accepts passes.
+
+    Raises:
+        InputError: naming the option, the value and what is expected.
+    """
+    from timm.optim import get_optimizer_info, list_optimizers
+    opt_name = str(args.opt).lower().split('_')[-1]
+    try:
+        get_optimizer_info(opt_name)
+    except ValueError:
+        raise InputError(f'--opt {args.opt!r} is not an optimizer of timm.{_close(opt_name, list_optimizers())} See '
+                         f'timm.optim.list_optimizers() (a "lookahead_" prefix is allowed).') from None
+    _check_scheduler(args)
+    if args.aa:
+        _check_auto_augment(args.aa)
+    if args.eval_metric not in EVAL_METRICS:
+        raise InputError(f'--eval-metric {args.eval_metric!r}: expected one of {", ".join(EVAL_METRICS)} (what '
+                         f'validation reports).')
+    if not 0 <= args.smoothing < 1:
+        raise InputError(f'--smoothing {args.smoothing}: expected a label smoothing in [0, 1) (0.1 is usual).')
+    for flag, value in (('--drop', args.drop), ('--drop-path', args.drop_path), ('--drop-block', args.drop_block),
+                        ('--drop-connect', args.drop_connect)):
+        if value is not None and not 0 <= value < 1:
+            raise InputError(f'{flag} {value}: expected a rate in [0, 1).')
+    if args.crop_pct is not None and not args.crop_pct > 0:
+        raise InputError(f'--crop-pct {args.crop_pct}: expected a center-crop fraction > 0 (e.g. 0.875).')
+    if args.std is not None and not all(v > 0 for v in args.std):
+        raise InputError(f'--std {" ".join(map(str, args.std))}: expected values > 0 (the inputs are divided by them: '
+                         f'0 trains on infinities); e.g. timm\'s ImageNet std 0.229 0.224 0.225.')
+    bad = sorted(k for k, v in (args.model_kwargs or {}).items() if _non_finite(v))
+    if bad:
+        raise InputError(f'--model-kwargs {", ".join(f"{k}={args.model_kwargs[k]!r}" for k in bad)}: expected finite '
+                         f'numbers (NaN or infinity trains to NaN).')
+
+
+def _check_scheduler(args) -> None:
+    """Build the schedule with timm's own factory on a throwaway optimizer: its errors, now instead of later."""
+    import torch
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        with warnings.catch_warnings():  # a deprecation (plateau) is said once, when the run builds its schedule
+            warnings.simplefilter('ignore')
+            create_scheduler_v2(optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
+                                updates_per_epoch=1)
+    except (ValueError, AssertionError, TypeError, KeyError) as e:
+        names = ('cosine', 'tanh', 'step', 'multistep', 'poly', 'wsd', 'rsqrt', 'constant', 'plateau', 'none')
+        reason = str(e).rstrip('.') or type(e).__name__
+        raise InputError(f'--sched {args.sched!r} with these schedule options: timm refuses it ({reason}). '
+                         f'timm\'s schedulers: {", ".join(names)}.{_close(args.sched, names)}') from None
+
+
+def _check_auto_augment(policy: str) -> None:
+    """Parse ``--aa`` as timm's transforms do (RandAugment, AugMix, AutoAugment by its prefix)."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    params = dict(translate_const=100, img_mean=(124, 116, 104))
+    try:
+        if policy.startswith('rand'):
+            rand_augment_transform(policy, params)
+        elif policy.startswith('augmix'):
+            augment_and_mix_transform(policy, dict(params, translate_pct=0.3))
+        else:
+            auto_augment_transform(policy, params)
+    except (ValueError, AssertionError, KeyError, IndexError, TypeError) as e:
+        raise InputError(f'--aa {policy!r} is not an augmentation policy timm can parse ({e or type(e).__name__}); '
+                         f'expected e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, or v0 / original / '
+                         f'v0r / originalr (AutoAugment).') from None

@@ -9,8 +9,8 @@ fixed places of the flow:
 ==========================  =================================================================
 ``check_resume``            read ``--resume`` safely, check it fits the model and can be continued
 ``check_output_dir``        refuse a non-empty experiment folder for a fresh run, another run's
-                            folder for a resume, a summary.csv whose rows do not fit its header;
-                            take a new folder at once (a second run started meanwhile is refused)
+                            folder for a resume, a summary.csv whose rows do not fit its header,
+                            a folder another live process claims; claim it for the run's life
 ``wrap_train_dataset``      per-sample seeding (``--seed-scheme per-sample``, the default)
 ``on_train_loader``         the seeded epoch order; refuse a mid-epoch resume it cannot continue
 ``create_saver``            timm's saver, recording mid-epoch progress in recovery checkpoints
@@ -23,11 +23,14 @@ and the training events it acts on (it is a ``timm_stim.callbacks.TrainCallback`
 ``on_epoch_start``          seed the epoch and skip what a mid-epoch resume already did
 ``on_step_start``           seed the step (mixup, drop-path, dropout)
 ``on_epoch_end``            ``model_best.safetensors``; drop recovery files the epoch supersedes
-``on_failure``              bad input before the first file: give the claimed folder back
+``on_train_end``            ``release``: drop the claim on the folder
+``on_failure``              ``release``: drop the claim; a fresh run without a checkpoint leaves
+                            no folder (``release`` also runs by itself when the command ends)
 ==========================  =================================================================
 """
 import logging
 import os
+import shlex
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -35,10 +38,10 @@ import torch.nn as nn
 from timm import utils
 
 from ..callbacks import TrainCallback
-from ..errors import InputError
+from ..errors import InputError, at_command_exit
 from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, check_resume_output_dir,
-                   check_summary, claim_output_dir, read_resume_point, release_output_dir, remove_recovery_files,
-                   save_best_safetensors)
+                   check_summary, claim_output_dir, discard_unstarted_run, read_resume_point, release_output_dir,
+                   remove_recovery_files, save_best_safetensors)
 from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_seeding, per_sample_seeding_unsupported,
                       seed_all)
 
@@ -59,7 +62,8 @@ class RunLifecycle(TrainCallback):
         self.epoch_order = None  # seeding.EpochOrderSampler of the train loader (per-sample scheme)
         self.resume_point: Optional[ResumePoint] = None
         self._skip_batch_size = args.batch_size  # samples per batch the loader yields (per process)
-        self._claimed = []  # what claim_output_dir created
+        self._claimed = []  # what claim_output_dir created: the run's claim on its folder, until release()
+        self._output_dir: Optional[str] = None
 
     @property
     def per_sample(self) -> bool:
@@ -87,8 +91,8 @@ class RunLifecycle(TrainCallback):
         if not last:
             options.append(f'--start-epoch {epoch + 1} to go on at the next epoch, as timm\'s train.py does')
         if epoch > 0:
-            options.append(f'--resume {os.path.join(os.path.dirname(point.path), "last.pth.tar")} (the checkpoint of '
-                           f'epoch {epoch - 1}) to repeat the uninterrupted run')
+            last_epoch = shlex.quote(os.path.join(os.path.dirname(point.path), 'last.pth.tar'))
+            options.append(f'--resume {last_epoch} (the checkpoint of epoch {epoch - 1}) to repeat the uninterrupted run')
         raise InputError(
             f'--resume {point.path} is a recovery checkpoint taken inside epoch {epoch}{after} without a record of how '
             f'far into the epoch it was (timm\'s train.py writes none): resuming it would skip the rest of epoch '
@@ -106,26 +110,40 @@ class RunLifecycle(TrainCallback):
             f'or resume from the last epoch checkpoint (last.pth.tar in the same folder).')
 
     def check_output_dir(self, output_dir: str) -> None:
-        """Refuse an output folder the run must not write into; take a new (or empty) one at once."""
+        """Refuse an output folder the run must not write into; claim it for the run's whole life.
+
+        Fresh runs and resumes alike hold the claim (``runs.claim_output_dir``) until ``release``,
+        which runs by itself when the command ends (``errors.at_command_exit``), however it ends.
+        """
         resuming = bool(self.args.resume)
         check_output_dir(output_dir, resuming=resuming)
         if resuming:
             check_resume_output_dir(output_dir, self.args.resume)
             check_summary(os.path.join(output_dir, 'summary.csv'))
-        if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-            self._claimed = claim_output_dir(output_dir)
+        self._claimed = claim_output_dir(output_dir, resuming=resuming)
+        self._output_dir = output_dir
+        at_command_exit(lambda error: self.release())
 
     def output_dir_written(self) -> None:
-        """The run's first file is in its folder, which now shows the run: the claim marker can go."""
-        for path in self._claimed:
-            if path.endswith(CLAIM_FILE) and os.path.exists(path):
-                os.remove(path)
+        """The run's first file is in its folder. The claim stays until ``release`` (nothing to do here now)."""
+
+    def release(self) -> None:
+        """Give the output folder back: call once the run ends, however it ends (in a ``finally``).
+
+        The claim file goes. A fresh run that wrote no checkpoint yet (bad input found late, Ctrl-C
+        while the data loads, a crash before the first epoch ends) leaves no folder behind, so the
+        same command can run again: its files (args.yaml) and the folders it created go too. A
+        resume never removes anything but its claim. Safe to call more than once.
+        """
+        if not self._claimed:
+            return
+        if self.args.resume or not discard_unstarted_run(self._output_dir, self._claimed):
+            release_output_dir([p for p in self._claimed if p.endswith(CLAIM_FILE)])
         self._claimed = []
 
     def release_output_dir(self) -> None:
-        """Give the output folder back when the run stops on bad input before writing anything."""
-        release_output_dir(self._claimed)
-        self._claimed = []
+        """``release`` (the name train.py calls when it stops on bad input before training)."""
+        self.release()
 
     def wrap_train_dataset(self, dataset):
         """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``)."""
@@ -223,7 +241,10 @@ class RunLifecycle(TrainCallback):
             save_best_safetensors(output_dir, use_ema=model_ema is not None and not self.args.model_ema_force_cpu)
         remove_recovery_files(output_dir, up_to_epoch=epoch)
 
+    def on_train_end(self, state) -> None:
+        """The run is over (finished or interrupted): drop the claim on its folder."""
+        self.release()
+
     def on_failure(self, state, error: BaseException) -> None:
-        """Bad input found before the run's first file: leave no folder behind."""
-        if isinstance(error, InputError):
-            self.release_output_dir()
+        """Whatever failed: drop the claim; a fresh run that wrote no checkpoint yet leaves no folder behind."""
+        self.release()

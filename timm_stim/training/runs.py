@@ -23,14 +23,19 @@ import csv
 import errno
 import glob
 import io
+import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import tempfile
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -39,11 +44,13 @@ from timm import utils
 
 from ..errors import CommandFailed, InputError
 from ..loading import load_checkpoint, require_state_dict
+from ..processes import process_alive, process_start
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
     'remove_recovery_files', 'InterruptRequest', 'check_resume_output_dir', 'check_summary', 'update_summary',
-    'progress_record', 'DiskFull', 'claim_output_dir', 'release_output_dir',
+    'progress_record', 'DiskFull', 'claim_output_dir', 'release_output_dir', 'read_claim', 'claim_is_stale',
+    'discard_unstarted_run',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -113,6 +120,32 @@ def check_fits_model(state_dict: Dict[str, Any], model: nn.Module, path: str, mo
                      f'{origin} Pass the options the checkpoint was trained with (its args.yaml via -c).')
 
 
+def check_training_checkpoint(checkpoint: Any, path: str) -> None:
+    """``InputError`` unless ``checkpoint`` records a training state (``state_dict`` and ``epoch``), as --resume needs.
+
+    A file of weights only (``model_best.safetensors``, a plain state dict) says nothing of where the run
+    stood: resumed, it would start over at epoch 0 inside that run's folder, overwriting its checkpoints
+    and dropping its summary rows.
+    """
+    if isinstance(checkpoint, dict) and 'state_dict' in checkpoint and 'epoch' in checkpoint:
+        epoch = checkpoint['epoch']
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise InputError(f'--resume {path} records epoch {epoch!r} ({type(epoch).__name__}); expected a whole '
+                             f'number >= 0, as train_stim.py and timm write it. The file was changed or written by '
+                             f'another tool: resume from another checkpoint of the run, or start a new run from its '
+                             f'weights with --initial-checkpoint {shlex.quote(path)}.')
+        return
+    own = os.path.join(os.path.dirname(os.path.abspath(path)), 'last.pth.tar')
+    continue_hint = (f'To continue the run in {os.path.dirname(own)}, pass --resume {shlex.quote(own)} (its own '
+                     f'checkpoint). ' if os.path.isfile(own) and not os.path.samefile(own, path) else
+                     'To continue a run, pass its own checkpoint (OUTPUT/EXPERIMENT/last.pth.tar). ')
+    raise InputError(
+        f'--resume {path} holds model weights only (no epoch or optimizer state of a run): it cannot resume a run, '
+        f'and nothing was touched. {continue_hint}To start a new run from these weights, pass '
+        f'--initial-checkpoint {shlex.quote(path)} (or --pretrained --pretrained-path {shlex.quote(path)}) with a '
+        f'new --experiment.')
+
+
 def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoint:
     """Check a ``--resume`` checkpoint before any data is loaded or file written, and say where to continue.
 
@@ -121,6 +154,7 @@ def read_resume_point(path: str, model: nn.Module, model_name: str) -> ResumePoi
     """
     checkpoint = load_checkpoint(path, '--resume')
     state_dict = require_state_dict(checkpoint, path, '--resume')
+    check_training_checkpoint(checkpoint, path)
     train_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     train_args = vars(train_args) if hasattr(train_args, '__dict__') else dict(train_args or {})
     check_fits_model(state_dict, model, path, model_name, trained_as=train_args.get('model'))
@@ -157,8 +191,9 @@ def check_output_dir(output_dir: str, resuming: bool) -> None:
     """Refuse, before any work, an output folder a run must not write into.
 
     A fresh run never writes into a non-empty folder (its checkpoints and summary would mix with
-    another run's); ``--resume`` continues in place. A path that is a file, or a folder that
-    cannot be created or written, is refused too.
+    another run's); ``--resume`` continues in place; no run writes into a folder another live run
+    claims (``claim_output_dir``). A path that is a file, or a folder that cannot be created or
+    written, is refused too.
     """
     if os.path.isfile(output_dir):
         raise InputError(f'output folder {output_dir} is a file; pass another --output / --experiment.')
@@ -177,35 +212,121 @@ def check_output_dir(output_dir: str, resuming: bool) -> None:
         raise InputError(f'output folder {output_dir} cannot be written (no file can be created in {probe}: '
                          f'{e.strerror}); pass another '
                          f'--output.') from None
-    if os.path.isdir(output_dir) and not resuming:
-        entries = sorted(os.listdir(output_dir))
-        if entries:
-            raise _in_use(output_dir, entries)
+    if not os.path.isdir(output_dir):
+        return
+    entries = sorted(os.listdir(output_dir))
+    record = read_claim(output_dir)
+    if record is not None and not claim_is_stale(record):
+        raise _in_use(output_dir, entries, _describe_claim(output_dir, record))
+    if not resuming and [e for e in entries if e != CLAIM_FILE]:
+        raise _in_use(output_dir, entries)
 
 
-def _in_use(output_dir: str, entries: List[str]) -> InputError:
+def _in_use(output_dir: str, entries: List[str], held: Optional[str] = None) -> InputError:
     shown = ', '.join(entries[:6]) + (', ...' if len(entries) > 6 else '')
+    if held is not None:
+        return InputError(f'output folder {output_dir} already holds another run ({len(entries)} entries: {shown}): '
+                          f'{held}')
     return InputError(
         f'output folder {output_dir} already holds another run ({len(entries)} entries: {shown}). A new run '
-        f'never writes into it: continue that run with --resume {os.path.join(output_dir, "last.pth.tar")}, '
-        f'or pass another --experiment (or --output).')
+        f'never writes into it: continue that run with --resume '
+        f'{shlex.quote(os.path.join(output_dir, "last.pth.tar"))}, or pass another --experiment (or --output).')
 
 
-CLAIM_FILE = '.timm-stim-run'  # in a run's folder from the moment it is taken until its first file is written
+CLAIM_FILE = '.timm-stim-run'  # in a run's folder for the run's whole life: who writes into it
 
 
-def claim_output_dir(output_dir: str) -> List[str]:
-    """Take a fresh run's output folder at once, so that a second run started meanwhile is refused.
+def _claim_record() -> Dict[str, Any]:
+    """Who claims a folder: this process (pid, host, when, and its start on this host's clock)."""
+    pid = os.getpid()
+    return {'pid': pid, 'host': socket.gethostname(), 'started': datetime.now().isoformat(timespec='seconds'),
+            'process_start': process_start(pid)}
+
+
+def read_claim(output_dir: str) -> Optional[Dict[str, Any]]:
+    """The claim record in ``output_dir`` (``{}`` for a marker without one, as earlier versions wrote), or None."""
+    try:
+        with open(os.path.join(output_dir, CLAIM_FILE)) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def claim_is_stale(record: Dict[str, Any]) -> bool:
+    """Whether a claim was left by a process that is gone (it ended without releasing it: kill -9, power loss).
+
+    Decidable only on the claiming host: its pid is not running, or runs a later process (another
+    start time). A claim from another host (a shared file system) or without a record is never
+    taken as stale: the message says how to clear it.
+    """
+    pid = record.get('pid')
+    if not isinstance(pid, int) or record.get('host') != socket.gethostname():
+        return False
+    if not process_alive(pid):
+        return True
+    started = record.get('process_start')
+    return started is not None and process_start(pid) not in (None, started)
+
+
+def _describe_claim(output_dir: str, record: Dict[str, Any]) -> str:
+    marker = os.path.join(output_dir, CLAIM_FILE)
+    if not record:
+        who = 'a run started meanwhile (its claim has no record yet, or an earlier version wrote it)'
+    else:
+        who = (f'process {record.get("pid")} on host {record.get("host")} (started {record.get("started")}'
+               f'{", this process" if record.get("pid") == os.getpid() and record.get("host") == socket.gethostname() else ""})')
+    return (f'it is in use by {who}. Two runs writing into one folder would mix their checkpoints and summary rows: '
+            f'wait for that run to end, or pass another --experiment (or --output). If no run is live there '
+            f'(check on that host: ps -p {record.get("pid", "PID")}), remove {shlex.quote(marker)} and run again.')
+
+
+def _take_claim(marker: str) -> bool:
+    """Create ``marker`` with this process's record, atomically: False if it exists."""
+    tmp = f'{marker}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(_claim_record(), f)
+    try:
+        os.link(tmp, marker)  # atomic, and the marker appears with its record complete
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system: O_EXCL, then the record
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, 'w') as f:
+            json.dump(_claim_record(), f)
+        return True
+    finally:
+        _remove_partial(tmp)
+
+
+def claim_output_dir(output_dir: str, resuming: bool = False) -> List[str]:
+    """Claim a run's output folder for the run's whole life, so that a second run is refused meanwhile.
 
     ``check_output_dir`` alone leaves a window: two runs started together both see an empty or
-    missing folder. Creating a marker file in it with ``O_EXCL`` is atomic: exactly one run gets
-    the folder; the other finds the marker (or, later, the run's files) and is refused.
+    missing folder, and a resume never looks whether another process writes there. The claim is
+    a file (``CLAIM_FILE``) recording this process (pid, host, start time), created atomically:
+    exactly one run gets the folder. A claim left by a process that is gone (same host, pid not
+    running) is taken over, with a log line; one from another host is refused with how to clear it.
+
+    Args:
+        output_dir: the run's folder (created if missing).
+        resuming: a ``--resume`` continuing the run in it (a fresh run needs it empty besides).
 
     Returns:
-        What was created (folders, then the marker), for ``release_output_dir``.
+        What was created (folders, then the claim file), for ``release_output_dir``.
 
     Raises:
-        InputError: another run took the folder first.
+        InputError: another run holds the folder (or, fresh, filled it meanwhile).
     """
     created: List[str] = []
     missing, folder = [], os.path.abspath(output_dir)
@@ -219,28 +340,68 @@ def claim_output_dir(output_dir: str) -> List[str]:
         except FileExistsError:  # made by the other run meanwhile
             pass
     marker = os.path.join(output_dir, CLAIM_FILE)
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        release_output_dir(created)
-        raise _in_use(output_dir, sorted(os.listdir(output_dir))) from None
+    while not _take_claim(marker):
+        record = read_claim(output_dir)
+        if record is None:  # released meanwhile: try again
+            continue
+        if not claim_is_stale(record):
+            release_output_dir(created)
+            raise _in_use(output_dir, sorted(os.listdir(output_dir)), _describe_claim(output_dir, record))
+        _logger.warning(f'{output_dir}: taking over the claim of process {record.get("pid")} on this host (started '
+                        f'{record.get("started")}), which ended without releasing it.')
+        stale = f'{marker}.stale-{os.getpid()}'
+        try:
+            os.rename(marker, stale)  # one of several runs taking it over at once wins; the others retry
+            os.remove(stale)
+        except OSError:
+            pass
     entries = sorted(e for e in os.listdir(output_dir) if e != CLAIM_FILE)
-    if entries:  # filled between the check and the claim
+    if entries and not resuming:  # filled between the check and the claim
         release_output_dir(created + [marker])
         raise _in_use(output_dir, entries)
     return created + [marker]
 
 
+def _is_own_claim(marker: str) -> bool:
+    record = read_claim(os.path.dirname(marker)) or {}
+    return record.get('pid') == os.getpid() and record.get('host') == socket.gethostname()
+
+
 def release_output_dir(created: List[str]) -> None:
-    """Undo ``claim_output_dir`` (newest first), leaving anything a run wrote since."""
+    """Undo ``claim_output_dir`` (newest first), leaving anything a run wrote since.
+
+    The claim file goes only while it is this process's (a run that took over a stale claim keeps its own).
+    """
     for path in reversed(created):
         try:
             if os.path.isdir(path):
                 os.rmdir(path)  # only when still empty
-            else:
+            elif not path.endswith(CLAIM_FILE) or _is_own_claim(path):
                 os.remove(path)
         except OSError:
             pass
+
+
+CHECKPOINT_PATTERN = '*.pth.tar'  # last, checkpoint-N, recovery-E-U, model_best: what a run can resume from
+
+
+def discard_unstarted_run(output_dir: str, created: List[str]) -> bool:
+    """Remove a fresh run's folder that holds no checkpoint yet, so that the same command can run again.
+
+    Only for a folder taken empty by ``claim_output_dir`` (every file in it is the run's own):
+    its files (args.yaml, summary.csv) go, then the folders the claim created.
+
+    Returns:
+        Whether it was discarded (False: a checkpoint is there, to resume from).
+    """
+    if not os.path.isdir(output_dir) or glob.glob(os.path.join(glob.escape(output_dir), CHECKPOINT_PATTERN)):
+        return False
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name != CLAIM_FILE and os.path.isfile(path) and not os.path.islink(path):
+            _remove_partial(path)
+    release_output_dir(created)
+    return True
 
 
 def _is_checkpoint_folder(folder: str, checkpoint: str) -> bool:
@@ -268,13 +429,17 @@ def check_resume_output_dir(output_dir: str, resume: str) -> None:
     raise InputError(
         f'--resume {resume} continues the run in {own}, but the output folder {output_dir} holds another run '
         f'({len(entries)} entries: {shown}). A resume writes into the checkpoint\'s own folder or into an empty or '
-        f'new one: pass --output {os.path.dirname(own)} --experiment {os.path.basename(own)} to continue in '
+        f'new one: pass --output {shlex.quote(os.path.dirname(own))} --experiment {shlex.quote(os.path.basename(own))} '
+        f'to continue in '
         f'{own}, or another --experiment for a new folder.')
 
 
+_BOM = '\ufeff'  # a UTF-8 byte-order mark, which spreadsheets (Excel) write before the header
+
+
 def _read_rows(filename: str) -> Tuple[List[List[str]], bool]:
-    """summary.csv's rows (blank lines left out), and whether its last line is complete."""
-    with open(filename, newline='') as f:
+    """summary.csv's rows (blank lines left out), and whether its last line is complete (a BOM is no text)."""
+    with open(filename, newline='', encoding='utf-8-sig') as f:
         text = f.read()
     rows = [row for row in csv.reader(io.StringIO(text, newline='')) if row]
     return rows, text.endswith(('\n', '\r'))
@@ -373,7 +538,7 @@ class DiskFull(CommandFailed):
         text = f'{self.reason} while writing {self.path}{detail}. The partial file was removed.'
         if self.resume_from:
             return (f'{text} The last complete checkpoint, {self.resume_from}, is kept. Once space is freed, resume '
-                    f'with the same options plus --resume {self.resume_from}')
+                    f'with the same options plus --resume {shlex.quote(self.resume_from)}')
         folder = os.path.dirname(self.path) or '.'
         return (f'{text} No complete checkpoint was written yet: once space is freed, run again with another '
                 f'--experiment (or after removing {folder}).')
@@ -491,7 +656,9 @@ def trim_summary(filename: str, start_epoch: int) -> None:
             _logger.warning(f'{filename}: dropping its last row ({",".join(body[-1])}), cut short when the run '
                             f'was stopped.')
             body = body[:-1]
-        if len(body) != len(rows) - 1 or not complete:
+        with open(filename, 'rb') as f:  # saved by a spreadsheet: rewritten without the mark, as timm reads it
+            has_bom = f.read(3) == _BOM.encode()
+        if len(body) != len(rows) - 1 or not complete or has_bom:
             tmp = filename + '.tmp'
             with open(tmp, 'w', newline='') as f:
                 csv.writer(f).writerows([header] + body)
