@@ -23,9 +23,10 @@ and the training events it acts on (it is a ``timm_stim.callbacks.TrainCallback`
 ``on_epoch_start``          seed the epoch and skip what a mid-epoch resume already did
 ``on_step_start``           seed the step (mixup, drop-path, dropout)
 ``on_epoch_end``            ``model_best.safetensors``; drop recovery files the epoch supersedes
-``on_train_end``            ``release``: drop the claim on the folder
 ``on_failure``              ``release``: drop the claim; a fresh run without a checkpoint leaves
-                            no folder (``release`` also runs by itself when the command ends)
+                            no folder. A run that ends otherwise keeps its claim while the
+                            entry point's callbacks run (a push) and drops it when the command
+                            ends (``errors.at_command_exit``)
 ==========================  =================================================================
 """
 import logging
@@ -240,10 +241,6 @@ class RunLifecycle(TrainCallback):
             model_ema = state.model.task.get_trainable_module(ema=True)
             save_best_safetensors(output_dir, use_ema=model_ema is not None and not self.args.model_ema_force_cpu)
         remove_recovery_files(output_dir, up_to_epoch=epoch)
-
-    def on_train_end(self, state) -> None:
-        """The run is over (finished or interrupted): drop the claim on its folder."""
-        self.release()
 
     def on_failure(self, state, error: BaseException) -> None:
         """Whatever failed: drop the claim; a fresh run that wrote no checkpoint yet leaves no folder behind."""
