@@ -543,3 +543,47 @@ def test_training_push_takes_create_pr_and_replace_card_as_objects(monkeypatch, 
         '--model resnet18 --num-classes 10 --private --create-pr --replace-card')
     with pytest.raises(InputError, match='a pull request is opened against main'):
         hub.check_push_options('tester/x', 'dev', create_pr=True)
+
+
+def test_ema_run_push_push_to_hub_export_and_best_safetensors_carry_the_same_weights(hub_env, hub_server, tmp_path,
+                                                                                      capsys):
+    """One rule (timm's): the EMA weights when the checkpoint holds them; --no-use-ema the trained ones."""
+    import safetensors.torch
+    from timm.models import load_checkpoint
+    result = train_main(_train_argv(tmp_path / 'out', '--model-ema', '--epochs', '2', '--push-to-hub',
+                                    'tester/at-end'))
+    best = os.path.join(result['output_dir'], 'model_best.pth.tar')
+    saved = torch.load(best, map_location='cpu', weights_only=False)
+    ema, trained = saved['state_dict_ema'], saved['state_dict']
+    assert any(not torch.equal(ema[k], trained[k]) for k in ema)  # the two choices are other weights
+
+    assert push.main([best, 'tester/default']) == 0
+    assert push.main([best, 'tester/no-ema', '--no-use-ema']) == 0
+    assert push.main([best, 'tester/ema', '--use-ema']) == 0
+    for flags, out in (([], 'export-default'), (['--no-use-ema'], 'export-no-ema')):
+        export_main([best, '--depths', '2,2,2,2', '--out', str(tmp_path / out), *flags])
+
+    def hub_weights(repo):
+        return safetensors.torch.load(hub_server.files(repo)['model.safetensors'])
+
+    timm_default = timm.create_model('resnet18', num_classes=10)
+    load_checkpoint(timm_default, best)  # timm's own default: use_ema=True
+    got = {'--push-to-hub': hub_weights('tester/at-end'), 'push': hub_weights('tester/default'),
+           'push --use-ema': hub_weights('tester/ema'),
+           'export': load_file(str(tmp_path / 'export-default' / 'model.safetensors')),
+           'model_best.safetensors': load_file(os.path.join(result['output_dir'], 'model_best.safetensors')),
+           'timm load_checkpoint': timm_default.state_dict()}
+    for name, weights in got.items():
+        assert weights.keys() == ema.keys(), name
+        assert all(torch.equal(weights[k], ema[k]) for k in ema), name
+    for weights in (hub_weights('tester/no-ema'), load_file(str(tmp_path / 'export-no-ema' / 'model.safetensors'))):
+        assert all(torch.equal(weights[k], trained[k]) for k in trained)
+
+    # push carries what --push-to-hub carries: the dataset's label names and the model-index (EMA was validated).
+    for repo in ('tester/at-end', 'tester/default'):
+        files = hub_server.files(repo)
+        assert yaml.safe_load(files['config.json'])['label_names'] == [str(i) for i in range(10)], repo
+        assert ModelCard(files['README.md'].decode()).data.eval_results, repo
+    # The non-EMA weights were not what validation measured: no model-index for them.
+    assert not ModelCard(hub_server.files('tester/no-ema')['README.md'].decode()).data.eval_results
+    assert '--no-use-ema' in push.retry_command(push.PushRequest(best, 'tester/no-ema', use_ema=False))

@@ -17,7 +17,8 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = [
-    'InputError', 'UnsupportedModelError', 'CommandFailed', 'run_command', 'check_model_name',
+    'InputError', 'UnsupportedModelError', 'CommandFailed', 'NonFiniteLossError', 'NonFiniteModelError',
+    'run_command', 'check_model_name',
     'HUB_PREFIXES', 'is_hub_name', 'EXIT_INPUT', 'EXIT_FAILED', 'EXIT_INTERRUPTED',
 ]
 
@@ -52,6 +53,32 @@ class CommandFailed(RuntimeError):
     def report(self) -> str:
         """The text printed for this failure (default: the message)."""
         return str(self)
+
+
+class NonFiniteLossError(CommandFailed):
+    """A term of a training step is NaN or infinite (raised at the step, before the optimizer steps).
+
+    Attributes:
+        term: the term that went non-finite (``loss``, ``task_loss``, ``stim_kl[2] (depths 2,1,2,2)``,
+            ``grad_norm``, ...).
+        value: its value (NaN or +-inf).
+    """
+
+    def __init__(self, term: str, value: float, message: Optional[str] = None):
+        super().__init__(message or f'the {term} of a training step is {value} (not finite).')
+        self.term, self.value = term, value
+
+
+class NonFiniteModelError(CommandFailed):
+    """Weights hold NaN or infinite values: they are neither saved as a checkpoint nor published.
+
+    Attributes:
+        tensors: the names of the non-finite tensors.
+    """
+
+    def __init__(self, message: str, tensors: Sequence[str] = (), exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.tensors, self.exit_code = list(tensors), exit_code
 
 
 def is_hub_name(name: str) -> bool:

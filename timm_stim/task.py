@@ -12,6 +12,7 @@ from timm.task import ClassificationTask, TrainingTask
 from timm.utils import unwrap_model
 
 from .config import StimConfig
+from .errors import NonFiniteLossError
 from .inputs import renormalize_batch, resize_batch, sample_input_size
 from .losses import logit_norm, stim_kl
 from .adapters import get_adapter
@@ -334,10 +335,17 @@ class StimulativeMixin:
             count += 1
         return int(count)
 
-    def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The subnetwork forward and backward passes; returns the mean KL term (detached)."""
+    def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor,
+                   base_loss: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The subnetwork forward and backward passes; returns the mean KL term (detached).
+
+        Raises:
+            NonFiniteLossError: ``base_loss`` (the task's loss) or a subnetwork's KL term is NaN or
+                infinite, naming which; raised inside the loss's backward, before the optimizer steps.
+        """
         model = self.stimulator.model
         kl_total = torch.zeros((), device=teacher.device)
+        kls = []
         subnet_input = input  # resize='official': each subnetwork resizes the previous one's input
         for subnet, size in plan:
             with self.stimulator.activate(subnet):
@@ -347,7 +355,30 @@ class StimulativeMixin:
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
                 self._backward_now(grad * (self.kl_weight * kl))
             kl_total += kl.detach()
+            kls.append(kl.detach().float())
+        if base_loss is not None or kls:  # one sync per step, before the optimizer steps on these gradients
+            _raise_if_non_finite(base_loss, kls, plan)
         return kl_total / max(len(plan), 1)
+
+
+def _raise_if_non_finite(base_loss: Optional[torch.Tensor], kls: List[torch.Tensor], plan) -> None:
+    """``NonFiniteLossError`` naming the task loss or the first subnetwork whose KL term is NaN or infinite."""
+    terms = ([base_loss.detach().float().reshape(())] if base_loss is not None else []) + kls
+    finite = torch.isfinite(torch.stack(terms))
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0])
+    if base_loss is not None:
+        if first == 0:
+            raise NonFiniteLossError('task_loss', float(terms[0]), f'the task loss of this step is '
+                                                                   f'{float(terms[0])}.')
+        first -= 1
+    i, kls = first, torch.stack(kls)
+    subnet, size = plan[i]
+    term = f'stim_kl[{i}]'
+    raise NonFiniteLossError(term, float(kls[i]), f'the KL term of subnetwork {i} of {len(plan)} of this step '
+                                                  f'(depths {",".join(map(str, subnet.depths))}, input '
+                                                  f'{size[0]}x{size[1]}), {term}, is {float(kls[i])}.')
 
 
 class _StimulativeBackward(torch.autograd.Function):
@@ -376,11 +407,12 @@ class _StimulativeBackward(torch.autograd.Function):
     def backward(ctx, grad):
         task = ctx.task
         with torch.enable_grad():
+            base_loss = ctx.loss.detach()
             task._backward_now(ctx.loss * grad)
             ctx.loss = None  # the full network's graph is freed before any subnetwork runs
             device, enabled, dtype = ctx.autocast
             with torch.autocast(device_type=device, dtype=dtype, enabled=enabled):
-                ctx.stim_kl.copy_(task._stimulate(ctx.plan, ctx.input, ctx.teacher, grad))
+                ctx.stim_kl.copy_(task._stimulate(ctx.plan, ctx.input, ctx.teacher, grad, base_loss))
         ctx.input = ctx.teacher = None
         return None, None, None, None, None, None, torch.zeros_like(grad)
 

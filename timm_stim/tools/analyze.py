@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, copy_train_options, hub_repo_of, load_model
+from .checkpoints import (LOCAL_DIR, LoadedModel, add_deprecated_alias, add_use_ema_option, copy_train_options,
+                          hub_repo_of, load_model)
 from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main
 from ..flops import count_flops
@@ -349,6 +350,7 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                         help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
+    add_use_ema_option(parser)
     group = parser.add_argument_group('Analysis (option names as in train_stim.py)')
     subnets = group.add_argument('--stim-subnets', type=int, default=64, metavar='N',
                                  help='subnetworks sampled per checkpoint (default: 64; formerly --subnets)')
@@ -490,7 +492,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     # Every checkpoint is loaded and checked against the space before any data is read.
     loaded = []
     for source in args.checkpoints:
-        item = load_model(source, args.model, args.num_classes)
+        item = load_model(source, args.model, args.num_classes, use_ema=args.use_ema)
         try:
             stim = attach(item.model, space=args.stim_space, mode=args.stim_mode, bn='update')
         except ValueError as e:

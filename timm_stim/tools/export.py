@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import identity
-from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_model
+from .checkpoints import LoadedModel, add_use_ema_option, copy_train_options, hub_repo_of, load_model
 from ..errors import CommandFailed, InputError, command_main
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
@@ -268,6 +268,7 @@ def create_export_parser() -> argparse.ArgumentParser:
                         help='a timm checkpoint (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of a checkpoint file (default: from args.yaml beside it)')
+    add_use_ema_option(parser)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument('--depths', default=None, metavar='D1,D2,...',
                        help='blocks kept per stage, the first d of each (official rule), e.g. 3,3,4,3')
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> str:
         except InputError as e:
             raise InputError(f'--push-to-hub: {e}') from None
     _check_out_dir(args.out)
-    loaded = load_model(args.checkpoint, args.model, args.num_classes)
+    loaded = load_model(args.checkpoint, args.model, args.num_classes, use_ema=args.use_ema)
     model = loaded.model
     stim = _stimulator(model)
     if stim.adapter.family not in EXPORT_FAMILIES:
@@ -312,6 +313,8 @@ def run(args: argparse.Namespace) -> str:
     model_config = {}
     if model.pretrained_cfg.get('label_names'):
         model_config['label_names'] = model.pretrained_cfg['label_names']
+    elif loaded.info.label_names:  # recorded in the checkpoint by the training run
+        model_config['label_names'] = list(loaded.info.label_names)
     card = None
     if args.push_to_hub:
         card = _model_card(args.push_to_hub, exported, loaded, data_config, model_config, subnet,

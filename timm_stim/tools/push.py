@@ -16,9 +16,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import InputError, command_main
-from .checkpoints import CHECKPOINT_EXTS, read_train_args
+from .checkpoints import CHECKPOINT_EXTS, USE_EMA_HELP, read_train_args
 from .hub import DEFAULT_COMMIT_MESSAGE, HubPushError, _mask, check_push_options, push_folder
-from .hub_folder import _ema_evaluated, dataset_label_names, prepare_push_folder
+from .hub_folder import dataset_label_names, prepare_push_folder
 from .modelcard import DEFAULT_LICENSE
 
 __all__ = ['PushRequest', 'push', 'push_training_output', 'push_after_training', 'retry_command',
@@ -43,7 +43,7 @@ class PushRequest:
     model: Optional[str] = _option(None, 'timm architecture (default: args.yaml or config.json)', metavar='NAME')
     num_classes: Optional[int] = _option(None, 'classes of the checkpoint (default: its classifier)', type=int,
                                          metavar='N')
-    use_ema: bool = _option(False, 'publish the EMA weights (state_dict_ema) of a checkpoint', action='store_true')
+    use_ema: Optional[bool] = _option(None, USE_EMA_HELP, action=argparse.BooleanOptionalAction)
     label_names: Optional[List[str]] = _option(None, 'class names in label order: A,B,... or @FILE, one a line',
                                                metavar='A,B,...|@FILE')
     input_size: Optional[List[int]] = _option(None, 'input size (default: args.yaml, else the model\'s)', type=int,
@@ -80,7 +80,10 @@ class PushRequest:
             if value is not None and value != f.default:
                 option = '--' + f.name.replace('_', '-')
                 listed = value if isinstance(value, (list, tuple)) else [value]
-                argv += [option] if value is True else [option, *map(str, listed)]
+                if value is False:  # a flag whose default is None (--no-use-ema)
+                    argv.append('--no-' + f.name.replace('_', '-'))
+                else:
+                    argv += [option] if value is True else [option, *map(str, listed)]
         return argv
 
 
@@ -134,8 +137,8 @@ def push(request: PushRequest) -> str:
 def _training_request(output_dir: str, repo_id: str, which: str, train_args: Dict[str, Any],
                       **options: Any) -> PushRequest:
     """The ``PushRequest`` of the ``which`` weights (best, last, ema) of a training output folder."""
-    choices = {'best': ('model_best.pth.tar', _ema_evaluated(train_args)),  # the weights the best metric measured
-               'last': ('last.pth.tar', False), 'ema': ('last.pth.tar', True)}
+    # best: timm's rule (the EMA weights when held), as `timm-stim push model_best.pth.tar` and model_best.safetensors.
+    choices = {'best': ('model_best.pth.tar', None), 'last': ('last.pth.tar', False), 'ema': ('last.pth.tar', True)}
     if which not in choices:
         raise InputError(f'--hub-which {which!r}: expected best, last or ema.')
     checkpoint, use_ema = choices[which]
@@ -152,8 +155,8 @@ def push_training_output(output_dir: str, repo_id: str, *, which: str = 'best', 
     Args:
         output_dir: the run's output folder.
         repo_id: ``USER/REPO``.
-        which: ``best`` (model_best.pth.tar, its EMA weights when EMA was validated), ``last`` or ``ema`` (the EMA
-            weights of last.pth.tar).
+        which: ``best`` (model_best.pth.tar: its EMA weights when it holds them, timm's rule), ``last`` (the non-EMA
+            weights of last.pth.tar) or ``ema`` (the EMA weights of last.pth.tar).
         private, revision, label_names, create_pr, replace_card: as ``PushRequest`` takes them.
         train_args: the run's options (default: its ``args.yaml``).
 

@@ -407,6 +407,12 @@ _RUN_ARGS = (
      'so --resume repeats the uninterrupted run exactly, with any number of data-loader workers, also from a mid-epoch '
      "recovery checkpoint; timm: seed once as timm's train.py does (its runs repeat bit for bit, resume does not) "
      '(default: per-sample)'),
+    ('--nonfinite', dict(type=str, default='stop', choices=('stop', 'skip')),
+     'a step whose loss, KL term or gradient norm is NaN or infinite: stop the run there (naming the epoch, step, '
+     'term, AMP dtype and LR, and the --resume of the last good checkpoint), or skip the step (counted in the log and '
+     'summary.csv) (default: stop)'),
+    ('--nonfinite-max', dict(type=int, default=10, metavar='N'),
+     'with --nonfinite skip: stop after N non-finite steps in a row (default: 10)'),
 )
 
 _HUB_ARGS = (
@@ -747,6 +753,8 @@ def check_args(args) -> None:
         raise InputError('--naflex-patch-size-probs must have one value per --naflex-patch-sizes entry.')
     if args.torchscript and args.torchcompile:
         raise InputError('--torchscript and --torchcompile are alternatives; use one of them.')
+    if args.nonfinite_max < 1:
+        raise InputError(f'--nonfinite-max {args.nonfinite_max}: expected a number of steps in a row >= 1.')
     if args.seed_scheme != 'timm' and args.worker_seeding != 'all':
         raise InputError(f'--worker-seeding {args.worker_seeding} has no effect with --seed-scheme {args.seed_scheme} '
                          f'(every sample is seeded from its position); use --seed-scheme timm to seed workers as timm.')

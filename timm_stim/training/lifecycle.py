@@ -28,6 +28,7 @@ import torch.nn as nn
 from timm import utils
 
 from ..errors import InputError
+from ..labels import dataset_label_names
 from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, check_resume_output_dir,
                    check_summary, claim_output_dir, read_resume_point, release_output_dir, remove_recovery_files,
                    save_best_safetensors)
@@ -52,6 +53,7 @@ class RunLifecycle:
         self.resume_point: Optional[ResumePoint] = None
         self._skip_batch_size = args.batch_size  # samples per batch the loader yields (per process)
         self._claimed = []  # what claim_output_dir created
+        self.label_names = None  # the train dataset's class names (wrap_train_dataset), recorded in checkpoints
 
     @property
     def per_sample(self) -> bool:
@@ -120,7 +122,11 @@ class RunLifecycle:
         self._claimed = []
 
     def wrap_train_dataset(self, dataset):
-        """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``)."""
+        """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``).
+
+        Also notes the dataset's class names, which the saver records in every checkpoint.
+        """
+        self.label_names = dataset_label_names(dataset, self.args.num_classes)
         if not self.per_sample or isinstance(dataset, torch.utils.data.IterableDataset):
             return dataset
         return PerSampleSeededDataset(dataset, seed=self.args.seed, rank=self.args.rank)
@@ -157,6 +163,7 @@ class RunLifecycle:
 
     def create_saver(self, **kwargs) -> ProgressCheckpointSaver:
         saver = ProgressCheckpointSaver(**kwargs)
+        saver.label_names = self.label_names
         if self.args.resume:
             saver.load_state_dict_from_checkpoint(self.args.resume)
             saver.set_resumed_from(self.args.resume)
@@ -208,5 +215,5 @@ class RunLifecycle:
         if output_dir is None:
             return
         if best_epoch == epoch:
-            save_best_safetensors(output_dir, use_ema=model_ema is not None and not self.args.model_ema_force_cpu)
+            save_best_safetensors(output_dir)  # the weights timm-stim push and --push-to-hub publish
         remove_recovery_files(output_dir, up_to_epoch=epoch)
