@@ -1,5 +1,6 @@
 """Non-finite steps: the task names the term, the guard stops or skips, weights are checked before saving."""
 import logging
+import os
 import math
 
 import pytest
@@ -126,3 +127,26 @@ def test_guard_refuses_bad_settings():
         NonFiniteGuard('ignore')
     with pytest.raises(ValueError, match='>= 1'):
         NonFiniteGuard('skip', max_in_row=0)
+
+
+def test_saver_never_writes_non_finite_weights_as_last_or_best(tmp_path):
+    from timm_stim.errors import NonFiniteModelError
+    from timm_stim.training.runs import ProgressCheckpointSaver
+    model = timm.create_model('resnet18', num_classes=5, pretrained=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = ProgressCheckpointSaver(model=model, optimizer=optimizer, checkpoint_dir=str(tmp_path),
+                                    recovery_dir=str(tmp_path), max_history=2)
+    saver.save_checkpoint(0, metric=1.0)
+    written = sorted(os.listdir(tmp_path))
+    assert 'last.pth.tar' in written and 'model_best.pth.tar' in written
+    last = (tmp_path / 'last.pth.tar').read_bytes()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float('nan')
+    with pytest.raises(NonFiniteModelError) as info:
+        saver.save_checkpoint(1, metric=2.0)
+    assert info.value.tensors == ['fc.weight'] and '1 of' in str(info.value)
+    assert f'--resume {tmp_path / "last.pth.tar"}' in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == written and (tmp_path / 'last.pth.tar').read_bytes() == last
+    with pytest.raises(NonFiniteModelError):
+        saver.save_recovery(1, batch_idx=3)
+    assert sorted(os.listdir(tmp_path)) == written

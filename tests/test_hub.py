@@ -587,3 +587,38 @@ def test_ema_run_push_push_to_hub_export_and_best_safetensors_carry_the_same_wei
     # The non-EMA weights were not what validation measured: no model-index for them.
     assert not ModelCard(hub_server.files('tester/no-ema')['README.md'].decode()).data.eval_results
     assert '--no-use-ema' in push.retry_command(push.PushRequest(best, 'tester/no-ema', use_ema=False))
+
+
+def test_push_refuses_non_finite_weights_naming_them(hub_env, hub_server, tmp_path, caplog):
+    model = timm.create_model('test_resnet', num_classes=3)
+    state_dict = model.state_dict()
+    state_dict['fc.bias'] = torch.tensor([0.0, float('nan'), 1.0])
+    checkpoint = tmp_path / 'nan.pth.tar'
+    torch.save({'state_dict': state_dict}, checkpoint)
+    with pytest.raises(SystemExit) as info:
+        push.main([str(checkpoint), 'tester/nan', '--model', 'test_resnet', '--num-classes', '3'])
+    assert info.value.code == 2
+    assert 'not publishing NaN or infinite weights' in caplog.text and '(fc.bias)' in caplog.text
+    assert 'Nothing was sent to the Hub' in caplog.text and hub_server.requests == []
+
+
+def test_finetune_recipe_from_hub_weights_names_its_base_model(hub_env, hub_server, tmp_path):
+    """The fine-tuning recipe end to end at tiny size, its pretrained weights served by the local Hub."""
+    from conftest import save_tiny_pretrained
+    folder = save_tiny_pretrained(tmp_path / 'pretrained', num_classes=5)
+    hub.push_folder(folder, 'tester/tiny-pretrained')
+    pretrained = load_file(os.path.join(folder, 'model.safetensors'))
+    result = train_main(['-c', 'finetune_resnet50_stpp', '--model', 'hf-hub:tester/tiny-pretrained',
+                         '--num-classes', '10', '--dataset', 'embedded/digits', '--input-size', '3', '16', '16',
+                         '-b', '16', '--epochs', '2', '--train-batches-per-epoch', '2', '--workers', '0',
+                         '--device', 'cpu', '--no-prefetcher', '--lr', '1e-9', '--warmup-lr', '1e-9',
+                         '--output', str(tmp_path / 'out'), '--experiment', 'ft', '--push-to-hub', 'tester/ft'])
+    assert 'stim_kl' in result['epochs'][0]['train']
+    best = load_file(os.path.join(result['output_dir'], 'model_best.safetensors'))
+    # Started from the Hub's weights (the body; the 5-class head was replaced by a 10-class one).
+    assert best['fc.weight'].shape == (10, 64) and pretrained['fc.weight'].shape == (5, 64)
+    for key in ('conv1.weight', 'layer1.0.conv1.weight', 'layer4.1.conv2.weight'):
+        assert torch.allclose(best[key], pretrained[key], atol=1e-6), key
+    card = ModelCard(hub_server.files('tester/ft')['README.md'].decode())
+    assert card.data.base_model == 'tester/tiny-pretrained'
+    assert '[tester/tiny-pretrained](https://huggingface.co/tester/tiny-pretrained)' in card.text
