@@ -103,3 +103,11 @@ def test_a_warm_in_over_most_of_the_run_is_warned_about():
     assert finetune.config.weight_warmup_epochs == 2.0 and finetune.warnings == []
     assert finetune.summary['kl_weight_warmup_epochs'] == 2.0
     assert any('over 2 epochs (shortened from 6' in line for line in describe(finetune))
+
+
+def test_the_resolved_configuration_is_logged_one_option_a_line():
+    lines = describe(_resolve(epochs=100))
+    assert lines[0] == 'Stimulative training:'
+    assert '  stage_depths: [2, 2, 2, 2]' in lines and '  subnets_per_step: 2' in lines
+    assert '  kl_weight_warmup_epochs: 6.0' in lines
+    assert all(line.count(':') == 1 or line.startswith('KL warm-in') for line in lines[1:])

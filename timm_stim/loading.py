@@ -30,7 +30,7 @@ from .errors import InputError
 
 __all__ = [
     'SAFE_GLOBALS', 'EXPECTED_CHECKPOINT', 'checkpoint_error', 'check_checkpoint_path', 'load_checkpoint',
-    'state_dict_of', 'require_state_dict', 'has_ema_weights', 'choose_weights', 'check_weights_file',
+    'state_dict_of', 'require_state_dict', 'follow_umask', 'has_ema_weights', 'choose_weights', 'check_weights_file',
     'create_model_from_options',
 ]
 
@@ -182,6 +182,17 @@ def require_state_dict(checkpoint: Any, path: str, option: Optional[str] = None,
         what = f'a {type(checkpoint).__name__}' if not isinstance(checkpoint, dict) else 'no state_dict of tensors'
         raise InputError(f'{_subject(path, option)} holds no model weights ({what}); expected {EXPECTED_CHECKPOINT}.')
     return state_dict
+
+
+def follow_umask(path: str, mode: int = 0o666) -> None:
+    """Give ``path`` the permissions a new file (``mode`` 0o666) or folder (0o777) gets under the process umask.
+
+    safetensors writes its files 0600 and ``tempfile`` its folders 0700, where every other file a
+    run writes follows the umask (e.g. 0644): the weights would be the one file others cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def has_ema_weights(checkpoint: Any) -> bool:

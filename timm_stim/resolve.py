@@ -183,7 +183,9 @@ def describe(resolved: Optional[ResolvedStim]) -> List[str]:
         return []
     import yaml
     shown = {k: v for k, v in resolved.summary.items() if k != 'config'}
-    lines = ['Stimulative training: ' + yaml.safe_dump(shown, default_flow_style=True).strip()]
+    # One option a line, each value as YAML on one line (``stage_depths: [2, 2, 2, 2]``).
+    lines = ['Stimulative training:'] + [
+        '  ' + yaml.safe_dump({k: v}, default_flow_style=True, width=10 ** 6).strip()[1:-1] for k, v in shown.items()]
     if resolved.plan is not None:
         lines.append('Stimulative training cost: ' + resolved.plan.describe())
     if resolved.warmup_by_default:

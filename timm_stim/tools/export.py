@@ -30,7 +30,9 @@ import torch.nn as nn
 
 from ..adapters import identity
 from .checkpoints import LoadedModel, add_use_ema_option, copy_train_options, hub_repo_of, load_model
-from ..errors import CommandFailed, InputError, command_main
+from ..errors import CommandFailed, InputError, command_main, command_prog
+from ..flops import model_stats
+from ..loading import follow_umask
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
 from .push import TokenMaskingParser
@@ -221,9 +223,7 @@ def save_exported(model: nn.Module, out_dir: str, *, data_config: Optional[Dict[
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    follow_umask(tmp, 0o777)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         save_timm_hf_folder(model, tmp, model_config=model_config, data_config=data_config, model_card=model_card)
         if os.path.isdir(out_dir):
@@ -254,13 +254,13 @@ def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_con
         repo_id, architecture=loaded.architecture, num_classes=int(exported.num_classes), pretrained_cfg=data_config,
         published=f'subnetwork of `{os.path.basename(source)}`',
         base_model=hub_repo_of(source) or base_model_of(loaded.train_args),
-        num_params=sum(p.numel() for p in exported.parameters()), label_names=model_config.get('label_names'),
+        model_stats=model_stats(exported, data_config['input_size']), label_names=model_config.get('label_names'),
         sections={'Exported subnetwork': section})
 
 
 def create_export_parser() -> argparse.ArgumentParser:
     parser = TokenMaskingParser(
-        prog='python -m timm_stim export',
+        prog=command_prog('export'),
         description='Save a subnetwork of a trained residual network as a plain, smaller timm model in timm\'s '
                     'Hugging Face format (loads with timm.create_model("local-dir:DIR", pretrained=True)). '
                     'Supported: ' + '; '.join(EXPORT_FAMILIES.values()))

@@ -11,8 +11,10 @@ import shutil
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError
+from ..flops import model_stats
 from ..guard import describe_non_finite, non_finite_tensors
 from ..labels import dataset_label_names
+from ..loading import follow_umask
 from .checkpoints import ARGS_FILE, LOCAL_DIR, LoadedModel, data_config_from_args, load_model, read_train_args
 from .hub import CARD_FILE, _mask
 from .modelcard import build_model_card, public_train_args, stamp
@@ -58,6 +60,9 @@ def save_timm_hf_folder(model, folder: str, *, model_config: Optional[Dict[str, 
         save_for_hf(model, folder, model_config=model_config, data_config=data_config, safe_serialization=True)
     finally:
         model.pretrained_cfg = original_cfg
+    for entry in os.listdir(folder):
+        if entry.endswith('.safetensors'):
+            follow_umask(os.path.join(folder, entry))  # safetensors writes 0600; the other files follow the umask
     if model_card is not None:
         write_model_card(folder, model_card)
     return folder
@@ -146,7 +151,8 @@ def prepare_push_folder(request: 'PushRequest', folder: str) -> None:
         return  # the Hub folder brought its own card
     curves = rows and plot_training_curves(rows, os.path.join(folder, CURVES_FILE), title=request.repo_id)
     model = loaded.model
+    input_size = described['pretrained_cfg'].get('input_size') or model.pretrained_cfg['input_size']
     write_model_card(folder, build_model_card(
         request.repo_id, architecture=loaded.architecture, num_classes=int(model.num_classes), train_args=train_args,
         summary_rows=rows, curves_file=CURVES_FILE if curves else None, license=request.license,
-        num_params=sum(p.numel() for p in model.parameters()), dataset_id=request.dataset_id, **described))
+        model_stats=model_stats(model, input_size), dataset_id=request.dataset_id, **described))

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from ..errors import InputError, command_main
+from ..errors import InputError, command_main, command_prog
 from .checkpoints import CHECKPOINT_EXTS, USE_EMA_HELP, read_train_args
 from .hub import DEFAULT_COMMIT_MESSAGE, HubPushError, _mask, check_push_options, push_folder
 from .hub_folder import dataset_label_names, prepare_push_folder
@@ -246,7 +246,7 @@ class TokenMaskingParser(argparse.ArgumentParser):
 def create_push_parser() -> argparse.ArgumentParser:
     """The ``timm-stim push`` parser: one argument per ``PushRequest`` field."""
     parser = TokenMaskingParser(
-        prog='timm-stim push', description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
+        prog=command_prog('push'), description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
         'with timm.create_model("hf-hub:USER/REPO", pretrained=True). The token comes from HF_TOKEN or `hf auth '
         'login`, the endpoint from HF_ENDPOINT.')
     for f in fields(PushRequest):
@@ -259,8 +259,6 @@ def create_push_parser() -> argparse.ArgumentParser:
 
 def _push_command(argv: Sequence[str]) -> int:
     args = create_push_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
     try:
         request = PushRequest.from_args(args)
         url = push(request)

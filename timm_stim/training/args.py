@@ -24,7 +24,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 from ..config import StimConfig, add_config_args
-from ..errors import InputError, check_model_name
+from ..errors import InputError, check_model_name, command_prog
 from ..loading import check_checkpoint_path, check_weights_file
 from .data import is_embedded, resolve_dataset
 from .seeding import SEED_SCHEMES
@@ -528,7 +528,7 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
                                help='YAML config file specifying default arguments')
 
     parser = RecordingParser(
-        description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
+        prog=command_prog('train'), description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
     # Every float option (timm's --lr, --momentum, ... and ours) refuses NaN and infinities.
     parser.register('type', float, finite_float)

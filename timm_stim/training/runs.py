@@ -40,7 +40,7 @@ from timm import utils
 from ..errors import CommandFailed, InputError, NonFiniteModelError
 from ..guard import describe_non_finite, non_finite_tensors
 from ..labels import LABEL_NAMES_KEY
-from ..loading import choose_weights, load_checkpoint, require_state_dict
+from ..loading import choose_weights, follow_umask, load_checkpoint, require_state_dict
 
 __all__ = [
     'ResumePoint', 'read_resume_point', 'check_output_dir', 'ProgressCheckpointSaver', 'trim_summary',
@@ -598,6 +598,7 @@ def save_best_safetensors(output_dir: str, use_ema: Optional[bool] = None) -> Op
     tmp = path + '.tmp'
     try:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+        follow_umask(tmp)  # safetensors writes 0600; the run's other files follow the umask
     except BaseException as e:
         reason = _disk_full_reason(tmp, e)
         _remove_partial(tmp)
