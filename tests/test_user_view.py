@@ -1,4 +1,4 @@
-"""What a timm user sees: --version, one error prefix, usage lines, file modes, recipe titles, the card, analyze's plot."""
+"""What a timm user sees: --version, one error prefix, usage lines, file modes, recipe titles, card, analyze's plot."""
 import contextlib
 import io
 import logging

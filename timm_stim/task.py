@@ -357,28 +357,37 @@ class StimulativeMixin:
             kl_total += kl.detach()
             kls.append(kl.detach().float())
         if base_loss is not None or kls:  # one sync per step, before the optimizer steps on these gradients
-            _raise_if_non_finite(base_loss, kls, plan)
+            _raise_if_non_finite(base_loss, kls, plan, isinstance(self.trainable_module, DistributedDataParallel))
         return kl_total / max(len(plan), 1)
 
 
-def _raise_if_non_finite(base_loss: Optional[torch.Tensor], kls: List[torch.Tensor], plan) -> None:
-    """``NonFiniteLossError`` naming the task loss or the first subnetwork whose KL term is NaN or infinite."""
+def _raise_if_non_finite(base_loss: Optional[torch.Tensor], kls: List[torch.Tensor], plan,
+                         distributed: bool = False) -> None:
+    """``NonFiniteLossError`` naming the task loss or the first subnetwork whose KL term is NaN or infinite.
+
+    With ``distributed`` (DDP) the processes agree first (one all-reduce of a flag): every one raises
+    when any has a non-finite term, so that none waits in DDP's gradient all-reduce for the others.
+    """
     terms = ([base_loss.detach().float().reshape(())] if base_loss is not None else []) + kls
     finite = torch.isfinite(torch.stack(terms))
-    if bool(finite.all()):
+    any_bad = (~finite).any()
+    if distributed:
+        flag = any_bad.float().reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if bool(flag.item()) and bool(finite.all()):
+            raise NonFiniteLossError('another process', float('nan'), 'a term of this step is not finite on '
+                                                                      'another process.')
+    if not bool(any_bad):
         return
     first = int((~finite).nonzero()[0])
-    if base_loss is not None:
-        if first == 0:
-            raise NonFiniteLossError('task_loss', float(terms[0]), f'the task loss of this step is '
-                                                                   f'{float(terms[0])}.')
-        first -= 1
-    i, kls = first, torch.stack(kls)
+    if base_loss is not None and first == 0:
+        raise NonFiniteLossError('task_loss', float(terms[0]), f'the task loss of this step is {float(terms[0])}.')
+    i = first - (base_loss is not None)
     subnet, size = plan[i]
-    term = f'stim_kl[{i}]'
-    raise NonFiniteLossError(term, float(kls[i]), f'the KL term of subnetwork {i} of {len(plan)} of this step '
-                                                  f'(depths {",".join(map(str, subnet.depths))}, input '
-                                                  f'{size[0]}x{size[1]}), {term}, is {float(kls[i])}.')
+    term, value = f'stim_kl[{i}]', float(kls[i])
+    raise NonFiniteLossError(term, value, f'the KL term of subnetwork {i} of {len(plan)} of this step (depths '
+                                          f'{",".join(map(str, subnet.depths))}, input {size[0]}x{size[1]}), {term}, '
+                                          f'is {value}.')
 
 
 class _StimulativeBackward(torch.autograd.Function):

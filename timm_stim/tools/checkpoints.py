@@ -244,7 +244,7 @@ USE_EMA_HELP = ('the EMA weights of a checkpoint (--use-ema) or its trained, non
 
 
 def add_use_ema_option(parser: Any) -> argparse.Action:
-    """Add ``--use-ema`` / ``--no-use-ema`` (default None: ``timm_stim.loading.choose_weights``'s rule) to ``parser``."""
+    """Add ``--use-ema`` / ``--no-use-ema`` to ``parser`` (default None: ``choose_weights``' rule)."""
     return parser.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None, help=USE_EMA_HELP)
 
 

@@ -226,10 +226,10 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
     image_mode = {3: 'RGB', 1: 'L'}.get(in_chans)
     details = [('Architecture', f'`{architecture}` (timm)'), ('Classes', str(num_classes))]
     if model_stats:
-        details.append(('Model stats', ''.join(
-            f'\n  - {label}: {value}' for label, value in (
-                ('Params (M)', _small(model_stats['params_m'])), ('GMACs', _small(model_stats['gmacs'])), ('Activations (M)', _small(model_stats['activations_m'])),
-                ('Image size', ' x '.join(map(str, model_stats['image_size'])))))))
+        stats = (('Params (M)', _small(model_stats['params_m'])), ('GMACs', _small(model_stats['gmacs'])),
+                 ('Activations (M)', _small(model_stats['activations_m'])),
+                 ('Image size', ' x '.join(map(str, model_stats['image_size']))))
+        details.append(('Model stats', ''.join(f'\n  - {label}: {value}' for label, value in stats)))
     elif num_params:
         details.append(('Parameters', f'{num_params / 1e6:.2f} M'))
     details.append(('Weights', published))
@@ -262,7 +262,8 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
         open_line=(f'img = Image.open("image.png").convert("{image_mode}")' if image_mode
                    else 'img = ...  # a PIL image with the channels the model expects'),
         details=details, stim_on=stim_on,
-        stim_options=[(f'--{k.replace("_", "-")}', _ran_with(k, v, stim_resolved)) for k, v in sorted(train_args.items())
+        stim_options=[(f'--{k.replace("_", "-")}', _ran_with(k, v, stim_resolved))
+                      for k, v in sorted(train_args.items())
                       if k.startswith('stim_') and k != 'stim_resolved'] if train_args else None,
         stim_resolved=(yaml.safe_dump({'stim_resolved': stim_resolved}, sort_keys=False,
                                       default_flow_style=None).strip() if stim_on else None),

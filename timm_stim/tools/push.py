@@ -246,7 +246,8 @@ class TokenMaskingParser(argparse.ArgumentParser):
 def create_push_parser() -> argparse.ArgumentParser:
     """The ``timm-stim push`` parser: one argument per ``PushRequest`` field."""
     parser = TokenMaskingParser(
-        prog=command_prog('push'), description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
+        prog=command_prog('push'),
+        description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
         'with timm.create_model("hf-hub:USER/REPO", pretrained=True). The token comes from HF_TOKEN or `hf auth '
         'login`, the endpoint from HF_ENDPOINT.')
     for f in fields(PushRequest):

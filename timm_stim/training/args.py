@@ -528,7 +528,8 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
                                help='YAML config file specifying default arguments')
 
     parser = RecordingParser(
-        prog=command_prog('train'), description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
+        prog=command_prog('train'),
+        description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
     # Every float option (timm's --lr, --momentum, ... and ours) refuses NaN and infinities.
     parser.register('type', float, finite_float)
