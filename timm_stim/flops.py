@@ -1,6 +1,7 @@
 """Counting floating-point operations of a model and of its residual blocks.
 
-Both helpers count what ``torch.utils.flop_counter.FlopCounterMode`` counts (matrix
+``model_stats`` gives the statistics timm's model cards list (params, GMACs, activations). The
+FLOP helpers count what ``torch.utils.flop_counter.FlopCounterMode`` counts (matrix
 multiplications and convolutions, 2 per multiply-add) for one image, in eval mode without
 gradients, and leave the model's mode as it was. ``count_flops`` is what ``analyze`` reports
 per subnetwork; ``block_flops`` splits one forward pass into each given block's share, which
@@ -51,24 +52,19 @@ def model_stats(model: nn.Module, input_size: Sequence[int], device: Any = 'cpu'
     Returns:
         ``{'params_m', 'gmacs', 'activations_m', 'image_size'}`` (image_size: (H, W)).
     """
-    from torch.utils.flop_counter import FlopCounterMode
     activations = [0]
 
     def count(module, args, output):
         activations[0] += output.numel()
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size, device=device))
+        flops = count_flops(model, input_size, device)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return {'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
-            'gmacs': counter.get_total_flops() / 2e9, 'activations_m': activations[0] / 1e6,
+            'gmacs': flops / 2e9, 'activations_m': activations[0] / 1e6,
             'image_size': (int(input_size[-2]), int(input_size[-1]))}
 
 
