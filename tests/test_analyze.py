@@ -272,3 +272,17 @@ def test_options_shared_with_train_stim_have_its_names_and_defaults():
                 assert action.option_strings == train[action.dest].option_strings, action.dest
     analyze = {a.dest for a in create_analyze_parser()._actions if a.help != argparse.SUPPRESS}
     assert {'stim_subnets', 'stim_bn_recal', 'stim_space', 'stim_mode'} <= analyze
+
+
+@pytest.mark.parametrize('flags, which', [([], 'state_dict_ema'), (['--use-ema'], 'state_dict_ema'),
+                                          (['--no-use-ema'], 'state_dict')])
+def test_analyze_takes_the_weights_of_the_ema_choice(tmp_path, flags, which):
+    """analyze follows timm's rule (the EMA weights when the checkpoint holds them) unless told otherwise."""
+    from timm_stim.tools.analyze import create_analyze_parser
+    from timm_stim.tools.checkpoints import load_model
+    weights = {k: timm.create_model('test_resnet', num_classes=3).state_dict() for k in ('state_dict', 'state_dict_ema')}
+    torch.save(weights, tmp_path / 'run.pth.tar')
+    args = create_analyze_parser().parse_args([str(tmp_path / 'run.pth.tar'), '--model', 'test_resnet', *flags])
+    loaded = load_model(args.checkpoints[0], args.model, use_ema=args.use_ema)
+    assert loaded.use_ema == (which == 'state_dict_ema')
+    assert all(torch.equal(v, weights[which][k]) for k, v in loaded.model.state_dict().items())
