@@ -27,3 +27,20 @@ def assert_only_kept_blocks_ran(stim, subnet, calls):
             else:
                 assert calls[(s, b)] == 1, (s, b)
                 assert all(g is not None for g in grads), (s, b)
+
+
+def save_tiny_pretrained(folder, num_classes=5, seed=1):
+    """A tiny ResNet-18 (widths 8..64) saved in timm's Hub format in ``folder`` (config.json + model.safetensors).
+
+    Stands in for pretrained Hub weights (``--model local-dir:FOLDER --pretrained``) in offline tests.
+
+    Returns:
+        The folder, as a str.
+    """
+    import timm
+    from timm.models import save_for_hf
+    torch.manual_seed(seed)
+    kwargs = dict(channels=(8, 16, 32, 64), stem_width=8)
+    model = timm.create_model('resnet18', num_classes=num_classes, **kwargs)
+    save_for_hf(model, str(folder), model_args=kwargs, safe_serialization=True)
+    return str(folder)

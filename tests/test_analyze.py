@@ -299,3 +299,17 @@ def test_a_token_given_to_analyze_is_never_echoed(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert 'unrecognized arguments: --token ***' in err and secret not in err and secret[:10] not in err
+
+
+@pytest.mark.parametrize('flags, which', [([], 'state_dict_ema'), (['--use-ema'], 'state_dict_ema'),
+                                          (['--no-use-ema'], 'state_dict')])
+def test_analyze_takes_the_weights_of_the_ema_choice(tmp_path, flags, which):
+    """analyze follows timm's rule (the EMA weights when the checkpoint holds them) unless told otherwise."""
+    from timm_stim.tools.analyze import create_analyze_parser
+    from timm_stim.tools.checkpoints import load_model
+    weights = {k: timm.create_model('test_resnet', num_classes=3).state_dict() for k in ('state_dict', 'state_dict_ema')}
+    torch.save(weights, tmp_path / 'run.pth.tar')
+    args = create_analyze_parser().parse_args([str(tmp_path / 'run.pth.tar'), '--model', 'test_resnet', *flags])
+    loaded = load_model(args.checkpoints[0], args.model, use_ema=args.use_ema)
+    assert loaded.use_ema == (which == 'state_dict_ema')
+    assert all(torch.equal(v, weights[which][k]) for k, v in loaded.model.state_dict().items())

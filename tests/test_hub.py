@@ -640,3 +640,82 @@ def test_a_push_killed_mid_way_leaves_no_copy_after_the_next_push(hub_env, hub_s
     torch.save(model.state_dict(), tmp_path / 'plain.pth')
     assert push.main([str(tmp_path / 'plain.pth'), 'tester/next', '--model', 'test_resnet']) == 0
     assert sorted(os.listdir(scratch)) == [live.name]
+
+
+def test_ema_run_push_push_to_hub_export_and_best_safetensors_carry_the_same_weights(hub_env, hub_server, tmp_path,
+                                                                                      capsys):
+    """One rule (timm's): the EMA weights when the checkpoint holds them; --no-use-ema the trained ones."""
+    import safetensors.torch
+    from timm.models import load_checkpoint
+    result = train_main(_train_argv(tmp_path / 'out', '--model-ema', '--epochs', '2', '--push-to-hub',
+                                    'tester/at-end'))
+    best = os.path.join(result['output_dir'], 'model_best.pth.tar')
+    saved = torch.load(best, map_location='cpu', weights_only=False)
+    ema, trained = saved['state_dict_ema'], saved['state_dict']
+    assert any(not torch.equal(ema[k], trained[k]) for k in ema)  # the two choices are other weights
+
+    assert push.main([best, 'tester/default']) == 0
+    assert push.main([best, 'tester/no-ema', '--no-use-ema']) == 0
+    assert push.main([best, 'tester/ema', '--use-ema']) == 0
+    for flags, out in (([], 'export-default'), (['--no-use-ema'], 'export-no-ema')):
+        export_main([best, '--depths', '2,2,2,2', '--out', str(tmp_path / out), *flags])
+
+    def hub_weights(repo):
+        return safetensors.torch.load(hub_server.files(repo)['model.safetensors'])
+
+    timm_default = timm.create_model('resnet18', num_classes=10)
+    load_checkpoint(timm_default, best)  # timm's own default: use_ema=True
+    got = {'--push-to-hub': hub_weights('tester/at-end'), 'push': hub_weights('tester/default'),
+           'push --use-ema': hub_weights('tester/ema'),
+           'export': load_file(str(tmp_path / 'export-default' / 'model.safetensors')),
+           'model_best.safetensors': load_file(os.path.join(result['output_dir'], 'model_best.safetensors')),
+           'timm load_checkpoint': timm_default.state_dict()}
+    for name, weights in got.items():
+        assert weights.keys() == ema.keys(), name
+        assert all(torch.equal(weights[k], ema[k]) for k in ema), name
+    for weights in (hub_weights('tester/no-ema'), load_file(str(tmp_path / 'export-no-ema' / 'model.safetensors'))):
+        assert all(torch.equal(weights[k], trained[k]) for k in trained)
+
+    # push carries what --push-to-hub carries: the dataset's label names and the model-index (EMA was validated).
+    for repo in ('tester/at-end', 'tester/default'):
+        files = hub_server.files(repo)
+        assert yaml.safe_load(files['config.json'])['label_names'] == [str(i) for i in range(10)], repo
+        assert ModelCard(files['README.md'].decode()).data.eval_results, repo
+    # The non-EMA weights were not what validation measured: no model-index for them.
+    assert not ModelCard(hub_server.files('tester/no-ema')['README.md'].decode()).data.eval_results
+    assert '--no-use-ema' in push.retry_command(push.PushRequest(best, 'tester/no-ema', use_ema=False))
+
+
+def test_push_refuses_non_finite_weights_naming_them(hub_env, hub_server, tmp_path, caplog):
+    model = timm.create_model('test_resnet', num_classes=3)
+    state_dict = model.state_dict()
+    state_dict['fc.bias'] = torch.tensor([0.0, float('nan'), 1.0])
+    checkpoint = tmp_path / 'nan.pth.tar'
+    torch.save({'state_dict': state_dict}, checkpoint)
+    with pytest.raises(SystemExit) as info:
+        push.main([str(checkpoint), 'tester/nan', '--model', 'test_resnet', '--num-classes', '3'])
+    assert info.value.code == 2
+    assert 'not publishing NaN or infinite weights' in caplog.text and '(fc.bias)' in caplog.text
+    assert 'Nothing was sent to the Hub' in caplog.text and hub_server.requests == []
+
+
+def test_finetune_recipe_from_hub_weights_names_its_base_model(hub_env, hub_server, tmp_path):
+    """The fine-tuning recipe end to end at tiny size, its pretrained weights served by the local Hub."""
+    from helpers import save_tiny_pretrained
+    folder = save_tiny_pretrained(tmp_path / 'pretrained', num_classes=5)
+    hub.push_folder(folder, 'tester/tiny-pretrained')
+    pretrained = load_file(os.path.join(folder, 'model.safetensors'))
+    result = train_main(['-c', 'finetune_resnet50_stpp', '--model', 'hf-hub:tester/tiny-pretrained',
+                         '--num-classes', '10', '--dataset', 'embedded/digits', '--input-size', '3', '16', '16',
+                         '-b', '16', '--epochs', '2', '--train-batches-per-epoch', '2', '--workers', '0',
+                         '--device', 'cpu', '--no-prefetcher', '--lr', '1e-9', '--warmup-lr', '1e-9',
+                         '--output', str(tmp_path / 'out'), '--experiment', 'ft', '--push-to-hub', 'tester/ft'])
+    assert 'stim_kl' in result['epochs'][0]['train']
+    best = load_file(os.path.join(result['output_dir'], 'model_best.safetensors'))
+    # Started from the Hub's weights (the body; the 5-class head was replaced by a 10-class one).
+    assert best['fc.weight'].shape == (10, 64) and pretrained['fc.weight'].shape == (5, 64)
+    for key in ('conv1.weight', 'layer1.0.conv1.weight', 'layer4.1.conv2.weight'):
+        assert torch.allclose(best[key], pretrained[key], atol=1e-6), key
+    card = ModelCard(hub_server.files('tester/ft')['README.md'].decode())
+    assert card.data.base_model == 'tester/tiny-pretrained'
+    assert '[tester/tiny-pretrained](https://huggingface.co/tester/tiny-pretrained)' in card.text

@@ -14,6 +14,7 @@ from timm_stim.training.args import parse_args
 from timm_stim.training.recipes import get_recipe, list_recipes, main as recipes_main
 from timm_stim.training.train import create_train_model, create_train_task, main as train_main
 from timm_stim.training.stim import StimTraining, train_input_sizes
+from helpers import save_tiny_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, 'hparams', '*.yaml')))
@@ -185,11 +186,14 @@ def test_every_recipe_runs(tmp_path, recipe):
     model_kwargs = [f'{k}={v!r}' for k, v in recipe_args.model_kwargs.items()]
     if recipe_args.model.startswith('resnet'):
         model_kwargs += ['channels=(8, 16, 32, 64)', 'stem_width=8']
+    model = []
+    if recipe_args.pretrained:  # a fine-tuning recipe: its pretrained weights from a local folder, as small
+        model, model_kwargs = ['--model', f'local-dir:{save_tiny_pretrained(tmp_path / "pretrained")}'], []
     overrides = ['-c', recipe, '--dataset', 'embedded/digits', '--data-dir', '', '--num-classes', '10',
                  '--input-size', '3', '16', '16', '--train-img-sizes', '16', '-b', '8', '--epochs', '1',
                  '--train-batches-per-epoch', '2', '--workers', '0', '--device', 'cpu', '--no-prefetcher',
-                 '--output', str(tmp_path), '--experiment', 'r', '--stim-bn-recal', '16',
-                 '--model-kwargs', *model_kwargs]
+                 '--output', str(tmp_path), '--experiment', 'r', '--stim-bn-recal', '16', *model,
+                 *(['--model-kwargs', *model_kwargs] if model_kwargs else [])]
     result = train_main(overrides)
     assert os.path.exists(os.path.join(result['output_dir'], 'model_best.pth.tar'))
     assert result['epochs'][0]['validation'] is not None

@@ -99,10 +99,10 @@ def test_command_line_reports_without_traceback(hub_env, files, tmp_path):
 
 
 def _error(caplog):
-    """The text of the last error a command logged (run_command logs 'error: MESSAGE')."""
-    errors = [r.getMessage() for r in caplog.records if r.levelname == 'ERROR' and r.getMessage().startswith('error: ')]
+    """The text of the last bad-input error a command logged (run_command marks it timm_stim_error='input')."""
+    errors = [r.getMessage() for r in caplog.records if getattr(r, 'timm_stim_error', None) == 'input']
     assert errors, caplog.text[-2000:]
-    return errors[-1][len('error: '):]
+    return errors[-1]
 
 
 @pytest.mark.parametrize('kind', ['missing', 'cut.pth.tar', 'evil'])

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from timm_stim import StimulativeTask
 from timm_stim.training.args import parse_args
-from timm_stim.resolve import stable_start_epochs
+from timm_stim.resolve import default_warmin_epochs, describe, resolve_config, stable_start_epochs
 from timm_stim.task import kl_weight_at
 
 
@@ -71,3 +71,43 @@ def test_bad_warm_in_is_refused(value):
 def test_stim_weight_warmup_option():
     assert parse_args(['--stim-weight-warmup', '2'])[0].stim_weight_warmup == 2.0
     assert parse_args([])[0].stim_weight_warmup is None
+
+
+def test_from_pretrained_weights_the_default_warm_in_is_at_most_a_fifth_of_the_run():
+    # From scratch: the stable start, whatever the length of the run.
+    assert default_warmin_epochs(5, False, epochs=10, pretrained=False) == (6.0, '')
+    # A fine-tune: the shorter of the stable start and a fifth of the run, said in the log.
+    warmup, note = default_warmin_epochs(5, False, epochs=10, pretrained=True)
+    assert warmup == 2.0 and 'pretrained' in note and 'shortened from 6' in note
+    assert default_warmin_epochs(1, False, epochs=30, pretrained=True) == (2.0, '')  # already short
+    assert default_warmin_epochs(5, True, epochs=10, pretrained=True) == (0.0, '')   # LR per update: none
+
+
+def _resolve(epochs, pretrained=False, **config):
+    from timm_stim import StimConfig, attach
+    stim = attach(timm.create_model('resnet18', num_classes=10), space='uniform')
+    return resolve_config(StimConfig(num_subnets=2, **config), stim, [(3, 32, 32)], lr_warmup_epochs=5,
+                          lr_per_update=False, epochs=epochs, pretrained=pretrained)
+
+
+def test_a_warm_in_over_most_of_the_run_is_warned_about():
+    long = _resolve(epochs=10)  # timm's default --warmup-epochs 5: 6 of 10 epochs
+    assert long.config.weight_warmup_epochs == 6.0
+    assert len(long.warnings) == 1 and 'covers 6 of the 10 epochs' in long.warnings[0]
+    assert '--warmup-epochs 5 + 1' in long.warnings[0] and '--stim-weight-warmup' in long.warnings[0]
+    given = _resolve(epochs=4, weight_warmup_epochs=3.0)
+    assert 'covers 3 of the 4 epochs' in given.warnings[0] and '(--stim-weight-warmup)' in given.warnings[0]
+    assert _resolve(epochs=100).warnings == []
+    assert _resolve(epochs=None).warnings == []  # length unknown (library use): nothing to compare
+    finetune = _resolve(epochs=10, pretrained=True)
+    assert finetune.config.weight_warmup_epochs == 2.0 and finetune.warnings == []
+    assert finetune.summary['kl_weight_warmup_epochs'] == 2.0
+    assert any('over 2 epochs (shortened from 6' in line for line in describe(finetune))
+
+
+def test_the_resolved_configuration_is_logged_one_option_a_line():
+    lines = describe(_resolve(epochs=100))
+    assert lines[0] == 'Stimulative training:'
+    assert '  stage_depths: [2, 2, 2, 2]' in lines and '  subnets_per_step: 2' in lines
+    assert '  kl_weight_warmup_epochs: 6.0' in lines
+    assert all(line.count(':') == 1 or line.startswith('KL warm-in') for line in lines[1:])

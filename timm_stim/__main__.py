@@ -25,11 +25,20 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ['usage: timm-stim COMMAND [ARGS]   (or: python -m timm_stim COMMAND [ARGS])', '', 'commands:']
+    lines = ['usage: timm-stim [--version] COMMAND [ARGS]   (or: python -m timm_stim COMMAND [ARGS])', '',
+             'commands:']
     lines += [f'  {name:<9} {help_}' for name, (_, help_) in COMMANDS.items()]
     lines += ['', 'Run `timm-stim COMMAND --help` for the options of a command.',
               '`timm-stim train ...` is the same program as `python train_stim.py ...`.']
     return '\n'.join(lines)
+
+
+def version_line() -> str:
+    """``timm-stim X (timm Y, torch Z)``: what ``--version`` prints."""
+    import timm
+    import torch
+    from .version import __version__
+    return f'timm-stim {__version__} (timm {timm.__version__}, torch {torch.__version__})'
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -38,9 +47,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ('-V', '--version'):
+        print(version_line())
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f'error: unknown command {command!r}; expected one of {", ".join(COMMANDS)}.\n\n{_usage()}',
+        print(f'timm-stim: error: unknown command {command!r}; expected one of {", ".join(COMMANDS)}.\n\n{_usage()}',
               file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import InputError, run_command
+from .errors import InputError, command_prog, run_command
 
 __all__ = ['EMBEDDED_DATASETS', 'is_embedded', 'cache_root', 'materialize_embedded', 'resolve_dataset',
            'layout_fashion_mnist', 'FASHION_MNIST_SOURCES', 'ImageModeDataset', 'with_image_mode']
@@ -234,7 +234,7 @@ def layout_fashion_mnist(out_dir: str, source_dir: Optional[str] = None) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``timm-stim data``: 0 done, 2 bad input (a missing source, a folder that cannot be written)."""
-    parser = argparse.ArgumentParser(prog='timm-stim data', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog=command_prog('data'), description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     fm = sub.add_parser('fashion-mnist', help='lay out Fashion-MNIST for --dataset torch/fashion_mnist')
     fm.add_argument('dir', help='output folder, then pass it as --data-dir')

@@ -17,11 +17,13 @@ import contextlib
 import contextvars
 import difflib
 import logging
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = [
-    'InputError', 'UnsupportedModelError', 'CommandFailed', 'run_command', 'check_model_name',
+    'InputError', 'UnsupportedModelError', 'CommandFailed', 'NonFiniteLossError', 'NonFiniteModelError',
+    'run_command', 'command_main', 'command_prog', 'check_model_name',
     'HUB_PREFIXES', 'is_hub_name', 'EXIT_INPUT', 'EXIT_FAILED', 'EXIT_INTERRUPTED', 'at_command_exit',
 ]
 
@@ -56,6 +58,32 @@ class CommandFailed(RuntimeError):
     def report(self) -> str:
         """The text printed for this failure (default: the message)."""
         return str(self)
+
+
+class NonFiniteLossError(CommandFailed):
+    """A term of a training step is NaN or infinite (raised at the step, before the optimizer steps).
+
+    Attributes:
+        term: the term that went non-finite (``loss``, ``task_loss``, ``stim_kl[2] (depths 2,1,2,2)``,
+            ``grad_norm``, ...).
+        value: its value (NaN or +-inf).
+    """
+
+    def __init__(self, term: str, value: float, message: Optional[str] = None):
+        super().__init__(message or f'the {term} of a training step is {value} (not finite).')
+        self.term, self.value = term, value
+
+
+class NonFiniteModelError(CommandFailed):
+    """Weights hold NaN or infinite values: they are neither saved as a checkpoint nor published.
+
+    Attributes:
+        tensors: the names of the non-finite tensors.
+    """
+
+    def __init__(self, message: str, tensors: Sequence[str] = (), exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.tensors, self.exit_code = list(tensors), exit_code
 
 
 def is_hub_name(name: str) -> bool:
@@ -101,10 +129,12 @@ def at_command_exit(callback: Callable[[Optional[BaseException]], None]) -> None
 def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None) -> Any:
     """Run a command's body; turn timm_stim's errors into a message and an exit code.
 
-    On success returns what ``fn`` returns. ``InputError`` and ``CommandFailed`` are logged (no
-    traceback) and end the program with ``SystemExit(exit_code)``, as argparse does for bad
-    options; Ctrl-C ends it with exit code 130 after ``interrupted_hint`` (if any) is logged.
-    Any other exception is a bug and keeps its traceback.
+    On success returns what ``fn`` returns. ``InputError`` and ``CommandFailed`` are logged at
+    ERROR level (no traceback; the log format adds the one prefix, ``ERROR: ``, as timm's logging
+    does; the record's ``timm_stim_error`` says which kind) and end the program with
+    ``SystemExit(exit_code)``, as argparse does for bad options; Ctrl-C ends it with exit code
+    130 after ``interrupted_hint`` (if any) is logged. Any other exception is a bug and keeps
+    its traceback.
 
     Args:
         fn: the command's body, called without arguments.
@@ -116,10 +146,10 @@ def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None
         with stack:  # the command's cleanups (at_command_exit) run before its error is reported
             return fn()
     except InputError as e:
-        _logger.error(f'error: {e}')
+        _logger.error(str(e), extra={'timm_stim_error': 'input'})
         raise SystemExit(e.exit_code) from None
     except CommandFailed as e:
-        _logger.error(e.report())
+        _logger.error(e.report(), extra={'timm_stim_error': 'failed'})
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         _logger.error('Interrupted.' + (f' {interrupted_hint}' if interrupted_hint else ''))
@@ -128,7 +158,32 @@ def run_command(fn: Callable[[], Any], *, interrupted_hint: Optional[str] = None
         _COMMAND_EXIT.reset(token)
 
 
+def command_prog(command: str) -> str:
+    """The program name a command's usage and error lines show: the way the user started it.
+
+    ``timm-stim analyze`` when run by the ``timm-stim`` script, ``train_stim.py`` for that script,
+    else ``python -m timm_stim analyze``.
+
+    Args:
+        command: the ``timm-stim`` command (``train``, ``analyze``, ...).
+    """
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    if script in ('timm-stim', 'timm-stim.exe'):
+        return f'timm-stim {command}'
+    if command == 'train' and script.endswith('.py') and script != '__main__.py':
+        return script  # python train_stim.py
+    return f'python -m timm_stim {command}'
+
+
+def setup_command_logging() -> None:
+    """Log as timm's train.py does (INFO lines plain, others ``LEVEL: message``) unless logging is already set up."""
+    if not logging.getLogger().handlers:
+        from timm.utils import setup_default_logging
+        setup_default_logging()
+
+
 def command_main(body: Callable[[Sequence[str]], Any], argv: Optional[Sequence[str]] = None) -> Any:
-    """``run_command(lambda: body(argv))`` with ``argv`` defaulting to ``sys.argv[1:]``."""
+    """``run_command(lambda: body(argv))`` with ``argv`` defaulting to ``sys.argv[1:]``, logging as ``train``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    setup_command_logging()
     return run_command(lambda: body(args))

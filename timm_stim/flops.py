@@ -1,18 +1,19 @@
 """Counting floating-point operations of a model and of its residual blocks.
 
-Both helpers count what ``torch.utils.flop_counter.FlopCounterMode`` counts (matrix
+``model_stats`` gives the statistics timm's model cards list (params, GMACs, activations). The
+FLOP helpers count what ``torch.utils.flop_counter.FlopCounterMode`` counts (matrix
 multiplications and convolutions, 2 per multiply-add) for one image, in eval mode without
 gradients, and leave the model's mode as it was. ``count_flops`` is what ``analyze`` reports
 per subnetwork; ``block_flops`` splits one forward pass into each given block's share, which
 is what the expected cost of a sampled subnetwork needs (``timm_stim.budget``).
 """
 import copy
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ['count_flops', 'block_flops', 'shape_only_copy']
+__all__ = ['count_flops', 'block_flops', 'shape_only_copy', 'model_stats']
 
 
 def count_flops(model: nn.Module, input_size: Sequence[int], device: Any = 'cpu') -> int:
@@ -39,6 +40,32 @@ def count_flops(model: nn.Module, input_size: Sequence[int], device: Any = 'cpu'
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def model_stats(model: nn.Module, input_size: Sequence[int], device: Any = 'cpu') -> Dict[str, Any]:
+    """The model statistics timm's model cards list, for one image of ``input_size``.
+
+    Params (M); GMACs (multiply-adds: ``count_flops``' FLOPs / 2); Activations (M), counted as
+    timm's cards count them (fvcore's activation count: the output elements of every convolution
+    and linear layer); the image size. For timm's resnet50 at 224 px: 25.6, 4.1, 11.1, as its card.
+
+    Returns:
+        ``{'params_m', 'gmacs', 'activations_m', 'image_size'}`` (image_size: (H, W)).
+    """
+    activations = [0]
+
+    def count(module, args, output):
+        activations[0] += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        flops = count_flops(model, input_size, device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
+            'gmacs': flops / 2e9, 'activations_m': activations[0] / 1e6,
+            'image_size': (int(input_size[-2]), int(input_size[-1]))}
 
 
 def block_flops(model: nn.Module, blocks: Sequence[nn.Module], input_size: Sequence[int],

@@ -24,7 +24,7 @@ import re
 import shlex
 import sys
 from contextlib import nullcontext
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,8 @@ from .errors import InputError
 
 __all__ = [
     'SAFE_GLOBALS', 'EXPECTED_CHECKPOINT', 'checkpoint_error', 'check_checkpoint_path', 'load_checkpoint',
-    'state_dict_of', 'require_state_dict', 'check_weights_file', 'create_model_from_options',
+    'state_dict_of', 'require_state_dict', 'follow_umask', 'has_ema_weights', 'choose_weights', 'check_weights_file',
+    'create_model_from_options',
 ]
 
 # What a timm training checkpoint may hold besides tensors and plain data (timm allows the same).
@@ -186,6 +187,55 @@ def require_state_dict(checkpoint: Any, path: str, option: Optional[str] = None,
         what = f'a {type(checkpoint).__name__}' if not isinstance(checkpoint, dict) else 'no state_dict of tensors'
         raise InputError(f'{_subject(path, option)} holds no model weights ({what}); expected {EXPECTED_CHECKPOINT}.')
     return state_dict
+
+
+def follow_umask(path: str, mode: int = 0o666) -> None:
+    """Give ``path`` the permissions a new file (``mode`` 0o666) or folder (0o777) gets under the process umask.
+
+    safetensors writes its files 0600 and ``tempfile`` its folders 0700, where every other file a
+    run writes follows the umask (e.g. 0644): the weights would be the one file others cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def has_ema_weights(checkpoint: Any) -> bool:
+    """Whether a loaded checkpoint holds EMA weights (``state_dict_ema`` / ``model_ema``), as timm looks for them."""
+    return isinstance(checkpoint, dict) and any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema'))
+
+
+def choose_weights(checkpoint: Any, path: str, use_ema: Optional[bool] = None,
+                   option: str = '--use-ema') -> Tuple[Dict[str, torch.Tensor], bool]:
+    """The weights a checkpoint gives for a choice of EMA or not: the one rule of every command.
+
+    timm's rule (``timm.models.load_checkpoint(..., use_ema=True)``, its default): the EMA weights
+    when the checkpoint holds them, else its weights. ``timm-stim push`` / ``analyze`` / ``export``
+    (``--use-ema`` / ``--no-use-ema``), ``--push-to-hub`` and ``model_best.safetensors`` all take
+    their weights here, so that the same choice gives the same tensors everywhere.
+
+    Args:
+        checkpoint: a loaded checkpoint (``load_checkpoint``).
+        path: its file, for messages.
+        use_ema: None: timm's default (EMA when held); True: the EMA weights (refused when there
+            are none); False: the trained (non-EMA) weights.
+        option: the option that asked for EMA weights, named in the message.
+
+    Returns:
+        (state dict with wrapper prefixes removed, whether it is the EMA weights).
+
+    Raises:
+        InputError: EMA weights asked for but absent, or no weights in the file.
+    """
+    held = has_ema_weights(checkpoint)
+    if use_ema and not held:
+        if path.endswith('.safetensors'):
+            raise InputError(f'{option}: {path} is a .safetensors file holding one set of weights; pass the '
+                             f'.pth.tar checkpoint that holds state_dict_ema.')
+        raise InputError(f'{option}: {path} holds no EMA weights (state_dict_ema); train with --model-ema or drop '
+                         f'{option}.')
+    chosen = held if use_ema is None else bool(use_ema)
+    return require_state_dict(checkpoint, path, use_ema=chosen), chosen
 
 
 def check_weights_file(path: str, option: str) -> None:

@@ -15,7 +15,14 @@ from .config import StimConfig
 from .inputs import round_to_multiple, short_side_range
 from .stimulator import Stimulator
 
-__all__ = ['ResolvedStim', 'resolve_config', 'stable_start_epochs']
+__all__ = ['ResolvedStim', 'resolve_config', 'stable_start_epochs', 'default_warmin_epochs',
+           'FINETUNE_WARMIN_FRACTION']
+
+# From pretrained weights, the default KL warm-in is at most this fraction of the run: the body's
+# features are already trained, only the new classifier starts small, and a fine-tune is short.
+FINETUNE_WARMIN_FRACTION = 0.2
+# A warm-in (given or default) over more than this fraction of the run is said in a warning.
+LONG_WARMIN_FRACTION = 0.5
 
 
 def stable_start_epochs(lr_warmup_epochs: float, lr_per_update: bool) -> float:
@@ -51,11 +58,15 @@ class ResolvedStim:
         plan: the compute plan (``--stim-budget``), else None.
         summary: plain values for the log, ``args.yaml``'s ``stim_resolved`` and the model card.
         warmup_by_default: whether the KL warm-in comes from the default rule (not given).
+        warnings: what the log should warn about (e.g. a warm-in covering most of the run).
+        warmup_note: why the default warm-in has its length, for the log ('' for the stable-start rule).
     """
     config: StimConfig
     plan: Optional[BudgetPlan]
     summary: Dict[str, Any]
     warmup_by_default: bool = False
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    warmup_note: str = ''
 
 
 def _subnet_short_sides(stimulator: Stimulator, config: StimConfig,
@@ -87,8 +98,29 @@ def _budget_plan(stimulator: Stimulator, config: StimConfig, train_sizes: Sequen
                           num_subnets=config.num_subnets, cost=sum(costs) / len(costs))
 
 
+def default_warmin_epochs(lr_warmup_epochs: float, lr_per_update: bool, epochs: Optional[int] = None,
+                          pretrained: bool = False) -> Tuple[float, str]:
+    """The default KL warm-in (``--stim-weight-warmup`` not given) and, when shortened, why.
+
+    The stable start (``stable_start_epochs``: timm's default ``--warmup-epochs 5`` gives 6
+    epochs). From pretrained weights it is at most ``FINETUNE_WARMIN_FRACTION`` of the ``epochs``
+    of the run: a fine-tune is short, and its trained body needs the subnetwork terms from early on.
+
+    Returns:
+        (epochs of warm-in, a note for the log, '' when the stable-start rule stands).
+    """
+    warmup = stable_start_epochs(lr_warmup_epochs, lr_per_update)
+    if pretrained and epochs and warmup > FINETUNE_WARMIN_FRACTION * epochs:
+        shortened = round(FINETUNE_WARMIN_FRACTION * epochs, 4)
+        return shortened, (f'shortened from {warmup:g} (--warmup-epochs {lr_warmup_epochs:g} + 1) to '
+                           f'{FINETUNE_WARMIN_FRACTION:g} of the {epochs} epochs: the run starts from pretrained '
+                           f'weights')
+    return warmup, ''
+
+
 def resolve_config(config: StimConfig, stimulator: Stimulator, train_sizes: Sequence[Sequence[int]],
-                   lr_warmup_epochs: float = 0.0, lr_per_update: bool = False) -> ResolvedStim:
+                   lr_warmup_epochs: float = 0.0, lr_per_update: bool = False, epochs: Optional[int] = None,
+                   pretrained: bool = False) -> ResolvedStim:
     """Resolve ``config`` for the model ``stimulator`` is attached to.
 
     Args:
@@ -97,6 +129,10 @@ def resolve_config(config: StimConfig, stimulator: Stimulator, train_sizes: Sequ
         train_sizes: every input size (C, H, W) training feeds the full network (several with
             scheduled sizes, e.g. timm's ``--train-img-sizes``).
         lr_warmup_epochs, lr_per_update: the learning rate's warm-up, for the KL warm-in default.
+        epochs: the run's epochs (``--epochs``), if known: a warm-in over more than half of them is
+            warned about, and from pretrained weights the default is at most a fifth of them.
+        pretrained: whether training starts from pretrained weights (``--pretrained``,
+            ``--initial-checkpoint``): see ``default_warmin_epochs``.
 
     Returns:
         The ``ResolvedStim``.
@@ -107,8 +143,15 @@ def resolve_config(config: StimConfig, stimulator: Stimulator, train_sizes: Sequ
     train_sizes = [tuple(int(v) for v in size) for size in train_sizes]
     plan = _budget_plan(stimulator, config, train_sizes) if config.budget is not None else None
     by_default = config.weight_warmup_epochs is None
-    warmup = stable_start_epochs(lr_warmup_epochs, lr_per_update) if by_default else float(
-        config.weight_warmup_epochs)
+    warmup, note = (default_warmin_epochs(lr_warmup_epochs, lr_per_update, epochs, pretrained) if by_default
+                    else (float(config.weight_warmup_epochs), ''))
+    warnings = []
+    if epochs and warmup > LONG_WARMIN_FRACTION * epochs:
+        origin = (f'the default, --warmup-epochs {lr_warmup_epochs:g} + 1' if by_default
+                  else '--stim-weight-warmup')
+        warnings.append(f'The KL warm-in ({origin}) covers {warmup:g} of the {epochs} epochs: the subnetworks train '
+                        f'at full weight for {max(epochs - warmup, 0):g} epochs or less. Set --stim-weight-warmup to '
+                        f'a few epochs (or 0), or step the learning rate per update (--sched-on-updates).')
     # The budget is spent on K: the resolved config holds the K it affords (the plan keeps the budget).
     resolved = dataclasses.replace(config, num_subnets=plan.num_subnets if plan is not None else config.num_subnets,
                                    budget=None, weight_warmup_epochs=warmup)
@@ -130,7 +173,8 @@ def resolve_config(config: StimConfig, stimulator: Stimulator, train_sizes: Sequ
            if plan is not None else {}),
         'config': resolved.to_dict(),
     }
-    return ResolvedStim(config=resolved, plan=plan, summary=summary, warmup_by_default=by_default and warmup > 0)
+    return ResolvedStim(config=resolved, plan=plan, summary=summary, warmup_by_default=by_default and warmup > 0,
+                        warnings=warnings, warmup_note=note)
 
 
 def describe(resolved: Optional[ResolvedStim]) -> List[str]:
@@ -139,11 +183,14 @@ def describe(resolved: Optional[ResolvedStim]) -> List[str]:
         return []
     import yaml
     shown = {k: v for k, v in resolved.summary.items() if k != 'config'}
-    lines = ['Stimulative training: ' + yaml.safe_dump(shown, default_flow_style=True).strip()]
+    # One option a line, each value as YAML on one line (``stage_depths: [2, 2, 2, 2]``).
+    lines = ['Stimulative training:'] + [
+        '  ' + yaml.safe_dump({k: v}, default_flow_style=True, width=10 ** 6).strip()[1:-1] for k, v in shown.items()]
     if resolved.plan is not None:
         lines.append('Stimulative training cost: ' + resolved.plan.describe())
     if resolved.warmup_by_default:
         lines.append(f'KL warm-in (timm-stim\'s stable start, not in the paper) on by default: the KL weight rises '
-                     f'from 0 over {resolved.config.weight_warmup_epochs:g} epochs; --stim-weight-warmup 0 turns '
+                     f'from 0 over {resolved.config.weight_warmup_epochs:g} epochs'
+                     f'{f" ({resolved.warmup_note})" if resolved.warmup_note else ""}; --stim-weight-warmup 0 turns '
                      f'it off.')
     return lines

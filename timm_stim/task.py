@@ -12,6 +12,7 @@ from timm.task import ClassificationTask, TrainingTask
 from timm.utils import unwrap_model
 
 from .config import StimConfig
+from .errors import NonFiniteLossError
 from .inputs import renormalize_batch, resize_batch, sample_input_size
 from .losses import logit_norm, stim_kl
 from .adapters import get_adapter
@@ -354,10 +355,17 @@ class StimulativeMixin:
             count += 1
         return int(count)
 
-    def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The subnetwork forward and backward passes; returns the mean KL term (detached)."""
+    def _stimulate(self, plan, input: torch.Tensor, teacher: torch.Tensor, grad: torch.Tensor,
+                   base_loss: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The subnetwork forward and backward passes; returns the mean KL term (detached).
+
+        Raises:
+            NonFiniteLossError: ``base_loss`` (the task's loss) or a subnetwork's KL term is NaN or
+                infinite, naming which; raised inside the loss's backward, before the optimizer steps.
+        """
         model, config = self.stimulator.model, self.config
         kl_total = torch.zeros((), device=teacher.device)
+        kls = []
         subnet_input = input  # resize='official': each subnetwork resizes the previous one's input
         for subnet, size in plan:
             with self.stimulator.activate(subnet):
@@ -367,7 +375,39 @@ class StimulativeMixin:
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
                 self._backward_now(grad * (self.kl_weight * kl))
             kl_total += kl.detach()
+            kls.append(kl.detach().float())
+        if base_loss is not None or kls:  # one sync per step, before the optimizer steps on these gradients
+            _raise_if_non_finite(base_loss, kls, plan, isinstance(self.trainable_module, DistributedDataParallel))
         return kl_total / max(len(plan), 1)
+
+
+def _raise_if_non_finite(base_loss: Optional[torch.Tensor], kls: List[torch.Tensor], plan,
+                         distributed: bool = False) -> None:
+    """``NonFiniteLossError`` naming the task loss or the first subnetwork whose KL term is NaN or infinite.
+
+    With ``distributed`` (DDP) the processes agree first (one all-reduce of a flag): every one raises
+    when any has a non-finite term, so that none waits in DDP's gradient all-reduce for the others.
+    """
+    terms = ([base_loss.detach().float().reshape(())] if base_loss is not None else []) + kls
+    finite = torch.isfinite(torch.stack(terms))
+    any_bad = (~finite).any()
+    if distributed:
+        flag = any_bad.float().reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if bool(flag.item()) and bool(finite.all()):
+            raise NonFiniteLossError('another process', float('nan'), 'a term of this step is not finite on '
+                                                                      'another process.')
+    if not bool(any_bad):
+        return
+    first = int((~finite).nonzero()[0])
+    if base_loss is not None and first == 0:
+        raise NonFiniteLossError('task_loss', float(terms[0]), f'the task loss of this step is {float(terms[0])}.')
+    i = first - (base_loss is not None)
+    subnet, size = plan[i]
+    term, value = f'stim_kl[{i}]', float(kls[i])
+    raise NonFiniteLossError(term, value, f'the KL term of subnetwork {i} of {len(plan)} of this step (depths '
+                                          f'{",".join(map(str, subnet.depths))}, input {size[0]}x{size[1]}), {term}, '
+                                          f'is {value}.')
 
 
 class _StimulativeBackward(torch.autograd.Function):
@@ -396,11 +436,12 @@ class _StimulativeBackward(torch.autograd.Function):
     def backward(ctx, grad):
         task = ctx.task
         with torch.enable_grad():
+            base_loss = ctx.loss.detach()
             task._backward_now(ctx.loss * grad)
             ctx.loss = None  # the full network's graph is freed before any subnetwork runs
             device, enabled, dtype = ctx.autocast
             with torch.autocast(device_type=device, dtype=dtype, enabled=enabled):
-                ctx.stim_kl.copy_(task._stimulate(ctx.plan, ctx.input, ctx.teacher, grad))
+                ctx.stim_kl.copy_(task._stimulate(ctx.plan, ctx.input, ctx.teacher, grad, base_loss))
         ctx.input = ctx.teacher = None
         return None, None, None, None, None, None, torch.zeros_like(grad)
 

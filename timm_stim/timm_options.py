@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type
 from timm.utils import ParseKwargs
 
 from .config import StimConfig, add_config_args
+from .errors import command_prog
 from .tokens import TokenMaskingParser
 
 __all__ = ['create_train_parser', 'copy_train_options', 'add_recipe_args', 'add_run_args', 'add_hub_args',
@@ -401,6 +402,12 @@ _RUN_ARGS = (
      'so --resume repeats the uninterrupted run exactly, with any number of data-loader workers, also from a mid-epoch '
      "recovery checkpoint; timm: seed once as timm's train.py does (its runs repeat bit for bit, resume does not) "
      '(default: per-sample)'),
+    ('--nonfinite', dict(type=str, default='stop', choices=('stop', 'skip')),
+     'a step whose loss, KL term or gradient norm is NaN or infinite: stop the run there (naming the epoch, step, '
+     'term, AMP dtype and LR, and the --resume of the last good checkpoint), or skip the step (counted in the log and '
+     'summary.csv) (default: stop)'),
+    ('--nonfinite-max', dict(type=int, default=10, metavar='N'),
+     'with --nonfinite skip: stop after N non-finite steps in a row (default: 10)'),
 )
 
 _HUB_ARGS = (
@@ -516,6 +523,7 @@ def create_train_parser(config_cls: Type[StimConfig] = StimConfig,
                                help='YAML config file specifying default arguments')
 
     parser = RecordingParser(
+        prog=command_prog('train'),
         description='Train timm image models, optionally with Stimulative Training (ST / ST++). '
                     'Accepts every option of timm\'s train.py.')
     # Every float option (timm's --lr, --momentum, ... and ours) refuses NaN and infinities.

@@ -35,9 +35,10 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import LOCAL_DIR, LoadedModel, add_deprecated_alias, check_writable_out, hub_repo_of, load_model
+from .checkpoints import (LOCAL_DIR, LoadedModel, add_deprecated_alias, add_use_ema_option, check_writable_out,
+                          hub_repo_of, load_model)
 from ..devices import resolve_amp_dtype
-from ..errors import InputError, command_main
+from ..errors import InputError, command_main, command_prog
 from ..timm_options import copy_train_options
 from ..flops import count_flops
 from ..stimulator import Stimulator, attach
@@ -47,8 +48,8 @@ from ..bn import recalibrate_bn
 from ..config import MAX_SUBNETS, ConfigError, StimConfig, add_config_option
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
-           'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_results', 'summary_table',
-           'checkpoint_labels', 'CSV_COLUMNS', 'main']
+           'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_points', 'build_plot',
+           'plot_results', 'summary_table', 'checkpoint_labels', 'CSV_COLUMNS', 'main']
 
 CSV_FILE = 'analyze.csv'
 PLOT_FILE = 'analyze.png'
@@ -271,41 +272,81 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> str:
     return path
 
 
-def plot_results(rows: Sequence[Dict[str, Any]], path: str, x: str = 'flops', title: Optional[str] = None) -> str:
-    """Top-1 against FLOPs (``x='flops'``) or blocks kept (``x='blocks'``), one colour per checkpoint label.
+def plot_points(rows: Sequence[Dict[str, Any]], label: str, kind: str, x: str = 'flops',
+                scale: float = 1.0) -> List[Tuple[float, float, int]]:
+    """The distinct (x, top-1) points of one checkpoint's networks of one kind, each with how many networks lie there.
 
-    Full networks are stars, one-block-removed networks triangles, sampled subnetworks dots.
-    Uses matplotlib's Agg canvas directly (the global backend is never changed).
+    Networks with equal FLOPs (or blocks) and equal top-1 would print over each other: they are one point,
+    counted, in first-seen order.
+    """
+    counts: Dict[Tuple[float, float], int] = {}
+    for r in rows:
+        if r['label'] == label and r['kind'] == kind:
+            key = (float(r['flops']) / scale if x == 'flops' else int(r['num_blocks']), float(r['top1']))
+            counts[key] = counts.get(key, 0) + 1
+    return [(px, py, n) for (px, py), n in counts.items()]
+
+
+def build_plot(rows: Sequence[Dict[str, Any]], x: str = 'flops', title: Optional[str] = None):
+    """The figure of ``plot_results``: one panel per checkpoint label, each with its own top-1 range.
+
+    A panel's y axis spans its own networks (a good model's spread is not squashed by another's
+    range); identical points are drawn once, larger, with their count; the legend (marker kinds)
+    sits below the panels, off every point.
+
+    Returns:
+        A matplotlib ``Figure`` on an Agg canvas (the global backend is never changed).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    labels = list(dict.fromkeys(r['label'] for r in rows))
+    labels = list(dict.fromkeys(r['label'] for r in rows)) or ['']
     max_flops = max((float(r['flops']) for r in rows), default=0.0)
     scale, unit = (1e9, 'GFLOPs') if max_flops >= 1e9 else (1e6, 'MFLOPs')
     styles = {'full': dict(marker='*', s=160, zorder=4), 'drop1': dict(marker='^', s=40, zorder=3),
               'sampled': dict(marker='o', s=22, alpha=0.6, zorder=2)}
     names = {'full': 'full network', 'drop1': 'one block removed', 'sampled': 'sampled subnetwork'}
-    fig = Figure(figsize=(7.0, 4.8), dpi=100)
+    fig = Figure(figsize=(7.0, 1.2 + 3.0 * len(labels)), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    colours = [f'C{i % 10}' for i in range(len(labels))]
-    for label, colour in zip(labels, colours):
+    axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
+    for i, (label, ax) in enumerate(zip(labels, axes)):
+        colour = f'C{i % 10}'
         for kind in KINDS:
-            points = [r for r in rows if r['label'] == label and r['kind'] == kind]
+            points = plot_points(rows, label, kind, x, scale)
             if not points:
                 continue
-            xs = [float(r['flops']) / scale if x == 'flops' else int(r['num_blocks']) for r in points]
-            ys = [float(r['top1']) for r in points]
-            ax.scatter(xs, ys, color=colour, edgecolors='black' if kind == 'full' else 'none', linewidths=0.6,
-                       label=f'{label}: {names[kind]}', **styles[kind])
-    ax.set_xlabel(unit + ' per image' if x == 'flops' else 'blocks kept')
-    ax.set_ylabel('validation top-1 (%)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='lower right')
-    ax.set_title(title or 'Subnetworks on their own (network loafing)', fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, format='png')
+            ax.scatter([p[0] for p in points], [p[1] for p in points], color=colour,
+                       sizes=[styles[kind]['s'] * (1 + 0.5 * (p[2] - 1)) ** 0.5 for p in points],
+                       edgecolors='black' if kind == 'full' else 'none', linewidths=0.6,
+                       **{k: v for k, v in styles[kind].items() if k != 's'})
+            for px, py, n in points:
+                if n > 1:
+                    ax.annotate(f'x{n}', (px, py), xytext=(4, 3), textcoords='offset points', fontsize=7)
+        low, high = ax.get_ylim()
+        if high - low < 1.0:  # one top-1 value: show a 1-point range around it
+            middle = (high + low) / 2
+            ax.set_ylim(middle - 0.5, middle + 0.5)
+        ax.set_title(label, fontsize=9, loc='left')
+        ax.set_ylabel('top-1 (%)')
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(unit + ' per image' if x == 'flops' else 'blocks kept')
+    handles = [Line2D([], [], color='grey', linestyle='none', marker=styles[k]['marker'],
+                      markersize=9 if k == 'full' else 6, markeredgecolor='black' if k == 'full' else 'none',
+                      label=names[k]) for k in KINDS]
+    fig.suptitle(title or 'Subnetworks on their own (network loafing); xN: N networks at one point', fontsize=10)
+    fig.legend(handles=handles, loc='lower center', ncol=len(KINDS), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))  # room for the legend below the panels
+    return fig
+
+
+def plot_results(rows: Sequence[Dict[str, Any]], path: str, x: str = 'flops', title: Optional[str] = None) -> str:
+    """Top-1 against FLOPs (``x='flops'``) or blocks kept (``x='blocks'``): one panel per checkpoint label.
+
+    Full networks are stars, one-block-removed networks triangles, sampled subnetworks dots
+    (``build_plot``). Writes a PNG to ``path`` and returns it.
+    """
+    build_plot(rows, x=x, title=title).savefig(path, format='png')
     return path
 
 
@@ -348,7 +389,7 @@ def checkpoint_labels(sources: Sequence[str]) -> List[str]:
 
 def create_analyze_parser() -> argparse.ArgumentParser:
     parser = TokenMaskingParser(
-        prog='python -m timm_stim analyze',
+        prog=command_prog('analyze'),
         description='Evaluate the full network, every network with one block removed and sampled subnetworks of '
                     'timm checkpoints on the validation split (network loafing); write analyze.csv and analyze.png '
                     'and print a summary. Model and data options are train_stim.py\'s; --val-num-samples also '
@@ -357,6 +398,7 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                         help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
+    add_use_ema_option(parser)
     group = parser.add_argument_group('Analysis')
     samples = group.add_argument('--samples', type=int, default=64, metavar='N',
                                  help='subnetworks sampled per checkpoint (default: 64; formerly --stim-subnets and '
@@ -503,7 +545,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     # Every checkpoint is loaded and checked against the space before any data is read.
     loaded = []
     for source in args.checkpoints:
-        item = load_model(source, args.model, args.num_classes)
+        item = load_model(source, args.model, args.num_classes, use_ema=args.use_ema)
         try:
             stim = attach(item.model, space=args.stim_space, mode=args.stim_mode, bn='update')
         except ValueError as e:

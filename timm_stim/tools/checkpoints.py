@@ -29,12 +29,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError, check_model_name, is_hub_name
-from ..loading import checkpoint_error, create_model_from_options, load_checkpoint, require_state_dict
+from ..labels import checkpoint_label_names
+from ..loading import checkpoint_error, choose_weights, create_model_from_options, has_ema_weights, load_checkpoint
 
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'add_deprecated_alias', 'check_writable_out', 'check_preprocessing',
+    'load_model', 'add_deprecated_alias', 'add_use_ema_option', 'check_writable_out', 'check_preprocessing',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -52,9 +53,11 @@ class CheckpointInfo:
     Attributes:
         epoch: the epoch stored in a timm training checkpoint, or None.
         has_ema: whether it holds EMA weights (``state_dict_ema`` / ``model_ema``).
+        label_names: the class names the training run recorded in it (``timm_stim.labels``), or None.
     """
     epoch: Optional[int] = None
     has_ema: bool = False
+    label_names: Optional[Tuple[str, ...]] = None
 
 
 @dataclass
@@ -69,7 +72,7 @@ class LoadedModel:
         data_config: preprocessing the weights were trained / published with (args.yaml or the
             Hub config), as ``timm.data.resolve_data_config`` args; CLI options override it.
         info: epoch / EMA of a checkpoint file (empty for Hub sources).
-        use_ema: whether the model holds the checkpoint's EMA weights.
+        use_ema: whether the model holds the checkpoint's EMA weights (``timm_stim.loading.choose_weights``).
     """
     model: nn.Module
     source: str
@@ -160,9 +163,9 @@ def _info_of(checkpoint: Any) -> CheckpointInfo:
     """What a loaded checkpoint says about itself (epoch, EMA weights)."""
     if not isinstance(checkpoint, dict):
         return CheckpointInfo()
-    epoch = checkpoint.get('epoch')
-    return CheckpointInfo(epoch=epoch if isinstance(epoch, int) else None,
-                          has_ema=any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema')))
+    epoch, names = checkpoint.get('epoch'), checkpoint_label_names(checkpoint)
+    return CheckpointInfo(epoch=epoch if isinstance(epoch, int) else None, has_ema=has_ema_weights(checkpoint),
+                          label_names=tuple(names) if names else None)
 
 
 def read_checkpoint_info(path: str) -> CheckpointInfo:
@@ -174,29 +177,24 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     return _info_of(load_checkpoint(path))
 
 
-def read_state_dict(path: str, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], CheckpointInfo]:
-    """The weights of a checkpoint file, read safely and picked as ``timm.models.load_state_dict`` does.
+def read_state_dict(path: str, use_ema: Optional[bool] = None) -> Tuple[Dict[str, torch.Tensor], CheckpointInfo, bool]:
+    """The weights of a checkpoint file, read safely and picked by ``timm_stim.loading.choose_weights``.
 
     Args:
         path: a ``.safetensors`` file or a ``torch.save`` file (a state dict, or a dict with
             ``state_dict`` / ``state_dict_ema`` / ``model`` as timm's saver writes).
-        use_ema: take the EMA weights; refused when the file has none.
+        use_ema: None: the EMA weights when the file holds them (timm's default); True: the EMA
+            weights, refused when the file has none; False: the non-EMA weights.
 
     Returns:
-        (state dict with wrapper prefixes removed, what the file says about itself).
+        (state dict with wrapper prefixes removed, what the file says about itself, whether the EMA weights were taken).
 
     Raises:
         InputError: unreadable or unsafe file, missing EMA weights, or no tensors where weights belong.
     """
     checkpoint = load_checkpoint(path)  # refuses unsafe or damaged files with timm_stim.loading's message
-    info = _info_of(checkpoint)
-    if use_ema and not info.has_ema:
-        if path.endswith('.safetensors'):
-            raise InputError(f'--use-ema: {path} is a .safetensors file holding one set of weights; pass the '
-                             f'.pth.tar checkpoint that holds state_dict_ema.')
-        raise InputError(f'--use-ema: {path} holds no EMA weights (state_dict_ema); train with --model-ema or drop '
-                         f'--use-ema.')
-    return require_state_dict(checkpoint, path, use_ema=use_ema), info
+    state_dict, used_ema = choose_weights(checkpoint, path, use_ema)
+    return state_dict, _info_of(checkpoint), used_ema
 
 
 def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: str, name: str) -> None:
@@ -246,7 +244,7 @@ def check_source(source: str) -> None:
 
 
 def load_model(source: str, model_name: Optional[str] = None, num_classes: Optional[int] = None, *,
-               use_ema: bool = False) -> LoadedModel:
+               use_ema: Optional[bool] = None) -> LoadedModel:
     """Build the timm model of ``source`` and load its weights (strictly, and safely).
 
     Args:
@@ -254,7 +252,8 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
         model_name: timm architecture of a checkpoint file (default: ``model`` of the
             ``args.yaml`` beside it). For Hub sources it must match the one they name.
         num_classes: classes of the checkpoint (default: the rows of its classifier weight, else args.yaml).
-        use_ema: take a checkpoint file's EMA weights.
+        use_ema: a checkpoint file's EMA weights (True), its non-EMA weights (False), or timm's default (None: the
+            EMA weights when it holds them); see ``timm_stim.loading.choose_weights``.
 
     Returns:
         A ``LoadedModel`` with the model in eval mode on the CPU.
@@ -287,12 +286,21 @@ def load_model(source: str, model_name: Optional[str] = None, num_classes: Optio
         raise InputError(f'--model is required: {source} has no {ARGS_FILE} beside it to read the '
                          f'architecture from.')
     check_model_name(name)
-    state_dict, info = read_state_dict(source, use_ema=use_ema)
+    state_dict, info, use_ema = read_state_dict(source, use_ema=use_ema)
     if num_classes is None:  # the checkpoint's own classifier says best (args.yaml may be of another run)
         num_classes = _classes_in(state_dict, name)
     model = create_model_from_options(train_args, name=name, num_classes=num_classes, for_training=False)
     load_weights(model, state_dict, source, name)
     return LoadedModel(model.eval(), source, name, train_args, data_config_from_args(train_args), info, use_ema)
+
+
+USE_EMA_HELP = ('the EMA weights of a checkpoint (--use-ema) or its trained, non-EMA weights (--no-use-ema); default: '
+                'the EMA weights when it holds them, as timm.models.load_checkpoint')
+
+
+def add_use_ema_option(parser: Any) -> argparse.Action:
+    """Add ``--use-ema`` / ``--no-use-ema`` to ``parser`` (default None: ``choose_weights``' rule)."""
+    return parser.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None, help=USE_EMA_HELP)
 
 
 class _DeprecatedAlias(argparse.Action):

@@ -29,8 +29,10 @@ import torch
 import torch.nn as nn
 
 from ..adapters import identity
-from .checkpoints import LoadedModel, check_writable_out, hub_repo_of, load_model
-from ..errors import CommandFailed, InputError, command_main
+from .checkpoints import LoadedModel, add_use_ema_option, check_writable_out, hub_repo_of, load_model
+from ..errors import CommandFailed, InputError, command_main, command_prog
+from ..flops import model_stats
+from ..loading import follow_umask
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
 from ..timm_options import copy_train_options
@@ -222,9 +224,7 @@ def save_exported(model: nn.Module, out_dir: str, *, data_config: Optional[Dict[
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.export-', dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    follow_umask(tmp, 0o777)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         save_timm_hf_folder(model, tmp, model_config=model_config, data_config=data_config, model_card=model_card)
         if os.path.isdir(out_dir):
@@ -256,13 +256,13 @@ def _model_card(repo_id: str, exported: nn.Module, loaded: LoadedModel, data_con
         repo_id, architecture=loaded.architecture, num_classes=int(exported.num_classes), pretrained_cfg=data_config,
         published=f'subnetwork of `{os.path.basename(source)}`',
         base_model=hub_repo_of(source) or base_model_of(loaded.train_args),
-        num_params=sum(p.numel() for p in exported.parameters()), label_names=model_config.get('label_names'),
+        model_stats=model_stats(exported, data_config['input_size']), label_names=model_config.get('label_names'),
         sections={'Exported subnetwork': section})
 
 
 def create_export_parser() -> argparse.ArgumentParser:
     parser = TokenMaskingParser(
-        prog='python -m timm_stim export',
+        prog=command_prog('export'),
         description='Save a subnetwork of a trained residual network as a plain, smaller timm model in timm\'s '
                     'Hugging Face format (loads with timm.create_model("local-dir:DIR", pretrained=True)). '
                     'Supported: ' + '; '.join(EXPORT_FAMILIES.values()))
@@ -270,6 +270,7 @@ def create_export_parser() -> argparse.ArgumentParser:
                         help='a timm checkpoint (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of a checkpoint file (default: from args.yaml beside it)')
+    add_use_ema_option(parser)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument('--depths', default=None, metavar='D1,D2,...',
                        help='blocks kept per stage, the first d of each (official rule), e.g. 3,3,4,3')
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace) -> str:
         except InputError as e:
             raise InputError(f'--push-to-hub: {e}') from None
     _check_out_dir(args.out)
-    loaded = load_model(args.checkpoint, args.model, args.num_classes)
+    loaded = load_model(args.checkpoint, args.model, args.num_classes, use_ema=args.use_ema)
     model = loaded.model
     stim = _stimulator(model)
     if stim.adapter.family not in EXPORT_FAMILIES:
@@ -315,6 +316,8 @@ def run(args: argparse.Namespace) -> str:
     model_config = {}
     if model.pretrained_cfg.get('label_names'):
         model_config['label_names'] = model.pretrained_cfg['label_names']
+    elif loaded.info.label_names:  # recorded in the checkpoint by the training run
+        model_config['label_names'] = list(loaded.info.label_names)
     card = None
     if args.push_to_hub:
         card = _model_card(args.push_to_hub, exported, loaded, data_config, model_config, subnet,

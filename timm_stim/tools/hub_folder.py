@@ -11,6 +11,10 @@ import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InputError
+from ..flops import model_stats
+from ..guard import describe_non_finite, non_finite_tensors
+from ..labels import dataset_label_names
+from ..loading import follow_umask
 from ..tokens import mask_tokens
 from .checkpoints import (ARGS_FILE, LOCAL_DIR, LoadedModel, check_preprocessing, data_config_from_args, load_model,
                           read_train_args)
@@ -19,7 +23,7 @@ from .modelcard import build_model_card, public_train_args, stamp
 from .push_request import PushRequest
 from .summary import CURVES_FILE, SUMMARY_FILE, plot_training_curves, read_summary
 
-__all__ = ['write_model_card', 'save_timm_hf_folder', 'prepare_push_folder', 'dataset_label_names', 'ema_validated']
+__all__ = ['write_model_card', 'save_timm_hf_folder', 'prepare_push_folder', 'ema_validated']
 
 # pretrained_cfg keys describing the architecture's default weights (tag, paper, license, ...), not these weights.
 SOURCE_CFG_KEYS = ('tag', 'hf_hub_id', 'hf_hub_filename', 'url', 'file', 'source', 'state_dict', 'origin_url',
@@ -56,6 +60,9 @@ def save_timm_hf_folder(model, folder: str, *, model_config: Optional[Dict[str, 
         save_for_hf(model, folder, model_config=model_config, data_config=data_config, safe_serialization=True)
     finally:
         model.pretrained_cfg = original_cfg
+    for entry in os.listdir(folder):
+        if entry.endswith('.safetensors'):
+            follow_umask(os.path.join(folder, entry))  # safetensors writes 0600; the other files follow the umask
     if model_card is not None:
         write_model_card(folder, model_card)
     return folder
@@ -64,6 +71,15 @@ def save_timm_hf_folder(model, folder: str, *, model_config: Optional[Dict[str, 
 def ema_validated(train_args: Dict[str, Any]) -> bool:
     """Whether a run validated (and chose model_best by) its EMA weights."""
     return bool(train_args.get('model_ema')) and not train_args.get('model_ema_force_cpu')
+
+
+def _refuse_non_finite(loaded: LoadedModel) -> None:
+    """``InputError`` naming the tensors when the weights to publish hold NaN or infinite values."""
+    state_dict = loaded.model.state_dict()
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        raise InputError(f'{loaded.source}: not publishing NaN or infinite weights, in '
+                         f'{describe_non_finite(bad, len(state_dict))}. Publish an earlier checkpoint of the run.')
 
 
 def _copy_hub_folder(request: PushRequest, folder: str, train_args: Dict[str, Any]) -> Tuple[LoadedModel, Dict]:
@@ -77,6 +93,7 @@ def _copy_hub_folder(request: PushRequest, folder: str, train_args: Dict[str, An
         raise InputError(f'{source} is already in timm\'s Hub format (its config.json holds the labels and '
                          f'preprocessing): --use-ema, --label-names and the preprocessing options are for checkpoints.')
     loaded = load_model(f'{LOCAL_DIR}{os.path.abspath(source)}', request.model, request.num_classes)
+    _refuse_non_finite(loaded)
     for entry in sorted(os.listdir(source)):
         if os.path.isfile(os.path.join(source, entry)) and not entry.startswith('.'):
             shutil.copyfile(os.path.join(source, entry), os.path.join(folder, entry))
@@ -88,7 +105,10 @@ def _copy_hub_folder(request: PushRequest, folder: str, train_args: Dict[str, An
 def _convert_checkpoint(request: PushRequest, folder: str, train_args: Dict[str, Any]) -> Tuple[LoadedModel, Dict]:
     """Write a checkpoint in timm's Hub format with the run's args.yaml; return its model and what the card says."""
     loaded = load_model(request.checkpoint, request.model, request.num_classes, use_ema=request.use_ema)
-    classes, names = loaded.model.num_classes, request.label_names
+    _refuse_non_finite(loaded)
+    # The names --push-to-hub reads from the dataset, recorded by the training run in its checkpoints.
+    classes, names = loaded.model.num_classes, request.label_names or (
+        list(loaded.info.label_names) if loaded.info.label_names else None)
     if names is not None and len(names) != classes:
         raise InputError(f'--label-names gives {len(names)} names for a model with {classes} classes.')
     data_config = data_config_from_args(train_args, {k: getattr(request, k) for k in (
@@ -106,11 +126,11 @@ def _convert_checkpoint(request: PushRequest, folder: str, train_args: Dict[str,
     with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
         published_cfg = json.load(f).get('pretrained_cfg', {})  # as timm resolved it
     base, epoch = os.path.basename(request.checkpoint), loaded.info.epoch
-    published = f'{"EMA weights" if request.use_ema else "weights"} of `{base}`' + (
+    published = f'{"EMA weights" if loaded.use_ema else "weights"} of `{base}`' + (
         f' (epoch {epoch})' if epoch is not None else '')
     return loaded, dict(published=published, published_epoch=epoch, pick_best_row='best' in base, label_names=names,
                         pretrained_cfg=published_cfg,
-                        metrics_match_weights=request.use_ema == ema_validated(train_args))
+                        metrics_match_weights=loaded.use_ema == ema_validated(train_args))
 
 
 def prepare_push_folder(request: PushRequest, folder: str) -> None:
@@ -132,25 +152,8 @@ def prepare_push_folder(request: PushRequest, folder: str) -> None:
         return  # the Hub folder brought its own card
     curves = rows and plot_training_curves(rows, os.path.join(folder, CURVES_FILE), title=request.repo_id)
     model = loaded.model
+    input_size = described['pretrained_cfg'].get('input_size') or model.pretrained_cfg['input_size']
     write_model_card(folder, build_model_card(
         request.repo_id, architecture=loaded.architecture, num_classes=int(model.num_classes), train_args=train_args,
         summary_rows=rows, curves_file=CURVES_FILE if curves else None, license=request.license,
-        num_params=sum(p.numel() for p in model.parameters()), dataset_id=request.dataset_id, **described))
-
-
-def dataset_label_names(dataset: Any, num_classes: Optional[int] = None) -> Optional[List[str]]:
-    """Class names of a timm / torchvision dataset (or of one it wraps) in label order.
-
-    Returns:
-        The names, or None when unknown or when there are not ``num_classes`` of them.
-    """
-    for _ in range(5):  # a dataset wrapping a dataset wrapping ...
-        for source in (getattr(dataset, 'reader', None), dataset):
-            class_to_idx = getattr(source, 'class_to_idx', None)
-            names = getattr(source, 'classes', None)
-            if isinstance(class_to_idx, dict) and sorted(class_to_idx.values()) == list(range(len(class_to_idx))):
-                names = sorted(class_to_idx, key=class_to_idx.get)
-            if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
-                return list(names) if num_classes in (None, len(names)) else None
-        dataset = getattr(dataset, 'dataset', None)
-    return None
+        model_stats=model_stats(model, input_size), dataset_id=request.dataset_id, **described))

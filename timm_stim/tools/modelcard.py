@@ -148,6 +148,20 @@ def stim_config_of(train_args: Dict[str, Any]) -> StimConfig:
     return StimConfig.from_dict(resolved) if isinstance(resolved, dict) else StimConfig.from_args(train_args)
 
 
+def _ran_with(key: str, value: Any, resolved: Dict[str, Any]) -> str:
+    """An option's cell in the card: what the run trained with where the resolved config decided it."""
+    if key == 'stim_subnets' and resolved.get('budget') is not None and 'subnets_per_step' in resolved:
+        return f'{_fmt(resolved["subnets_per_step"])} per step (from --stim-budget {_fmt(resolved["budget"])})'
+    if key == 'stim_weight_warmup' and value is None and 'kl_weight_warmup_epochs' in resolved:
+        return f'{_fmt(resolved["kl_weight_warmup_epochs"])} (the default)'
+    return _fmt(value)
+
+
+def _small(value: float) -> str:
+    """A statistic as timm's cards round it (4.1, 11.1), with enough digits for tiny models (0.0031)."""
+    return f'{value:.1f}' if value >= 1 else f'{value:.2g}'
+
+
 def _summary(architecture: str, train_args: Dict[str, Any], method: Optional[str]) -> str:
     if method:
         return (f'A timm `{architecture}` image classifier trained with stimulative training ({method}) '
@@ -176,7 +190,8 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
                      train_args: Optional[Dict[str, Any]] = None, summary_rows: Optional[List[Dict[str, float]]] = None,
                      published: str = 'the checkpoint', published_epoch: Optional[int] = None,
                      metrics_match_weights: bool = True, pick_best_row: bool = False, curves_file: Optional[str] = None,
-                     num_params: Optional[int] = None, label_names: Optional[Sequence[str]] = None,
+                     num_params: Optional[int] = None, model_stats: Optional[Dict[str, Any]] = None,
+                     label_names: Optional[Sequence[str]] = None,
                      license: str = DEFAULT_LICENSE, dataset_id: Optional[str] = None,
                      base_model: Optional[str] = None, sections: Optional[Dict[str, str]] = None):
     """The ``README.md`` model card (a ``huggingface_hub.ModelCard`` rendered from ``TEMPLATE_PATH``).
@@ -193,7 +208,9 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
         metrics_match_weights: False when ``summary.csv`` measured other weights (EMA vs not): no ``model-index``.
         pick_best_row: without ``published_epoch``, the weights are the best epoch's.
         curves_file: name of the training-curves image in the repository, if any.
-        num_params: parameter count.
+        num_params: parameter count (shown when ``model_stats`` is not given).
+        model_stats: ``timm_stim.flops.model_stats`` of the published model: Params (M), GMACs,
+            Activations (M) and Image size, as timm's own cards list them.
         label_names: class names in label order.
         license: the card's license.
         dataset_id: Hub dataset id (default: derived from ``train_args`` when known).
@@ -236,7 +253,12 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
     in_chans = int((pretrained_cfg.get('input_size') or (3,))[0])
     image_mode = {3: 'RGB', 1: 'L'}.get(in_chans)
     details = [('Architecture', f'`{architecture}` (timm)'), ('Classes', str(num_classes))]
-    if num_params:
+    if model_stats:
+        stats = (('Params (M)', _small(model_stats['params_m'])), ('GMACs', _small(model_stats['gmacs'])),
+                 ('Activations (M)', _small(model_stats['activations_m'])),
+                 ('Image size', ' x '.join(map(str, model_stats['image_size']))))
+        details.append(('Model stats', ''.join(f'\n  - {label}: {value}' for label, value in stats)))
+    elif num_params:
         details.append(('Parameters', f'{num_params / 1e6:.2f} M'))
     details.append(('Weights', published))
     details.append(('Input size', ' x '.join(str(v) for v in pretrained_cfg.get('input_size', ()))))
@@ -268,7 +290,8 @@ def build_model_card(repo_id: str, *, architecture: str, num_classes: int, pretr
         open_line=(f'img = Image.open("image.png").convert("{image_mode}")' if image_mode
                    else 'img = ...  # a PIL image with the channels the model expects'),
         details=details, stim_on=stim_on,
-        stim_options=[(f'--{k.replace("_", "-")}', _fmt(v)) for k, v in sorted(train_args.items())
+        stim_options=[(f'--{k.replace("_", "-")}', _ran_with(k, v, stim_resolved))
+                      for k, v in sorted(train_args.items())
                       if k.startswith('stim_') and k != 'stim_resolved'] if train_args else None,
         stim_resolved=(yaml.safe_dump({'stim_resolved': stim_resolved}, sort_keys=False,
                                       default_flow_style=None).strip() if stim_on else None),

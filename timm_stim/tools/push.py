@@ -18,12 +18,13 @@ import tempfile
 from dataclasses import MISSING, fields
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import InputError, command_main
+from ..errors import InputError, command_main, command_prog
+from ..labels import dataset_label_names
 from ..processes import process_alive
 from ..tokens import TokenMaskingParser
 from .checkpoints import CHECKPOINT_EXTS, check_preprocessing, read_train_args
 from .hub import HubPushError, check_push_options, push_folder
-from .hub_folder import dataset_label_names, ema_validated, prepare_push_folder
+from .hub_folder import prepare_push_folder
 from .push_request import PushRequest
 
 __all__ = ['PushRequest', 'push', 'push_training_output', 'push_after_training', 'retry_command',
@@ -100,8 +101,8 @@ def push(request: PushRequest) -> str:
 def _training_request(output_dir: str, repo_id: str, which: str, train_args: Dict[str, Any],
                       **options: Any) -> PushRequest:
     """The ``PushRequest`` of the ``which`` weights (best, last, ema) of a training output folder."""
-    choices = {'best': ('model_best.pth.tar', ema_validated(train_args)),  # the weights the best metric measured
-               'last': ('last.pth.tar', False), 'ema': ('last.pth.tar', True)}
+    # best: timm's rule (the EMA weights when held), as `timm-stim push model_best.pth.tar` and model_best.safetensors.
+    choices = {'best': ('model_best.pth.tar', None), 'last': ('last.pth.tar', False), 'ema': ('last.pth.tar', True)}
     if which not in choices:
         raise InputError(f'--hub-which {which!r}: expected best, last or ema.')
     checkpoint, use_ema = choices[which]
@@ -118,8 +119,8 @@ def push_training_output(output_dir: str, repo_id: str, *, which: str = 'best', 
     Args:
         output_dir: the run's output folder.
         repo_id: ``USER/REPO``.
-        which: ``best`` (model_best.pth.tar, its EMA weights when EMA was validated), ``last`` or ``ema`` (the EMA
-            weights of last.pth.tar).
+        which: ``best`` (model_best.pth.tar: its EMA weights when it holds them, timm's rule), ``last`` (the non-EMA
+            weights of last.pth.tar) or ``ema`` (the EMA weights of last.pth.tar).
         private, revision, label_names, create_pr, replace_card: as ``PushRequest`` takes them.
         train_args: the run's options (default: its ``args.yaml``).
 
@@ -179,7 +180,8 @@ def push_after_training(args: argparse.Namespace, output_dir: str, dataset_train
 def create_push_parser() -> argparse.ArgumentParser:
     """The ``timm-stim push`` parser: one argument per ``PushRequest`` field."""
     parser = TokenMaskingParser(
-        prog='timm-stim push', description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
+        prog=command_prog('push'),
+        description='Publish a checkpoint to the Hugging Face Hub in timm\'s format, loadable '
         'with timm.create_model("hf-hub:USER/REPO", pretrained=True). The token comes from HF_TOKEN or `hf auth '
         'login`, the endpoint from HF_ENDPOINT.')
     for f in fields(PushRequest):
@@ -192,8 +194,6 @@ def create_push_parser() -> argparse.ArgumentParser:
 
 def _push_command(argv: Sequence[str]) -> int:
     args = create_push_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
     try:
         request = PushRequest.from_args(args)
         url = push(request)

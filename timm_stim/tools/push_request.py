@@ -8,6 +8,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, List, Optional
 
 from ..errors import InputError
+from .checkpoints import USE_EMA_HELP
 from .hub import DEFAULT_COMMIT_MESSAGE
 from .modelcard import DEFAULT_LICENSE
 
@@ -30,7 +31,7 @@ class PushRequest:
     model: Optional[str] = _option(None, 'timm architecture (default: args.yaml or config.json)', metavar='NAME')
     num_classes: Optional[int] = _option(None, 'classes of the checkpoint (default: its classifier)', type=int,
                                          metavar='N')
-    use_ema: bool = _option(False, 'publish the EMA weights (state_dict_ema) of a checkpoint', action='store_true')
+    use_ema: Optional[bool] = _option(None, USE_EMA_HELP, action=argparse.BooleanOptionalAction)
     label_names: Optional[List[str]] = _option(None, 'class names in label order: A,B,... or @FILE, one a line',
                                                metavar='A,B,...|@FILE')
     input_size: Optional[List[int]] = _option(None, 'input size (default: args.yaml, else the model\'s)', type=int,
@@ -67,7 +68,10 @@ class PushRequest:
             if value is not None and value != f.default:
                 option = '--' + f.name.replace('_', '-')
                 listed = value if isinstance(value, (list, tuple)) else [value]
-                argv += [option] if value is True else [option, *map(str, listed)]
+                if value is False:  # a flag whose default is None (--no-use-ema)
+                    argv.append('--no-' + f.name.replace('_', '-'))
+                else:
+                    argv += [option] if value is True else [option, *map(str, listed)]
         return argv
 
 

@@ -241,6 +241,8 @@ def check_args(args) -> None:
         raise InputError('--naflex-patch-size-probs must have one value per --naflex-patch-sizes entry.')
     if args.torchscript and args.torchcompile:
         raise InputError('--torchscript and --torchcompile are alternatives; use one of them.')
+    if args.nonfinite_max < 1:
+        raise InputError(f'--nonfinite-max {args.nonfinite_max}: expected a number of steps in a row >= 1.')
     if args.seed_scheme != 'timm' and args.worker_seeding != 'all':
         raise InputError(f'--worker-seeding {args.worker_seeding} has no effect with --seed-scheme {args.seed_scheme} '
                          f'(every sample is seeded from its position); use --seed-scheme timm to seed workers as timm.')

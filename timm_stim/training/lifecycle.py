@@ -40,6 +40,7 @@ from timm import utils
 
 from ..callbacks import TrainCallback
 from ..errors import InputError, at_command_exit
+from ..labels import dataset_label_names
 from .runs import (CLAIM_FILE, ProgressCheckpointSaver, ResumePoint, check_output_dir, check_resume_output_dir,
                    check_summary, claim_output_dir, discard_unstarted_run, read_resume_point, release_output_dir,
                    remove_recovery_files, save_best_safetensors)
@@ -65,6 +66,7 @@ class RunLifecycle(TrainCallback):
         self._skip_batch_size = args.batch_size  # samples per batch the loader yields (per process)
         self._claimed = []  # what claim_output_dir created: the run's claim on its folder, until release()
         self._output_dir: Optional[str] = None
+        self.label_names = None  # the train dataset's class names (wrap_train_dataset), recorded in checkpoints
 
     @property
     def per_sample(self) -> bool:
@@ -146,8 +148,12 @@ class RunLifecycle(TrainCallback):
         """``release`` (the name train.py calls when it stops on bad input before training)."""
         self.release()
 
-    def wrap_train_dataset(self, dataset):
-        """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``)."""
+    def wrap_train_dataset(self, dataset, num_classes: Optional[int] = None):
+        """Per-sample seeding of augmentations (map-style datasets, ``--seed-scheme per-sample``).
+
+        Also notes the dataset's class names, which the saver records in every checkpoint.
+        """
+        self.label_names = dataset_label_names(dataset, num_classes)
         if not self.per_sample or isinstance(dataset, torch.utils.data.IterableDataset):
             return dataset
         return PerSampleSeededDataset(dataset, seed=self.args.seed, rank=self.args.rank)
@@ -184,6 +190,7 @@ class RunLifecycle(TrainCallback):
 
     def create_saver(self, **kwargs) -> ProgressCheckpointSaver:
         saver = ProgressCheckpointSaver(**kwargs)
+        saver.label_names = self.label_names
         if self.args.resume:
             saver.load_state_dict_from_checkpoint(self.args.resume)
             saver.set_resumed_from(self.args.resume)
@@ -238,8 +245,7 @@ class RunLifecycle(TrainCallback):
         if output_dir is None or state.progress.checkpoint_epoch != epoch:  # an epoch without checkpoint keeps them
             return
         if state.progress.best_epoch == epoch:
-            model_ema = state.model.task.get_trainable_module(ema=True)
-            save_best_safetensors(output_dir, use_ema=model_ema is not None and not self.args.model_ema_force_cpu)
+            save_best_safetensors(output_dir)  # the weights timm-stim push and --push-to-hub publish
         remove_recovery_files(output_dir, up_to_epoch=epoch)
 
     def on_failure(self, state, error: BaseException) -> None:

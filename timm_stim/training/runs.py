@@ -42,8 +42,10 @@ import torch
 import torch.nn as nn
 from timm import utils
 
-from ..errors import CommandFailed, InputError
-from ..loading import load_checkpoint, require_state_dict
+from ..errors import CommandFailed, InputError, NonFiniteModelError
+from ..guard import describe_non_finite, non_finite_tensors
+from ..labels import LABEL_NAMES_KEY
+from ..loading import choose_weights, follow_umask, load_checkpoint, require_state_dict
 from ..processes import process_alive, process_start
 
 __all__ = [
@@ -580,10 +582,14 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
 
     A write that fails (a full disk, a second Ctrl-C) leaves no partial file; for lack of space
     it raises ``DiskFull``, naming ``last_complete``: the newest complete checkpoint, to resume from.
+    Weights holding NaN or infinite values are never written (``NonFiniteModelError``, naming them and
+    ``last_complete``). ``label_names`` (the train dataset's classes), when set, go in every
+    checkpoint (``timm_stim.labels``), for ``timm-stim push``.
     """
 
     progress: Optional[Dict[str, Any]] = None
     last_complete: Optional[str] = None
+    label_names: Optional[List[str]] = None
 
     def set_resumed_from(self, path: str) -> None:
         """The checkpoint this run resumed from is its last complete one, if it is in the run's folder."""
@@ -591,7 +597,24 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
             self.last_complete = path
 
     def _save(self, save_path, epoch, metric=None):
+        self._refuse_non_finite(save_path)
         self._write(save_path, super()._save, save_path, epoch, metric)
+
+    def _refuse_non_finite(self, save_path: str) -> None:
+        """``NonFiniteModelError`` (nothing written) when the model or its EMA holds NaN or infinite weights."""
+        modules = [('model', self.model), ('EMA', self.model_ema)]
+        if self.task is not None:
+            modules = [('model', self.task.get_trainable_module()), ('EMA', self.task.get_trainable_module(ema=True))]
+        for what, module in modules:
+            if module is None:
+                continue
+            state_dict = utils.get_state_dict(module, self.unwrap_fn)
+            bad = non_finite_tensors(state_dict)
+            if bad:
+                resume = (f' The last good checkpoint is {self.last_complete}: resume with --resume '
+                          f'{self.last_complete}.' if self.last_complete else '')
+                raise NonFiniteModelError(f'not saving {save_path}: the {what} weights hold NaN or infinite values in '
+                                          f'{describe_non_finite(bad, len(state_dict))}.{resume}', bad)
 
     def _duplicate(self, src, dst):
         self._write(dst, super()._duplicate, src, dst)
@@ -615,6 +638,8 @@ class ProgressCheckpointSaver(utils.CheckpointSaver):
         state = super().state_dict(epoch, metric)
         if self.progress is not None:
             state[PROGRESS_KEY] = self.progress
+        if self.label_names:
+            state[LABEL_NAMES_KEY] = list(self.label_names)
         return state
 
     def load_state_dict_from_checkpoint(self, checkpoint_path: str) -> bool:
@@ -722,26 +747,25 @@ class InterruptRequest:
         return bool(flag.item())
 
 
-def save_best_safetensors(output_dir: str, use_ema: bool) -> Optional[str]:
-    """Write ``model_best.safetensors`` (the weights of ``model_best.pth.tar``) beside it."""
+def save_best_safetensors(output_dir: str, use_ema: Optional[bool] = None) -> Optional[str]:
+    """Write ``model_best.safetensors`` (the weights of ``model_best.pth.tar``) beside it.
+
+    Args:
+        output_dir: the run's folder.
+        use_ema: which weights, by ``timm_stim.loading.choose_weights`` (default None: the EMA weights
+            when the checkpoint holds them, as ``timm-stim push`` and ``--push-to-hub`` publish).
+    """
     from safetensors.torch import save_file
-    from timm.models import load_state_dict
     best = os.path.join(output_dir, 'model_best.pth.tar')
     if not os.path.exists(best):
         return None
-    # Read back what the saver wrote, so both files hold the same weights; timm logs every
-    # such read at INFO, which here would repeat a line per new best epoch.
-    helpers_logger = logging.getLogger('timm.models._helpers')
-    level = helpers_logger.level
-    helpers_logger.setLevel(logging.WARNING)
-    try:
-        state_dict = load_state_dict(best, use_ema=use_ema)
-    finally:
-        helpers_logger.setLevel(level)
+    # Read back what the saver wrote, so both files hold the same weights.
+    state_dict, _ = choose_weights(load_checkpoint(best), best, use_ema)
     path = os.path.join(output_dir, 'model_best.safetensors')
     tmp = path + '.tmp'
     try:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+        follow_umask(tmp)  # safetensors writes 0600; the run's other files follow the umask
     except BaseException as e:
         reason = _disk_full_reason(tmp, e)
         _remove_partial(tmp)

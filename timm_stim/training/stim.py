@@ -133,8 +133,10 @@ class StimTraining(TrainCallback):
         stimulator = self._attach(model)
         try:
             self._check_inputs(model, stimulator, train_sizes)
-            self.resolved = resolve_config(self.config, stimulator, train_sizes, self.args.warmup_epochs,
-                                           self.args.sched_on_updates)
+            args = self.args
+            self.resolved = resolve_config(self.config, stimulator, train_sizes, args.warmup_epochs,
+                                           args.sched_on_updates, epochs=args.epochs,
+                                           pretrained=bool(args.pretrained or args.initial_checkpoint))
         except InputError:
             stimulator.detach()  # the model is left as it was given
             raise
@@ -142,6 +144,8 @@ class StimTraining(TrainCallback):
         if utils.is_primary(self.args):
             for line in describe(self.resolved):
                 _logger.info(line)
+            for line in self.resolved.warnings:
+                _logger.warning(line)
             k = self.resolved.config.num_subnets
             if k > MANY_SUBNETS:
                 _logger.warning(f'{k:.0f} subnetworks per step: each step costs about {k:.0f} extra passes and may take '

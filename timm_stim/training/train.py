@@ -715,7 +715,7 @@ def _create_loaders(state: TrainState) -> None:
         if m.num_aug_splits > 1:
             from timm.data import AugMixDataset
             dataset_train = AugMixDataset(dataset_train, num_splits=m.num_aug_splits)
-        dataset_train = run.wrap_train_dataset(dataset_train)
+        dataset_train = run.wrap_train_dataset(dataset_train, state.model.num_classes)
         loader_train = create_loader(
             dataset_train, input_size=m.data_config['input_size'], input_size_choices=args.train_img_sizes,
             batch_size_choices=args.train_batch_sizes, batch_choice_weights=args.train_size_probs,

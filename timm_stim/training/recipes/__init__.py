@@ -91,7 +91,8 @@ def resolve_config_path(config: str) -> Optional[str]:
 def main(argv=None) -> int:
     """``timm-stim recipes``: list the shipped recipes with what they reproduce."""
     import argparse
-    parser = argparse.ArgumentParser(prog='timm-stim recipes', description=main.__doc__.split(':', 1)[1].strip())
+    from ...errors import command_prog
+    parser = argparse.ArgumentParser(prog=command_prog('recipes'), description=main.__doc__.split(':', 1)[1].strip())
     parser.add_argument('name', nargs='?', help='print this recipe\'s YAML instead of the list')
     args = parser.parse_args(argv)
     if args.name:
