@@ -76,3 +76,34 @@ def test_a_family_whose_blocks_cannot_compile_alone_says_so_and_compiles_the_ful
     assert 'resnet blocks cannot be compiled one by one; the full network runs compiled, subnetworks run eager' \
         in caplog.text
     assert compiled is task.trainable_module and compiled._orig_mod is model and not task.stimulator.compiled
+
+
+@pytest.mark.parametrize('distill_type', ['logit', 'feature'])
+def test_train_stim_torchcompile_compiles_blocks_with_amp_channels_last_ema_and_distillation(tmp_path, monkeypatch,
+                                                                                            distill_type):
+    # dynamo's eager backend: the same block-wise regions and guards as inductor, without codegen.
+    import timm_stim.training.train as train_mod
+    from timm_stim.training.train import main
+    teacher = timm.create_model('resnet18', num_classes=10)
+    timm.models.save_for_hf(teacher, str(tmp_path / 'teacher'))
+    created = []
+    original = train_mod.create_train_task
+    monkeypatch.setattr(train_mod, 'create_train_task', lambda *a, **k: created.append(original(*a, **k)) or created[-1])
+    result = main(['--dataset', 'embedded/digits', '--model', 'resnet18', '--num-classes', '10', '--device', 'cpu',
+                   '--input-size', '3', '16', '16', '-b', '8', '--workers', '0', '--epochs', '1',
+                   '--train-batches-per-epoch', '2', '--output', str(tmp_path), '--experiment', 'run',
+                   '--torchcompile', 'eager', '--amp', '--channels-last', '--model-ema',
+                   '--kd-model-name', f'local-dir:{tmp_path / "teacher"}', '--kd-distill-type', distill_type,
+                   '--stim-subnets', '2', '--stim-min-scale', '0.5', '--stim-size-multiple', '8'])
+    task = created[0]
+    assert task.stimulator.compiled and task.stimulator.model is timm_stim_model(task)
+    assert not isinstance(task.trainable_module, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(task.eval_model_ema, torch._dynamo.eval_frame.OptimizedModule)  # EMA: whole, no subnetworks
+    assert len(task.last_subnets) == 2 and all(size in ((8, 8), (16, 16)) for _, size in task.last_subnets)
+    assert result['epochs'][0]['train']['stim_kl'] > 0
+
+
+def timm_stim_model(task):
+    from timm.utils import unwrap_model
+    module = unwrap_model(task.trainable_module)
+    return getattr(module, 'student', module)

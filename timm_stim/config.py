@@ -121,8 +121,8 @@ class StimConfig:
     budget_unit: str = stim_option(
         'flops', 'what --stim-budget counts: flops (estimated before training, K fixed) or time (measured on the '
                  'running device: K is steered every step so that subnetwork passes take B plain passes of time; '
-                 '--stim-subnets, if given, is the K of the first steps). The realized cost per step is stim_cost '
-                 'in the log and summary.csv', one_of('flops', 'time'), type=str, choices=('flops', 'time'))
+                 '--stim-subnets, if given, is the K of the first steps; the realized cost per step, in plain passes, '
+                 'is stim_cost in the log and summary.csv)', one_of('flops', 'time'), type=str, choices=('flops', 'time'))
     space: Union[str, Tuple[int, ...]] = stim_option(
         'uniform', 'sampling space: uniform, stpp, keep:K, or the largest number of blocks each stage may drop, '
                    'e.g. "0,1,3,0"', _space, metavar='S', type=str)

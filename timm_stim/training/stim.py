@@ -100,7 +100,7 @@ class StimTraining:
                              f'support: use a first-order optimizer (e.g. sgd, adamw) or set --stim-subnets 0.')
         if args.torchscript:
             raise InputError('--torchscript with --stim-subnets > 0: a scripted model cannot skip blocks; use '
-                             '--torchcompile (full network only) or no compilation.')
+                             '--torchcompile (each block compiled, subnetworks too) or no compilation.')
 
     def on_model_created(self, model: nn.Module, train_sizes: Sequence[Sequence[int]]) -> None:
         """Attach subnetwork sampling, check what subnetworks will be fed, resolve the config and log it.
