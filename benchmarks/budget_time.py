@@ -16,18 +16,14 @@ import argparse
 import copy
 import random
 import statistics
-from contextlib import nullcontext
-from functools import partial
 from typing import Any, Dict, List
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 import timm
 import torch
-import torch.nn as nn
-from timm.task import ClassificationTask
 
 from _common import describe, machine, resolve_device, write_json
-from budget_cost import MIN_SCALE, timed_steps
+from budget_cost import MIN_SCALE, setup, timed_steps
 from timm_stim import StimulativeTask, attach
 from timm_stim.budget import resolve_budget
 
@@ -57,24 +53,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # as timm's train.py
-    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if args.amp else nullcontext
-    torch.manual_seed(args.seed)
-    base = timm.create_model(args.model, num_classes=1000)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 1000, (args.batch,))
-    if args.channels_last:
-        base = base.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    x, y = x.to(device), y.to(device)
-    criterion = nn.CrossEntropyLoss()
+    base, x, y, autocast, criterion, plain, plain_opt = setup(args, device)
     info = machine(device)
     print(f'# budget in time on {describe(info)}', flush=True)
-
-    plain_model = copy.deepcopy(base).to(device).train()
-    plain = ClassificationTask(plain_model, criterion, device=device, verbose=False)
-    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=1e-4, momentum=0.9)
     timed_steps(plain, plain_opt, x, y, autocast, 3, device)
     order = list(args.budgets)
     random.Random(args.seed).shuffle(order)

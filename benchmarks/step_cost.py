@@ -216,8 +216,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # as timm's train.py
     models = list(MODELS) if args.models is None else [parse_model(m) for m in args.models]
     if args.quick:
         models, args.repeats, args.warmup = models[:1], 5, 2
