@@ -46,6 +46,28 @@ def timed_steps(task, optimizer, x, y, autocast, steps: int, device) -> List[flo
     return times
 
 
+def setup(args, device: torch.device):
+    """What both budget scripts time: the model, one batch, autocast, the loss, and the plain timm task.
+
+    Returns:
+        (model on the CPU, x, y, autocast context factory, criterion, plain task, its optimizer).
+    """
+    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if args.amp else nullcontext
+    torch.manual_seed(getattr(args, 'seed', 0))
+    base = timm.create_model(args.model, num_classes=1000)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 1000, (args.batch,))
+    if args.channels_last:
+        base = base.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x, y = x.to(device), y.to(device)
+    criterion = nn.CrossEntropyLoss()
+    plain_model = copy.deepcopy(base).to(device).train()
+    plain = ClassificationTask(plain_model, criterion, device=device, verbose=False)
+    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=1e-4, momentum=0.9)
+    return base, x, y, autocast, criterion, plain, plain_opt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default=None)
@@ -64,22 +86,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if args.amp else nullcontext
-    torch.manual_seed(0)
-    base = timm.create_model(args.model, num_classes=1000)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 1000, (args.batch,))
-    if args.channels_last:
-        base = base.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    x, y = x.to(device), y.to(device)
-    criterion = nn.CrossEntropyLoss()
+    base, x, y, autocast, criterion, plain, plain_opt = setup(args, device)
     info = machine(device)
     print(f'# budget cost on {describe(info)}', flush=True)
-
-    plain_model = copy.deepcopy(base).to(device).train()
-    plain = ClassificationTask(plain_model, criterion, device=device, verbose=False)
-    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=1e-4, momentum=0.9)
     results: List[Dict[str, Any]] = []
     # One subnetwork's expected cost depends on the space and sizes only: count it once.
     probe = attach(copy.deepcopy(base), space='stpp')

@@ -10,8 +10,13 @@ recorded and the next one runs):
 3. ``memory``: peak memory (``torch.cuda.max_memory_allocated``) of the plain, ST++ and naive
    ST++ steps, ResNet-50 at 224 px (``memory.py``).
 4. ``budget_cost``: realized against expected cost at ``--stim-budget`` 0.75, 1, 2, 3 (``budget_cost.py``).
-5. ``step_cost_compile``: section 2 with the full network compiled (``--torchcompile``).
-6. ``study``: as much of the accuracy study as fits, on all of Fashion-MNIST
+5. ``step_cost_compile``: section 2 at 224 px compiled as ``--torchcompile`` compiles ST++ (each
+   block once, shared by the full network and every subnetwork), subnetwork inputs on a 32 px grid
+   (``--stim-size-multiple 32``), with eager rows replaying the same subnetworks and the plain
+   network compiled block-wise (its compile time against the whole network's).
+6. ``budget_time``: realized against requested cost at ``--stim-budget`` 0.75, 1, 2, 3 with
+   ``--stim-budget-unit time`` (``budget_time.py``, budgets in a shuffled order).
+7. ``study``: as much of the accuracy study as fits, on all of Fashion-MNIST
    (``study.py --data fmnist``): seed by seed, runs in parallel on the one GPU, no run
    started that its variant's earlier run says would not finish in time.
 
@@ -52,6 +57,9 @@ def sections(args) -> List[Dict[str, Any]]:
         budget = ['--model', 'resnet18', '--size', '32', '--batch', '4', '--budgets', '1', '--rounds', '2',
                   '--steps', '1', '--warmup', '1']
         compile_backend = 'eager'  # exercises the compiled path without inductor's minutes of codegen
+        compile_opts = ['--size-multiple', '8']
+        budget_time = ['--model', 'resnet18', '--size', '32', '--batch', '4', '--budgets', '1', '2', '--rounds', '1',
+                       '--steps', '2', '--warmup', '3']
         study = ['--data', 'digits', '--model', 'resnet18', '--model-kwargs', 'channels=[8,16,32,64]', 'stem_width=8',
                  '--size', '32', '--epochs', '1', '--batches-per-epoch', '2', '--seeds', '0',
                  '--variants', 'baseline', 'stpp', '--jobs', '1', '--workers', '0', '--in-process']
@@ -63,6 +71,9 @@ def sections(args) -> List[Dict[str, Any]]:
         budget = ['--model', 'resnet50', '--size', '224', '--batch', '128', '--amp', '--channels-last',
                   '--budgets', '0.75', '1', '2', '3']  # 0.5 is below one stpp subnetwork at 224 px (0.518)
         compile_backend = 'inductor'
+        compile_opts = ['--size-multiple', '32']
+        budget_time = ['--model', 'resnet50', '--size', '224', '--batch', '128', '--amp', '--channels-last',
+                       '--budgets', '0.75', '1', '2', '3', '--warmup', '20']
         source = args.fmnist_source or next((s for s in FMNIST_SOURCES if os.path.isdir(s)), None)
         study = ['--data', 'fmnist', '--data-dir', os.path.join(args.scratch, 'fashion-mnist'),
                  *(['--fmnist-source', source] if source else []), '--epochs', str(args.study_epochs),
@@ -80,9 +91,12 @@ def sections(args) -> List[Dict[str, Any]]:
          'cmd': [py, os.path.join(BENCH, 'memory.py'), *dev, *memory, '--out', os.path.join(out, 'memory.json')]},
         {'name': 'budget_cost', 'cap': 90, 'out': 'budget_cost.json',
          'cmd': [py, os.path.join(BENCH, 'budget_cost.py'), *dev, *budget, '--out', os.path.join(out, 'budget_cost.json')]},
-        {'name': 'step_cost_compile', 'cap': 180, 'out': 'step_cost_compile.json',
-         'cmd': [py, os.path.join(BENCH, 'step_cost.py'), *dev, '--models', models[0], *cost_opts,
+        {'name': 'step_cost_compile', 'cap': 200, 'out': 'step_cost_compile.json',
+         'cmd': [py, os.path.join(BENCH, 'step_cost.py'), *dev, '--models', models[0], *cost_opts, *compile_opts,
                  '--torchcompile', compile_backend, '--out', os.path.join(out, 'step_cost_compile.json')]},
+        {'name': 'budget_time', 'cap': 90, 'out': 'budget_time.json',
+         'cmd': [py, os.path.join(BENCH, 'budget_time.py'), *dev, *budget_time,
+                 '--out', os.path.join(out, 'budget_time.json')]},
         {'name': 'study', 'cap': None, 'out': 'study/results.json',
          'cmd': [py, os.path.join(BENCH, 'study.py'), *dev, *study, '--no-analyze', '--out', os.path.join(out, 'study')]},
     ]
@@ -137,6 +151,25 @@ def summarize(out: str, records: List[Dict[str, Any]], info: Dict[str, Any]) -> 
         lines += ['', '## Peak memory', '', '| variant | peak (MiB) | step (MiB) |', '|---|---|---|']
         lines += [f'| {v} | {r["peak_mb"]:.0f} | {r["step_mb"]:.0f} |' for v, r in data['results'].items()]
         lines += [f'| {v} / plain | {r["peak"]:.3f}x | {r["step"]:.3f}x |' for v, r in data['ratios'].items()]
+    data = load('step_cost_compile.json')
+    if data:
+        lines += ['', '## Compiled against eager (same subnetworks)', '',
+                  '| model, input | variant | compiled | eager | eager / compiled | compile (s) |', '|---|---|---|---|---|---|']
+        for r in data['results']:
+            rows = [('plain (whole network)', r['plain'], None), ('plain (block-wise)', r.get('plain_blockwise'), None)]
+            rows += [(v, r[v], r[v].get('eager')) for v in ('st', 'stpp')]
+            for name, t, eager in rows:
+                if t is None:
+                    continue
+                lines.append(f'| {r["model"]}, {r["input_size"]} px | {name} | {t["median_s"] * 1e3:.1f} ms | '
+                             + (f'{eager["median_s"] * 1e3:.1f} ms | {eager["over_compiled"]:.2f} |' if eager else '| |')
+                             + f' {t.get("compile_s", float("nan")):.1f} |')
+    data = load('budget_time.json')
+    if data:
+        lines += ['', '## Budget in time', '', '| requested | realized | realized / requested | K (FLOPs -> steered) |',
+                  '|---|---|---|---|']
+        lines += [f'| {r["requested"]:g} | {r["realized"]:.3f} | {r["realized_over_requested"]:.3f} | '
+                  f'{r["flops_k"]:.2f} -> {r["mean_k"]:.2f} |' for r in data['results']]
     data = load('budget_cost.json')
     if data:
         lines += ['', '## Budget', '', '| budget | K | expected cost | realized cost |', '|---|---|---|---|']

@@ -14,7 +14,17 @@ measured / (plain step + those passes): the cost of the ST machinery itself.
     python benchmarks/step_cost.py --device cuda --amp
     python benchmarks/step_cost.py --quick         # resnet18 only, fewer repetitions
     python benchmarks/step_cost.py --device cuda --amp --channels-last --models resnet50:224:128 resnet50:200:128
-    python benchmarks/step_cost.py ... --torchcompile inductor   # the full network compiled, as --torchcompile
+    python benchmarks/step_cost.py ... --torchcompile inductor   # compiled as --torchcompile, eager rows beside
+
+With ``--torchcompile`` the plain step is timm's (the network compiled whole) and the ST / ST++
+steps compile as ``train_stim.py --torchcompile`` does (``StimulativeTask.compile``: each block
+once, shared by the full network and every subnetwork); each variant is also timed eager on a
+copy replaying the same subnetworks and sizes (the generator's state is taken before the step
+that triggers compilation), and the plain step block-wise (``plain_blockwise``: compile time and
+speed of the same regions without subnetworks). The ideal stays the compiled plain step times
+``1 +`` the subnetworks' FLOPs share. Warm-up replays the timed sequence, so every subnetwork
+and size is compiled (and, on CUDA, its cuDNN plan chosen: ``cudnn.benchmark`` is on, as in
+training) before anything is timed.
 """
 import argparse
 import copy
@@ -64,12 +74,14 @@ def make_step(task, optimizer, x, y, autocast, generator_state=None):
     return step
 
 
-def compile_task(task, model, x, y, autocast, args):
-    """With ``--torchcompile``: compile the task's full network as train_stim.py does (subnetwork
-    passes stay eager) and run one step to trigger compilation; its seconds, else None."""
+def compile_task(task, model, x, y, autocast, args, generator_state=None):
+    """With ``--torchcompile``: compile the task as train_stim.py does and run one step, replaying
+    ``generator_state`` (the timed sequence), to trigger compilation; its seconds, else None."""
     if not args.torchcompile:
         return None
     task.compile(backend=args.torchcompile)
+    if generator_state is not None:
+        task.generator.set_state(generator_state)
     start = time.perf_counter()
     with autocast():
         out = task(x, y)
@@ -120,20 +132,41 @@ def bench_model(name: str, size: int, batch: int, device: torch.device, args) ->
     result['plain'] = median_time(make_step(task, optimizer, x, y, autocast), device, args.warmup, args.repeats)
     if compile_s is not None:
         result['plain']['compile_s'] = compile_s
+        # The same network compiled block by block (the regions ST / ST++ share), no subnetworks.
+        model_b = copy.deepcopy(base).train()
+        task_b = ClassificationTask(model_b, criterion, device=device, verbose=False)
+        attach(model_b).compile_blocks(backend=args.torchcompile)
+        start = time.perf_counter()
+        make_step(task_b, torch.optim.SGD(model_b.parameters(), lr=0.0), x, y, autocast)()
+        sync(device)
+        blockwise_s = time.perf_counter() - start
+        optimizer_b = torch.optim.SGD(model_b.parameters(), lr=1e-4, momentum=0.9)
+        result['plain_blockwise'] = {**median_time(make_step(task_b, optimizer_b, x, y, autocast), device, args.warmup,
+                                                   args.repeats), 'compile_s': blockwise_s}
     full_flops = forward_flops(model, x)
     result['full_forward_gflops'] = full_flops / 1e9
 
     for variant, kwargs in VARIANTS.items():
         model = copy.deepcopy(base).train()
         kwargs = dict(kwargs)
-        stim = attach(model, space=kwargs.pop('space'))
+        space = kwargs.pop('space')
+        if variant == 'stpp':
+            kwargs['size_multiple'] = args.size_multiple
+        stim = attach(model, space=space)
         task = StimulativeTask(model, criterion, device=device, verbose=False, seed=args.seed, **kwargs)
-        compile_s = compile_task(task, model, x, y, autocast, args)
+        state = task.generator.get_state()  # before the compile trigger: compiled and eager replay the same
+        compile_s = compile_task(task, model, x, y, autocast, args, state)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        state = task.generator.get_state()
         timing = median_time(make_step(task, optimizer, x, y, autocast, state), device, args.warmup, args.repeats)
         if compile_s is not None:
             timing['compile_s'] = compile_s
+            eager_model = copy.deepcopy(base).train()
+            attach(eager_model, space=space)
+            eager_task = StimulativeTask(eager_model, criterion, device=device, verbose=False, seed=args.seed, **kwargs)
+            eager_opt = torch.optim.SGD(eager_model.parameters(), lr=1e-4, momentum=0.9)
+            timing['eager'] = median_time(make_step(eager_task, eager_opt, x, y, autocast, state), device,
+                                          args.warmup, args.repeats)
+            assert eager_task.last_subnets == task.last_subnets  # the same subnetworks and sizes
         subnets = list(task.last_subnets)  # the fixed sequence every repetition ran
         ratios, standalone = [], []
         for subnet, sub_size in subnets:
@@ -143,6 +176,8 @@ def bench_model(name: str, size: int, batch: int, device: torch.device, args) ->
             standalone.append(median_time(make_subnet_pass(model, stim, subnet, x_k, y, autocast), device,
                                           1, max(3, args.repeats // 2))['median_s'])
         ideal = result['plain']['median_s'] * (1 + sum(ratios))
+        if 'eager' in timing:
+            timing['eager']['over_compiled'] = timing['eager']['median_s'] / timing['median_s']
         # The same subnetwork passes timed one by one as plain forward+backward: what the
         # hardware charges for those shapes, without the ST machinery (KL, resize, bookkeeping).
         empirical = result['plain']['median_s'] + sum(standalone)
@@ -173,6 +208,8 @@ def main() -> None:
     parser.add_argument('--torchcompile', default=None, metavar='BACKEND',
                         help='torch.compile the full network with this backend (e.g. inductor; eager for a quick check)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the fixed subnet/size sequence')
+    parser.add_argument('--size-multiple', type=int, default=1,
+                        help='ST++ subnetwork input sides on a grid of N px (--stim-size-multiple; 1: every size)')
     parser.add_argument('--quick', action='store_true', help='resnet18 only, 5 repetitions')
     parser.add_argument('--out', default=None, help='JSON file (default: benchmarks/results/step_cost_<device>.json)')
     args = parser.parse_args()
@@ -196,7 +233,8 @@ def main() -> None:
                            for v in VARIANTS), flush=True)
     out = args.out or f'{_common.ROOT}/benchmarks/results/step_cost_{device.type}{"_quick" if args.quick else ""}.json'
     write_json(out, {'machine': info, 'amp': args.amp, 'channels_last': args.channels_last,
-                     'torchcompile': args.torchcompile, 'results': results})
+                     'torchcompile': args.torchcompile, 'size_multiple': args.size_multiple,
+                     'cudnn_benchmark': torch.backends.cudnn.benchmark, 'results': results})
 
 
 if __name__ == '__main__':

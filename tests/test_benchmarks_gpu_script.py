@@ -23,7 +23,8 @@ def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.load(open(out / 'summary.json'))
     assert [(s['name'], s['status']) for s in summary['sections']] == [
-        (name, 'ok') for name in ('cuda_tests', 'step_cost', 'memory', 'budget_cost', 'step_cost_compile', 'study')]
+        (name, 'ok') for name in ('cuda_tests', 'step_cost', 'memory', 'budget_cost', 'step_cost_compile',
+                                  'budget_time', 'study')]
     # The CUDA tests are selected by their marker (on a CPU only collected, not run).
     assert '3 tests collected' in (out / 'cuda_tests.log').read_text()
     ET.parse(out / 'cuda_tests.xml')
@@ -33,6 +34,13 @@ def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
     assert r['stpp']['ideal_s'] > r['plain']['median_s'] and len(r['stpp']['subnets']) == 6
     compiled = json.load(open(out / 'step_cost_compile.json'))
     assert compiled['torchcompile'] == 'eager' and compiled['results'][0]['plain']['compile_s'] > 0
+    row = compiled['results'][0]
+    assert row['plain_blockwise']['compile_s'] > 0 and compiled['size_multiple'] == 8
+    assert row['stpp']['eager']['median_s'] > 0 and all(s['input'][0] % 8 == 0 for s in row['stpp']['subnets'])
+    budget_time = json.load(open(out / 'budget_time.json'))
+    assert [r['requested'] for r in budget_time['results']] == [1.0, 2.0] and sorted(budget_time['order']) == [1.0, 2.0]
+    assert all(r['realized'] == pytest.approx(r['realized_over_requested'] * r['requested'])
+               for r in budget_time['results'])
     memory = json.load(open(out / 'memory.json'))
     assert set(memory['results']) == {'plain', 'stpp', 'stpp_joint'} and memory['ratios']['stpp']['peak'] > 0
     budget = json.load(open(out / 'budget_cost.json'))['results'][0]
@@ -40,7 +48,7 @@ def test_gpu_script_writes_every_section_to_one_folder(tmp_path):
     study = json.load(open(out / 'study' / 'results.json'))
     assert set(study['accuracy']) == {'baseline', 'stpp'} and not study['unfinished']
     text = (out / 'summary.md').read_text()
-    for title in ('## Step cost', '## Step cost, --torchcompile', '## Peak memory', '## Budget', '## Accuracy study'):
+    for title in ('## Step cost', '## Step cost, --torchcompile', '## Compiled against eager', '## Budget in time', '## Peak memory', '## Budget', '## Accuracy study'):
         assert title in text
     assert json.load(open(out / 'environment.json'))['device'] == 'cpu'
 

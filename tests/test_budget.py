@@ -180,3 +180,71 @@ def test_stim_budget_option():
     assert parse_args([])[0].stim_budget is None
     with pytest.raises(SystemExit):
         parse_args(['--stim-budget', 'much'])
+
+
+def test_size_grid_draws_multiples_and_the_budget_counts_what_it_draws():
+    # --stim-size-multiple 4: sides 8..16 of a 16 px batch are rounded down to 8, 12 or 16.
+    model, stim = _resnet18('stpp')
+    task = StimulativeTask(model, num_subnets=2, min_scale=0.5, size_multiple=4, seed=0, verbose=False)
+    x = torch.randn(2, 3, 16, 16)
+    drawn = set()
+    for _ in range(40):
+        task.forward(x, torch.randint(0, 10, (2,)))
+        drawn.update(size for _, size in task.last_subnets)
+    assert drawn == {(8, 8), (12, 12), (16, 16)}
+    sizes = input_size_choices(16, 16, 0.5, 1.0, 4)
+    cost, full = subnet_cost(stim, (3, 16, 16), 0.5, 1.0, size_multiple=4)
+    meta = shape_only_copy(model)
+    meta_stim = timm_stim.get_stimulator(meta)
+    counts = []
+    for subnet in _all_depth_subnets(meta_stim):
+        with meta_stim.activate(subnet):
+            counts += [count_flops(meta, (3, *size), 'meta') for size in sizes]
+    assert cost == pytest.approx(sum(counts) / len(counts) / full, rel=1e-12)
+    assert cost < subnet_cost(stim, (3, 16, 16), 0.5, 1.0)[0]  # rounding down: smaller inputs on average
+
+
+def test_time_budget_steers_k_to_the_budget_in_measured_time():
+    # Plain pass 2 s; each subnetwork pass at 8 px takes 0.5 s, at 16 px 1.5 s (cost 0.25 and 0.75,
+    # mean 0.5): a budget of 1.5 plain passes affords K = 3. The first pass at each size (a
+    # compile) takes 100 s and is left out of the calibration.
+    budget = timm_stim.budget.TimeBudget(1.5, start=1.0)
+    generator = torch.Generator().manual_seed(0)
+    realized, ks = [], []
+    seen = set()
+    for step in range(400):
+        k = budget.num_subnets()
+        ks.append(k)
+        count = math.floor(k) + int(torch.rand((), generator=generator).item() < k - math.floor(k))
+        passes = []
+        for _ in range(count):
+            side = 8 if torch.rand((), generator=generator).item() < 0.5 else 16
+            seconds = 100.0 if side not in seen and step >= 2 else (0.5 if side == 8 else 1.5)
+            seen.add(side)
+            passes.append(((side, side), seconds))
+        realized.append(budget.record(2.0, passes))
+    assert ks[0] == 1.0  # the starting K until passes are timed
+    assert budget.pass_cost == pytest.approx(0.5, rel=0.05)  # the mean of the calibrated passes
+    assert sum(ks[-100:]) / 100 == pytest.approx(3.0, rel=0.1)
+    assert sum(realized[-300:]) / 300 == pytest.approx(1.5, rel=0.05)  # the budget holds in time
+
+
+def test_time_budget_reaches_the_task_and_its_cost_is_in_the_result():
+    model, _ = _resnet18('stpp')
+    task = StimulativeTask(model, budget=1.0, budget_unit='time', min_scale=0.5, seed=0, verbose=False)
+    assert task.active and task.subnets_per_step == 1.0  # no K given: start at one subnetwork per budget unit
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    for _ in range(4):
+        result = task.forward(x, y)
+        result['loss'].backward()
+        assert result['stim_cost'].item() > 0 and len(task._pass_times) == len(task.last_subnets)
+    assert task.time_budget.steps == 4
+    plain = StimulativeTask(model, num_subnets=1, verbose=False)
+    assert 'stim_cost' not in plain.forward(x, y)  # FLOPs mode: nothing is timed
+
+
+def test_time_unit_needs_a_budget_and_takes_a_starting_k():
+    assert timm_stim.StimConfig(budget_unit='time').problems(cli=True) == [
+        '--stim-budget-unit time needs --stim-budget: the budget to hold in measured time.']
+    assert timm_stim.StimConfig(budget=1.0, num_subnets=2, budget_unit='time').problems() == []
+    assert 'give one of them' in timm_stim.StimConfig(budget=1.0, num_subnets=2).problems()[0]

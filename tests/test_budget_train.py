@@ -61,3 +61,20 @@ def test_weight_warmup_reaches_the_task(tmp_path, monkeypatch):
     main(_base(tmp_path / 'b', '--stim-subnets', '1', '--sched-on-updates', '--warmup-epochs', '1'))
     main(_base(tmp_path / 'c', '--stim-subnets', '1', '--warmup-epochs', '2'))
     assert seen == [3.0, 0.0, 3.0]  # given; per-update warm-up: none; 2 epochs per epoch: 2 + 1
+
+
+def test_budget_in_time_is_steered_by_the_task_and_its_cost_is_in_summary_csv(tmp_path, monkeypatch):
+    import csv
+    tasks = []
+    original = train_mod.create_train_task
+    monkeypatch.setattr(train_mod, 'create_train_task', lambda *a, **k: tasks.append(original(*a, **k)) or tasks[-1])
+    result = main(_base(tmp_path, '--stim-budget', '1', '--stim-budget-unit', 'time', '--stim-size-multiple', '4'))
+    resolved = yaml.safe_load(open(os.path.join(result['output_dir'], 'args.yaml')))['stim_resolved']
+    assert resolved['budget_unit'] == 'time' and resolved['config']['budget'] == 1.0
+    assert resolved['config']['size_multiple'] == 4
+    # The task starts from the FLOPs estimate of K and times both steps.
+    assert tasks[0].time_budget.start == pytest.approx(resolved['subnets_per_step'], abs=1e-4)
+    assert tasks[0].time_budget.steps == 2
+    rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
+    cost = [key for key in rows[0] if 'stim_cost' in key]
+    assert cost and float(rows[0][cost[0]]) > 0

@@ -92,6 +92,17 @@ def test_two_process_run_equals_single_process_on_concatenated_batch(single_run)
     assert not torch.allclose(fresh['layer1.1.conv1.weight'], single['state_dict']['layer1.1.conv1.weight'])
 
 
+def test_two_process_run_with_compiled_blocks_equals_single_process(single_run):
+    # --torchcompile under DDP: DDP wraps the network whose blocks are compiled (dynamo's eager
+    # backend: the same regions and guards as inductor, without codegen).
+    root, single = single_run
+    code, err = _wait(_torchrun('--standalone', '--nproc_per_node', '2', os.path.join(ROOT, 'train_stim.py'),
+                                *_args(root / 'data', root / 'ddp_compiled', 4), '--torchcompile', 'eager'))
+    assert code == 0, err[-3000:]
+    assert 'compiling 8 resnet blocks one by one' in err
+    _assert_same_training(single, root / 'ddp_compiled' / 'run' / 'last.pth.tar')
+
+
 def test_two_node_torchrun_equals_single_process(single_run):
     # Multi-node torchrun: two "nodes" (separate torchrun agents) of one process each, meeting
     # at a rendezvous on 127.0.0.1, as two machines would at their master address.

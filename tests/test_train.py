@@ -108,7 +108,7 @@ def test_command_line_entry_point(tmp_path):
 
 @pytest.mark.slow
 def test_torchcompile_trains_like_eager(tmp_path):
-    """--torchcompile compiles the full network only; subnetwork passes stay eager. Same training."""
+    """--torchcompile compiles each block once, for the full network and the subnetworks alike. Same training."""
     runs = {}
     for name, extra in (('eager', []), ('compiled', ['--torchcompile'])):
         main(_base(tmp_path / name, '--stim-subnets', '1', '--stim-min-scale', '0.5',

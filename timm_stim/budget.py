@@ -24,15 +24,16 @@ resumed run draws the same). A budget below the cost of one subnetwork, or given
 an explicit ``--stim-subnets``, is refused (``resolve_budget``).
 """
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError
 from .flops import block_flops, shape_only_copy
 from .config import StimConfig
-from .inputs import input_size_choices
+from .inputs import input_size_choices, subnet_size_multiple
 
-__all__ = ['BudgetPlan', 'check_budget', 'drop_probabilities', 'input_size_choices', 'subnet_cost',
+__all__ = ['BudgetPlan', 'TimeBudget', 'check_budget', 'drop_probabilities', 'input_size_choices', 'subnet_cost',
            'affordable_subnets', 'resolve_budget']
 
 
@@ -120,7 +121,7 @@ def _counting_model(model):
 
 
 def subnet_cost(stimulator, input_size: Sequence[int], min_scale: float = 1.0,
-                max_scale: float = 1.0) -> Tuple[float, int]:
+                max_scale: float = 1.0, size_multiple: int = 1) -> Tuple[float, int]:
     """Expected cost of one subnetwork pass relative to the full network's pass at ``input_size``.
 
     Exact for the FLOPs torch counts: every distinct input size the task can draw is counted
@@ -131,6 +132,7 @@ def subnet_cost(stimulator, input_size: Sequence[int], min_scale: float = 1.0,
         stimulator: the model's ``Stimulator`` (its space and mode define the subnetworks).
         input_size: training input size (C, H, W).
         min_scale, max_scale: subnetwork input size range, as ``StimulativeTask`` takes it.
+        size_multiple: the grid of subnetwork input sides (``StimConfig.size_multiple``).
 
     Returns:
         (expected FLOPs of a subnetwork pass / FLOPs of the full pass, full forward FLOPs of one image).
@@ -138,7 +140,7 @@ def subnet_cost(stimulator, input_size: Sequence[int], min_scale: float = 1.0,
     from .stimulator import get_stimulator
     channels, height, width = (int(v) for v in input_size)
     scaled = (min_scale, max_scale) != (1.0, 1.0)
-    multiple = stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1
+    multiple = subnet_size_multiple(stimulator, size_multiple) if scaled else 1
     sizes = input_size_choices(height, width, min_scale, max_scale, multiple)
     model, device = _counting_model(stimulator.model)
     stim = get_stimulator(model) if model is not stimulator.model else stimulator
@@ -184,7 +186,7 @@ def affordable_subnets(cost: float, budget: float, num_subnets: int = 0, what: s
 
 def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0, max_scale: float = 1.0,
                    budget: Optional[float] = None, num_subnets: int = 0,
-                   cost: Optional[float] = None) -> BudgetPlan:
+                   cost: Optional[float] = None, size_multiple: int = 1) -> BudgetPlan:
     """Subnetworks per step for a compute budget, and the expected cost of a step.
 
     With ``budget``: ``K = budget / subnet_cost`` subnetworks per step on average (a
@@ -199,6 +201,7 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
         budget: extra cost per step in full forward+backward passes (``--stim-budget``), or None.
         num_subnets: ``--stim-subnets`` (0: not given).
         cost: ``subnet_cost(...)[0]`` for the same model, space and sizes, when already counted.
+        size_multiple: the grid of subnetwork input sides (``StimConfig.size_multiple``).
 
     Returns:
         The ``BudgetPlan``.
@@ -209,14 +212,14 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
     """
     check_budget(budget)  # before any counting
     if cost is None:
-        cost, full_flops = subnet_cost(stimulator, input_size, min_scale, max_scale)
+        cost, full_flops = subnet_cost(stimulator, input_size, min_scale, max_scale, size_multiple)
     else:
         from .flops import count_flops
         full_flops = count_flops(shape_only_copy(stimulator.model), input_size, 'meta')
     height, width = (int(v) for v in input_size[-2:])
     scaled = (min_scale, max_scale) != (1.0, 1.0)
     sizes = input_size_choices(height, width, min_scale, max_scale,
-                               stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1)
+                               subnet_size_multiple(stimulator, size_multiple) if scaled else 1)
     sides = (min(min(s) for s in sizes), max(min(s) for s in sizes))
     if budget is None:
         k = num_subnets
@@ -226,3 +229,94 @@ def resolve_budget(stimulator, input_size: Sequence[int], min_scale: float = 1.0
         k = affordable_subnets(cost, budget, num_subnets, what)
     return BudgetPlan(None if budget is None else float(budget), k, cost, k * cost, full_flops,
                       tuple(int(v) for v in input_size), sides)
+
+
+class TimeBudget:
+    """Steers the number of subnetworks per step so that their passes take ``budget`` plain passes of time.
+
+    ``--stim-budget B --stim-budget-unit time``: FLOPs are not time on a device (small inputs cost
+    more than their FLOPs, a new shape costs a compile or a cuDNN search), so the task times each
+    step's passes (after a device synchronization) and tells this controller:
+
+    * the plain pass (full forward and backward) is the median of the last ``window`` timed ones;
+    * a subnetwork pass costs its time over that; the cost of one pass, ``c``, is the mean over
+      calibrated passes: the first pass at each input size (where a graph compiles or cuDNN
+      searches) and passes above ``outlier`` times the estimate are left out;
+    * the next step runs ``K = (B + D / horizon) / c`` subnetworks on average, ``D`` the budget
+      left unspent so far (steps realize ``B`` on average; the task draws ``floor(K)`` or
+      ``floor(K) + 1``).
+
+    Before the first calibrated pass, ``K`` is ``start`` (the FLOPs estimate, or ``--stim-subnets``).
+
+    Args:
+        budget: extra cost per step in plain passes of measured time.
+        start: K until passes are calibrated.
+        warmup_steps: first steps left out of every estimate (allocator and autotuning warm-up).
+        horizon: steps over which a deficit or surplus is paid back.
+        window: plain passes the median is taken over.
+        outlier: passes this many times the expected pass are left out of the estimate.
+    """
+
+    def __init__(self, budget: float, start: float, warmup_steps: int = 2, horizon: float = 10.0,
+                 window: int = 50, outlier: float = 4.0):
+        check_budget(budget)
+        self.budget = float(budget)
+        self.start = float(start) if start and start > 0 else float(budget)
+        self.warmup_steps = int(warmup_steps)
+        self.horizon = float(horizon)
+        self.window = int(window)
+        self.outlier = float(outlier)
+        self.steps = 0
+        self._plain: List[float] = []
+        self._seen_sizes = set()
+        self._pass_cost_sum = 0.0
+        self._pass_count = 0
+        self._deficit = 0.0
+
+    @property
+    def pass_cost(self) -> Optional[float]:
+        """Calibrated cost of one subnetwork pass in plain passes, or None before any."""
+        return self._pass_cost_sum / self._pass_count if self._pass_count else None
+
+    def num_subnets(self) -> float:
+        """Subnetworks to run next step, on average (``floor`` or ``ceil`` drawn by the task)."""
+        cost = self.pass_cost
+        if cost is None:
+            return self.start
+        wanted = self.budget + self._deficit / self.horizon
+        return min(max(wanted, 0.0), 4.0 * self.budget) / cost
+
+    def record(self, plain_s: float, passes: Sequence[Tuple[Tuple[int, int], float]]) -> float:
+        """Record one step's timings; returns its realized extra cost, in plain passes.
+
+        Args:
+            plain_s: seconds of the full network's forward and backward.
+            passes: ``(input size, seconds)`` of each subnetwork pass, in order.
+
+        Returns:
+            Sum of the subnetwork passes' seconds over the plain pass estimate (this step's cost).
+        """
+        self.steps += 1
+        calibrating = self.steps > self.warmup_steps
+        if calibrating:
+            self._plain = (self._plain + [float(plain_s)])[-self.window:]
+        plain = statistics.median(self._plain) if self._plain else float(plain_s)
+        realized = sum(seconds for _, seconds in passes) / plain
+        if not calibrating:
+            self._seen_sizes.update(tuple(size) for size, _ in passes)
+            return realized
+        calibrated, warm = 0.0, 0  # warm-up passes count at the estimate in the budget's account
+        for size, seconds in passes:
+            cost = seconds / plain
+            first = tuple(size) not in self._seen_sizes
+            self._seen_sizes.add(tuple(size))
+            estimate = self.pass_cost
+            if first or (estimate is not None and cost > self.outlier * estimate):
+                warm += 1
+                continue
+            self._pass_cost_sum += cost
+            self._pass_count += 1
+            calibrated += cost
+        if self.pass_cost is not None:
+            self._deficit += self.budget - (calibrated + warm * self.pass_cost)
+        return realized

@@ -133,6 +133,11 @@ class StimConfig:
                                                      '1: a step costs about twice a plain step)')),
                 ' full passes of extra cost per step'),
         metavar='B', type=float)
+    budget_unit: str = stim_option(
+        'flops', 'what --stim-budget counts: flops (estimated before training, K fixed) or time (measured on the '
+                 'running device: K is steered every step so that subnetwork passes take B plain passes of time; '
+                 '--stim-subnets, if given, is the K of the first steps; the realized cost per step, in plain passes, '
+                 'is stim_cost in the log and summary.csv)', one_of('flops', 'time'), type=str, choices=('flops', 'time'))
     space: Union[str, Tuple[int, ...]] = stim_option(
         'uniform', 'sampling space: uniform, stpp, keep:K, or the largest number of blocks each stage may drop, '
                    'e.g. "0,1,3,0"', _space, metavar='S', type=str)
@@ -166,6 +171,10 @@ class StimConfig:
     max_scale: float = stim_option(
         1.0, 'largest subnetwork input side as a fraction of the training size (ST++: 1)',
         above(0, 1, note=' (fraction of the training input size)'), metavar='F', type=float)
+    size_multiple: int = stim_option(
+        1, 'draw subnetwork input sides from a grid: each drawn side is rounded down to a multiple of N px (e.g. 16 '
+           'or 32), so that few shapes recur (cuDNN plans and compiled graphs are reused); 1: every size, as the paper',
+        at_least(1, 'an int', integer=True, note=' (px; 1: every size)'), metavar='N', type=int)
     resize: str = stim_option(
         'independent', 'how smaller subnetwork inputs are made: independent (each subnetwork resizes the original '
                        'batch) or official (each resizes the previous subnetwork\'s input and normalizes it again '
@@ -280,7 +289,9 @@ class StimConfig:
             where = f'{name("min_scale")} {self.min_scale} and {name("max_scale")} {self.max_scale}: ' if cli else ''
             out.append(f'{where}min_scale={self.min_scale} is above max_scale={self.max_scale}; expected '
                        f'min_scale <= max_scale.')
-        if self.budget is not None and self.num_subnets:
+        if self.budget_unit == 'time' and self.budget is None:
+            out.append(f'{name("budget_unit")} time needs {name("budget")}: the budget to hold in measured time.')
+        if self.budget is not None and self.num_subnets and self.budget_unit != 'time':
             out.append(f'{name("num_subnets")} {self.num_subnets} and {name("budget")} {self.budget:g}: give one of '
                        f'them (set {name("num_subnets")} to 0, e.g. in a -c config, to let the budget choose).')
         return out

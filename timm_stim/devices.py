@@ -1,10 +1,11 @@
 """Device rules shared by training and the tools."""
 import logging
+import time
 from typing import Optional
 
 import torch
 
-__all__ = ['resolve_amp_dtype']
+__all__ = ['resolve_amp_dtype', 'synchronized_time']
 
 
 def resolve_amp_dtype(amp_dtype: str, device: torch.device, logger: Optional[logging.Logger] = None) -> torch.dtype:
@@ -27,3 +28,12 @@ def resolve_amp_dtype(amp_dtype: str, device: torch.device, logger: Optional[log
         if logger is not None:
             logger.info('AMP on CPU uses bfloat16 (float16 autocast is a CUDA feature).')
     return dtype
+
+
+def synchronized_time(device: torch.device) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` has finished (for timing passes)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type != 'cpu' and hasattr(torch, 'accelerator'):
+        torch.accelerator.synchronize(device)
+    return time.perf_counter()

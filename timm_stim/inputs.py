@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['short_side_range', 'size_for_short_side', 'sample_input_size', 'input_size_choices', 'round_to_multiple',
-           'smallest_input_side', 'resize_batch', 'renormalize_batch']
+           'subnet_size_multiple', 'smallest_input_side', 'resize_batch', 'renormalize_batch']
 
 
 def short_side_range(short: int, min_scale: float, max_scale: float) -> Tuple[int, int]:
@@ -64,6 +64,12 @@ def input_size_choices(height: int, width: int, min_scale: float, max_scale: flo
         return [(height, width)]
     low, high = short_side_range(min(height, width), min_scale, max_scale)
     return [size_for_short_side(height, width, side, multiple) for side in range(low, high + 1)]
+
+
+def subnet_size_multiple(stimulator, grid: int = 1) -> int:
+    """What subnetwork input sides are rounded down to: the model's own multiple (e.g. a ViT's patch)
+    and the grid asked for (``StimConfig.size_multiple``), both at once (their least common multiple)."""
+    return math.lcm(int(stimulator.adapter.input_size_multiple(stimulator.model)), int(grid))
 
 
 def round_to_multiple(size: Sequence[int], multiple: int) -> Tuple[int, ...]:

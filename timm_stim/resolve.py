@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .budget import BudgetPlan, resolve_budget, subnet_cost
 from .config import StimConfig
-from .inputs import round_to_multiple, short_side_range
+from .inputs import round_to_multiple, short_side_range, subnet_size_multiple
 from .stimulator import Stimulator
 
 __all__ = ['ResolvedStim', 'resolve_config', 'stable_start_epochs', 'default_warmin_epochs',
@@ -73,7 +73,7 @@ def _subnet_short_sides(stimulator: Stimulator, config: StimConfig,
                         train_sizes: Sequence[Sequence[int]]) -> Tuple[int, int]:
     """Smallest and largest shorter side subnetwork inputs get, over every training size."""
     scaled = (config.min_scale, config.max_scale) != (1.0, 1.0)
-    multiple = stimulator.adapter.input_size_multiple(stimulator.model) if scaled else 1
+    multiple = subnet_size_multiple(stimulator, config.size_multiple) if scaled else 1
     lows, highs = [], []
     for size in train_sizes:
         short = min(int(size[-2]), int(size[-1]))
@@ -91,11 +91,18 @@ def _budget_plan(stimulator: Stimulator, config: StimConfig, train_sizes: Sequen
     """The compute plan over the training sizes (each scheduled size weighs the same)."""
     if len(train_sizes) == 1:
         return resolve_budget(stimulator, train_sizes[0], config.min_scale, config.max_scale, budget=config.budget,
-                              num_subnets=config.num_subnets)
-    costs = [subnet_cost(stimulator, size, config.min_scale, config.max_scale)[0] for size in train_sizes]
+                              num_subnets=_flops_subnets(config), size_multiple=config.size_multiple)
+    costs = [subnet_cost(stimulator, size, config.min_scale, config.max_scale, config.size_multiple)[0]
+             for size in train_sizes]
     largest = max(train_sizes, key=lambda s: int(s[-2]) * int(s[-1]))
     return resolve_budget(stimulator, largest, config.min_scale, config.max_scale, budget=config.budget,
-                          num_subnets=config.num_subnets, cost=sum(costs) / len(costs))
+                          num_subnets=_flops_subnets(config), cost=sum(costs) / len(costs),
+                          size_multiple=config.size_multiple)
+
+
+def _flops_subnets(config: StimConfig) -> float:
+    """``num_subnets`` as the FLOPs plan checks it (a budget in time may come with a starting K)."""
+    return 0 if config.budget_unit == 'time' else config.num_subnets
 
 
 def default_warmin_epochs(lr_warmup_epochs: float, lr_per_update: bool, epochs: Optional[int] = None,
@@ -153,8 +160,12 @@ def resolve_config(config: StimConfig, stimulator: Stimulator, train_sizes: Sequ
                         f'at full weight for {max(epochs - warmup, 0):g} epochs or less. Set --stim-weight-warmup to '
                         f'a few epochs (or 0), or step the learning rate per update (--sched-on-updates).')
     # The budget is spent on K: the resolved config holds the K it affords (the plan keeps the budget).
-    resolved = dataclasses.replace(config, num_subnets=plan.num_subnets if plan is not None else config.num_subnets,
-                                   budget=None, weight_warmup_epochs=warmup)
+    # A budget in time stays: the task steers K from measured passes, starting from the K given or the FLOPs one.
+    in_time = config.budget_unit == 'time'
+    k = (config.num_subnets or plan.num_subnets) if in_time else (
+        plan.num_subnets if plan is not None else config.num_subnets)
+    resolved = dataclasses.replace(config, num_subnets=k, budget=config.budget if in_time else None,
+                                   weight_warmup_epochs=warmup)
     sides = _subnet_short_sides(stimulator, config, train_sizes)
     summary = {
         'enabled': True,
@@ -166,6 +177,7 @@ def resolve_config(config: StimConfig, stimulator: Stimulator, train_sizes: Sequ
         **({'train_input_sizes': [list(s) for s in train_sizes]} if len(train_sizes) > 1 else {}),
         'subnet_input_short_side': list(sides),
         'subnets_per_step': round(resolved.num_subnets, 4),
+        **({'budget_unit': 'time'} if in_time else {}),
         'total_kl_weight': round(resolved.num_subnets * resolved.kl_weight, 4),
         'kl_weight_warmup_epochs': warmup,
         **({'budget': plan.budget, 'subnet_cost': round(plan.subnet_cost, 4),

@@ -5,9 +5,10 @@
 by temporarily replacing the ``forward`` of each dropped block with what the block computes
 without its residual branch, so dropped blocks cost nothing and get no gradient.
 """
+import functools
 import math
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -68,6 +69,7 @@ class Stimulator:
         self.bn = bn
         self._active: Optional[Subnet] = None
         self._attached = True
+        self._compiled_blocks: List[nn.Module] = []
 
     def __repr__(self) -> str:
         return (f'Stimulator(model={type(self.model).__name__}, family={self.adapter.family!r}, '
@@ -179,10 +181,61 @@ class Stimulator:
                 else:
                     block.forward = previous
 
+    @property
+    def compiled(self) -> bool:
+        """Whether ``compile_blocks`` has compiled the blocks."""
+        return bool(self._compiled_blocks)
+
+    def block_kinds(self) -> int:
+        """How many distinct compiled graphs one input size needs at most: blocks differing in class,
+        parameter shapes or stride (blocks that only differ in their weights share a graph)."""
+        # A block's repr names its layers' shapes and strides: blocks with equal reprs trace alike.
+        kinds = {(type(block), repr(block)) for stage in self._stages for block in stage}
+        return len(kinds)
+
+    def compile_blocks(self, **compile_kwargs: Any) -> int:
+        """Compile every residual block once, for the full network and every subnetwork alike.
+
+        Each block class's ``forward`` is compiled once (``torch.compile(..., dynamic=False)``)
+        and every block of the stages calls it (an instance ``forward``, a ``functools.partial``
+        so that a deep copy, e.g. an EMA, calls its own block). Blocks of one class and shapes
+        share one compiled graph per input size; a dropped block still runs its skip function
+        (``activate`` replaces the compiled forward while it is dropped), so nothing of a
+        dropped block is computed. What is outside the blocks (stem, head) runs eager.
+
+        Args:
+            **compile_kwargs: ``torch.compile`` arguments (``backend``, ``mode``, ...);
+                ``dynamic`` defaults to False: every input size gets its own graph (dynamic
+                shapes fail in inductor's batch-norm backward on the CPU, and static graphs are
+                the fastest), so few input sizes (``StimConfig.size_multiple``) mean few compiles.
+
+        Returns:
+            The number of blocks compiled.
+        """
+        if self._active is not None:
+            raise RuntimeError(f'Cannot compile while {self._active!r} is active.')
+        if self._compiled_blocks:
+            return len(self._compiled_blocks)
+        compile_kwargs.setdefault('dynamic', False)
+        compiled: Dict[Callable, Callable] = {}
+        for stage in self._stages:
+            for block in stage:
+                if 'forward' in block.__dict__:
+                    raise RuntimeError(f'{type(block).__name__} has an instance forward already; cannot compile it.')
+                forward = type(block).forward
+                if forward not in compiled:
+                    compiled[forward] = torch.compile(forward, **compile_kwargs)
+                block.forward = functools.partial(compiled[forward], block)
+                self._compiled_blocks.append(block)
+        return len(self._compiled_blocks)
+
     def detach(self) -> None:
         """Remove everything ``attach`` added; the model is then exactly the plain timm model."""
         if self._active is not None:
             raise RuntimeError(f'Cannot detach while {self._active!r} is active.')
+        for block in self._compiled_blocks:
+            block.__dict__.pop('forward', None)
+        self._compiled_blocks = []
         if self.model.__dict__.get(_ATTR) is self:
             del self.model.__dict__[_ATTR]
         self._attached = False

@@ -2,6 +2,7 @@
 import dataclasses
 import logging
 import math
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -11,9 +12,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import ClassificationTask, TrainingTask
 from timm.utils import unwrap_model
 
+from .budget import TimeBudget
 from .config import StimConfig
+from .devices import synchronized_time
 from .errors import NonFiniteLossError
-from .inputs import renormalize_batch, resize_batch, sample_input_size
+from .inputs import input_size_choices, renormalize_batch, resize_batch, sample_input_size, subnet_size_multiple
 from .losses import logit_norm, stim_kl
 from .adapters import get_adapter
 from .stimulator import Stimulator, attach, get_stimulator
@@ -179,7 +182,15 @@ class StimulativeMixin:
                           else kl_weight_at(config.kl_weight, config.weight_sched, 0.0, config.weight_warmup_epochs))
         self.config = config
         self.stimulator = stimulator
-        self.size_multiple = stimulator.adapter.input_size_multiple(stimulator.model)
+        self.size_multiple = subnet_size_multiple(stimulator, config.size_multiple)
+        # --stim-budget-unit time: K is steered from the measured passes (timm_stim.budget.TimeBudget);
+        # otherwise it is the config's (a fraction: its floor or ceiling, drawn so the mean is exact).
+        self.time_budget = TimeBudget(config.budget, config.num_subnets) if config.budget_unit == 'time' else None
+        self.subnets_per_step = self.time_budget.start if self.time_budget is not None else config.num_subnets
+        self._step_start = 0.0
+        self._pass_times: List[Tuple[Tuple[int, int], float]] = []
+        self._compile_sizes: set = set()  # training sizes the dynamo recompile limit accounts for
+        self._compile_log = (0, 0.0)  # graphs compiled when last logged, and when
         self.input_mean = tuple(float(v) for v in input_mean)
         self.input_std = tuple(float(v) for v in input_std)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -243,7 +254,7 @@ class StimulativeMixin:
     @property
     def active(self) -> bool:
         """Whether the next training forward adds subnetwork terms."""
-        return (self.config.num_subnets > 0 and self.epoch >= self.config.start_epoch
+        return ((self.subnets_per_step > 0 or self.time_budget is not None) and self.epoch >= self.config.start_epoch
                 and self.stimulator.model.training and torch.is_grad_enabled())
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
@@ -322,6 +333,12 @@ class StimulativeMixin:
             logits) and its other terms, plus ``stim_kl``: the mean KL term over the K
             subnetworks, a tensor filled in when ``loss.backward()`` has run.
         """
+        if self.stimulator.compiled:
+            self._compiled_step(input)
+        timed = self.time_budget is not None and self.active
+        if timed:
+            self.subnets_per_step = self.time_budget.num_subnets()
+            self._step_start = synchronized_time(input.device)
         result = super().forward(input, target)
         if not self.active:
             return result
@@ -340,16 +357,81 @@ class StimulativeMixin:
             trigger = sum(p.sum() for p in self._trainable_parameters()) * 0.0
         else:
             trigger = torch.zeros((), device=output.device, requires_grad=True)
-        deferred = _StimulativeBackward.apply(self, plan, input, output.detach(), stim_kl, [loss], trigger)
+        stim_cost = torch.zeros(()) if timed else None
+        deferred = _StimulativeBackward.apply(self, plan, input, output.detach(), stim_kl, [loss, stim_cost], trigger)
         result = {key: (value.detach() if key not in ('loss', 'output') and isinstance(value, torch.Tensor)
                         else value) for key, value in result.items()}
         result.update(loss=deferred, output=output.detach(), stim_kl=stim_kl)
+        if timed:
+            result['stim_cost'] = stim_cost  # subnetwork passes' time over the plain pass's, filled in by backward
         return result
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> Optional[nn.Module]:
+        """Compile the base task's components, with the network compiled block by block.
+
+        The base task compiles what it compiles (e.g. a distillation teacher); the trained
+        network is then compiled one residual block at a time (``Stimulator.compile_blocks``)
+        instead of as a whole, so that the full network and every subnetwork run the same
+        compiled blocks (a whole-network graph would need one compile per subnetwork). A family
+        whose adapter says its blocks cannot be compiled alone keeps the base's whole-network
+        compile, with eager subnetworks, and the log says so.
+
+        Returns:
+            The eval-facing module (the network, its blocks compiled).
+        """
+        compiled = super().compile(backend=backend, mode=mode, **compile_kwargs)
+        adapter = self.stimulator.adapter
+        original = getattr(self.trainable_module, '_orig_mod', None)  # torch.compile is lazy: nothing ran yet
+        if not adapter.blockwise_compile or original is None:
+            _logger.info(f'{type(self).__name__}: {adapter.family} blocks cannot be compiled one by one; the full '
+                         f'network runs compiled, subnetworks run eager.')
+            return compiled
+        self.trainable_module = original
+        if getattr(self, 'eval_model', None) is compiled:
+            self.eval_model = original
+        count = self.stimulator.compile_blocks(backend=backend, mode=mode, **compile_kwargs)
+        _logger.info(f'{type(self).__name__}: compiling {count} {adapter.family} blocks one by one '
+                     f'({self.stimulator.block_kinds()} distinct), shared by the full network and every subnetwork '
+                     f'(stem and head eager); each input size compiles once per distinct block.')
+        return self.trainable_module
+
+    def _compiled_step(self, input: torch.Tensor) -> None:
+        """Before a step of compiled blocks: room for every graph the run needs, and the compile time so far.
+
+        Every input size of a distinct block is a graph of one compiled function (static shapes),
+        in train and eval mode: dynamo's recompile limit (8 per function by default, then eager)
+        is raised to what the training size and the subnetwork sizes drawn from it need.
+        """
+        import torch._dynamo
+        height, width = (int(v) for v in input.shape[-2:])
+        if (height, width) not in self._compile_sizes:
+            self._compile_sizes.add((height, width))
+            sizes = set()
+            for h, w in self._compile_sizes:
+                sizes.add((h, w))
+                if (self.config.min_scale, self.config.max_scale) != (1.0, 1.0):
+                    sizes.update(input_size_choices(h, w, self.config.min_scale, self.config.max_scale, self.size_multiple))
+            needed = self.stimulator.block_kinds() * (len(sizes) + 2) * 2
+            config = torch._dynamo.config
+            if config.recompile_limit < needed or config.accumulated_recompile_limit < 2 * needed:
+                config.recompile_limit = max(config.recompile_limit, needed)
+                config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * needed)
+                if self.verbose:
+                    _logger.info(f'torch._dynamo recompile_limit raised to {config.recompile_limit} '
+                                 f'({self.stimulator.block_kinds()} distinct blocks x {len(sizes)} input sizes, train '
+                                 f'and eval): --stim-size-multiple draws fewer sizes, so fewer compiles.')
+        if self.verbose:
+            from torch._dynamo.utils import compilation_time_metrics  # read for the log only
+            times = compilation_time_metrics.get('_compile.compile_inner', [])
+            logged, when = self._compile_log
+            if len(times) != logged and (not logged or time.monotonic() - when > 60):
+                self._compile_log = (len(times), time.monotonic())
+                _logger.info(f'torch.compile so far: {len(times)} graphs in {sum(times):.1f} s')
 
     def _subnets_this_step(self) -> int:
         """``num_subnets``, or for a fractional mean, its floor or ceiling drawn so the mean is exact."""
-        count = math.floor(self.config.num_subnets)
-        fraction = self.config.num_subnets - count
+        count = math.floor(self.subnets_per_step)
+        fraction = self.subnets_per_step - count
         # Whole K draws nothing, so the task's random stream is that of a plain K.
         if fraction > 0 and torch.rand((), generator=self.generator).item() < fraction:
             count += 1
@@ -367,13 +449,17 @@ class StimulativeMixin:
         kl_total = torch.zeros((), device=teacher.device)
         kls = []
         subnet_input = input  # resize='official': each subnetwork resizes the previous one's input
+        self._pass_times = []
         for subnet, size in plan:
+            start = synchronized_time(input.device) if self.time_budget is not None else 0.0
             with self.stimulator.activate(subnet):
                 subnet_input = self.subnet_input(input, subnet_input, size)
                 student = model(subnet_input)
                 kl = stim_kl(student, teacher, config.temperature, config.normalize != 'none', config.amplitude)
                 # Backward inside activate (gradient checkpointing recomputes with the same subnet).
                 self._backward_now(grad * (self.kl_weight * kl))
+            if self.time_budget is not None:
+                self._pass_times.append((tuple(subnet_input.shape[-2:]), synchronized_time(input.device) - start))
             kl_total += kl.detach()
             kls.append(kl.detach().float())
         if base_loss is not None or kls:  # one sync per step, before the optimizer steps on these gradients
@@ -425,7 +511,7 @@ class _StimulativeBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, task, plan, input, teacher, stim_kl, loss_holder, trigger):
-        (loss,) = loss_holder  # in a list, so that autograd does not see it as an input
+        loss, ctx.stim_cost = loss_holder  # in a list, so that autograd does not see them as inputs
         ctx.task, ctx.plan, ctx.stim_kl = task, plan, stim_kl
         ctx.input, ctx.teacher, ctx.loss = input, teacher, loss
         device = input.device.type
@@ -439,9 +525,12 @@ class _StimulativeBackward(torch.autograd.Function):
             base_loss = ctx.loss.detach()
             task._backward_now(ctx.loss * grad)
             ctx.loss = None  # the full network's graph is freed before any subnetwork runs
+            plain_s = synchronized_time(ctx.input.device) - task._step_start if ctx.stim_cost is not None else 0.0
             device, enabled, dtype = ctx.autocast
             with torch.autocast(device_type=device, dtype=dtype, enabled=enabled):
                 ctx.stim_kl.copy_(task._stimulate(ctx.plan, ctx.input, ctx.teacher, grad, base_loss))
+            if ctx.stim_cost is not None:
+                ctx.stim_cost.fill_(task.time_budget.record(plain_s, task._pass_times))
         ctx.input = ctx.teacher = None
         return None, None, None, None, None, None, torch.zeros_like(grad)
 

@@ -87,6 +87,9 @@ class StageAdapter:
     """
     family: str = ''
     examples: str = ''
+    # Whether each block can be compiled alone (``Stimulator.compile_blocks``); False: a compiled
+    # run compiles the full network whole and runs subnetworks eager.
+    blockwise_compile: bool = True
 
     def stages(self, model: nn.Module) -> List[List[nn.Module]]:
         """The blocks of each residual stage, in execution order.

@@ -104,7 +104,7 @@ class StimTraining(TrainCallback):
                              f'support: use a first-order optimizer (e.g. sgd, adamw) or set --stim-subnets 0.')
         if args.torchscript:
             raise InputError('--torchscript with --stim-subnets > 0: a scripted model cannot skip blocks; use '
-                             '--torchcompile (full network only) or no compilation.')
+                             '--torchcompile (each block compiled, subnetworks too) or no compilation.')
 
     def on_options_checked(self, state) -> None:
         self.check()
