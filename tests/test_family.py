@@ -270,3 +270,41 @@ def test_ema_weights_are_scored_when_the_checkpoint_holds_them(tmp_path):
     plain_json = json.loads((tmp_path / 'plain' / 'family.json').read_text())['checkpoints'][0]
     assert ema_json['use_ema'] is True and plain_json['use_ema'] is False
     assert not (tmp_path / 'ema' / 'members').exists()  # --no-export
+
+
+def test_latency_honours_channels_last_amp_and_torchcompile(tmp_path, monkeypatch):
+    import timm_stim.tools.family as family
+    ckpt = _checkpoint(tmp_path / 'run')
+    calls, compiled = [], []
+
+    def fake_compile(model, backend=None, mode=None):
+        compiled.append((backend, mode))
+        return ('compiled', model)
+
+    def record(model, input_size, batch_size, **kwargs):
+        assert model[0] == 'compiled'
+        with kwargs['amp_autocast']():
+            dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else None
+        calls.append((batch_size, kwargs['channels_last'], dtype, kwargs['repeats'], kwargs['warmup']))
+        return 1.0 + batch_size
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    monkeypatch.setattr(family, 'measure_latency', record)
+    assert main([ckpt, '--stim-space', '0,1,0,0', *DATA, '--out', str(tmp_path / 'out'), '--no-export',
+                 '--channels-last', '--amp', '--torchcompile', '--torchcompile-mode', 'max-autotune',
+                 '--latency-repeats', '3', '--latency-warmup', '2']) == 0
+    assert compiled == [('inductor', 'max-autotune')] * 2  # each of the 2 members, compiled for timing
+    assert calls == [(1, True, torch.bfloat16, 3, 2), (4, True, torch.bfloat16, 3, 2)] * 2
+    rows = _read(tmp_path / 'out' / 'family.csv')
+    assert [(r['latency_ms'], r['latency_batch_ms'], r['latency_batch_size']) for r in rows] == [('2.0', '5.0', '4')] * 2
+
+
+def test_measure_latency_warms_up_then_times_the_repeats():
+    from timm_stim.latency import measure_latency
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), self.training))
+            return x
+    assert measure_latency(Probe().train(), (3, 8, 8), 5, warmup=2, repeats=3, channels_last=True) > 0
+    assert seen == [((5, 3, 8, 8), True, False)] * 5  # 2 warm-up + 3 timed passes, in eval mode
