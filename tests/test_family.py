@@ -308,3 +308,18 @@ def test_measure_latency_warms_up_then_times_the_repeats():
             return x
     assert measure_latency(Probe().train(), (3, 8, 8), 5, warmup=2, repeats=3, channels_last=True) > 0
     assert seen == [((5, 3, 8, 8), True, False)] * 5  # 2 warm-up + 3 timed passes, in eval mode
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--max-members', '1'], '--max-members 1: expected a number >= 2'),
+    (['--latency-repeats', '0'], '--latency-repeats 0: expected a number >= 1'),
+    (['--stim-bn-recal', '-1'], '--stim-bn-recal -1: expected a number of images >= 0'),
+    (['--labels', 'a,b'], 'gives 2 names for 1 checkpoints'),
+])
+def test_bad_options_exit_2_before_any_work(tmp_path, caplog, extra, message):
+    ckpt = _checkpoint(tmp_path / 'run')
+    caplog.clear()
+    with pytest.raises(SystemExit) as info:
+        main([ckpt, *DATA, '--out', str(tmp_path / 'out'), *extra])
+    assert info.value.code == 2 and message in caplog.text, caplog.text
+    assert not (tmp_path / 'out').exists()

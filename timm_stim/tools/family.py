@@ -45,6 +45,7 @@ from ..stimulator import attach
 from ..subnet import Subnet
 from .analyze import (_TRAIN_OPTIONS, _amp_autocast, _BatchProgress, _data_config, _loaders, checkpoint_labels,
                       evaluate)
+from .analyze import _check_args as _check_analyze_args
 from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_model, read_checkpoint_info
 from .export import ExportMismatchError, max_logit_diff, save_exported
 from .push import TokenMaskingParser
@@ -268,21 +269,14 @@ def create_family_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> Dict[str, float]:
     from .hub import check_push_options
-    for option, value, least in (('--max-members', args.max_members, 2), ('--stim-bn-recal', args.stim_bn_recal, 0),
+    # The options shared with analyze are checked by its rule (it reads no sample count of ours: 0).
+    _check_analyze_args(argparse.Namespace(**vars(args), stim_subnets=0, samples=0))
+    for option, value, least in (('--max-members', args.max_members, 2),
                                  ('--latency-batch-size', args.latency_batch_size, 1),
-                                 ('--latency-repeats', args.latency_repeats, 1), ('--latency-warmup', args.latency_warmup, 0),
-                                 ('-b/--batch-size', args.batch_size, 1)):
+                                 ('--latency-repeats', args.latency_repeats, 1),
+                                 ('--latency-warmup', args.latency_warmup, 0)):
         if value < least:
             raise InputError(f'{option} {value}: expected a number >= {least}.')
-    if args.val_num_samples is not None and args.val_num_samples < 1:
-        raise InputError(f'--val-num-samples {args.val_num_samples}: expected a number of images >= 1.')
-    if args.amp_dtype not in ('float16', 'bfloat16'):
-        raise InputError(f'--amp-dtype {args.amp_dtype!r}: expected float16 or bfloat16.')
-    if args.labels is not None and len(args.labels.split(',')) != len(args.checkpoints):
-        raise InputError(f'--labels {args.labels!r} gives {len(args.labels.split(","))} names for '
-                         f'{len(args.checkpoints)} checkpoints; give one name per checkpoint, comma-separated.')
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise InputError(f'--out {args.out!r} is a file; expected a folder.')
     if args.push_to_hub:
         if len(args.checkpoints) != 1:
             raise InputError(f'--push-to-hub publishes the family of one checkpoint; {len(args.checkpoints)} were '
