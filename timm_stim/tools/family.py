@@ -415,7 +415,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                 raise InputError(f'could not read the {args.train_split!r} / {args.val_split!r} splits of '
                                  f'{args.dataset or args.data_dir}: {type(e).__name__}: {e}') from None
     for item, stim, label, subnets, how, _, _ in plans:
-        print(f'{label}: {len(subnets)} members of {stim.space_size() if stim.mode == "depth" else "-"} in space '
+        print(f'{label}: {len(subnets)} members of {stim.space_size()} in space '
               f'{args.stim_space!r} ({"every one" if how == "all" else "a grid of depths per stage"}), depths per '
               f'stage {stim.depth_choices}', flush=True)
     recal_text = (f'BN statistics re-estimated on {args.stim_bn_recal} {args.train_split!r} images per member'
