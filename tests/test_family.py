@@ -323,3 +323,22 @@ def test_bad_options_exit_2_before_any_work(tmp_path, caplog, extra, message):
         main([ckpt, *DATA, '--out', str(tmp_path / 'out'), *extra])
     assert info.value.code == 2 and message in caplog.text, caplog.text
     assert not (tmp_path / 'out').exists()
+
+
+def test_benchmarks_section_12_quotes_the_committed_family_study():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, 'BENCHMARKS.md')).read()
+    section = text[text.index('## 12. Train once, deploy a family'):]
+    results = open(os.path.join(root, 'benchmarks', 'results', 'family_cpu', 'results.md')).read()
+    rows = [line for line in results.splitlines() if line.startswith('| ') and line[2].isdigit() or
+            line.startswith(('| baseline', '| st', '| full'))]
+    assert len(rows) == 3 + 3
+    for row in rows:  # every figure, after the row's name (the section names the variants in its own words)
+        cells = row.strip('| ').split(' | ')
+        assert ' | '.join(cells[-3:]) in section, row
+    document = json.loads(open(os.path.join(root, 'benchmarks', 'results', 'family_cpu', 'family', 'family.json')).read())
+    for checkpoint in document['checkpoints']:
+        members = checkpoint['members']
+        front = [m['depths'] for m in members if m['front_flops']]
+        assert front == [m['depths'] for m, on in zip(members, pareto_front(
+            [m['flops'] for m in members], [m['top1'] for m in members])) if on]
