@@ -46,7 +46,8 @@ from ..subnet import Subnet
 from .analyze import (_TRAIN_OPTIONS, _amp_autocast, _BatchProgress, _data_config, _loaders, checkpoint_labels,
                       evaluate)
 from .analyze import _check_args as _check_analyze_args
-from .checkpoints import LoadedModel, copy_train_options, hub_repo_of, load_model, read_checkpoint_info
+from .checkpoints import (LoadedModel, check_source, copy_train_options, hub_repo_of, load_model,
+                          read_checkpoint_info)
 from .export import ExportMismatchError, max_logit_diff, save_exported
 from .push import TokenMaskingParser
 
@@ -84,6 +85,7 @@ def resolve_use_ema(source: str, use_ema: Optional[bool]) -> bool:
     """
     if use_ema is not None:
         return use_ema
+    check_source(source)  # a missing or unsupported source is named as load_model names it
     if hub_repo_of(source) or source.startswith('local-dir:'):
         return False  # timm's Hub format holds one set of weights
     return read_checkpoint_info(source).has_ema
