@@ -259,17 +259,20 @@ def test_bad_input_exits_2_before_any_work(tmp_path, caplog, monkeypatch, case):
 
 
 def test_ema_weights_are_scored_when_the_checkpoint_holds_them(tmp_path):
+    from safetensors.torch import load_file
     ckpt = _checkpoint(tmp_path / 'run')
     state = torch.load(ckpt, weights_only=True)
     ema = {k: v + 1 if v.is_floating_point() and k.endswith('weight') else v for k, v in state['state_dict'].items()}
     torch.save({**state, 'state_dict_ema': ema}, ckpt)
-    base = ['--stim-space', '0,1,0,0', *DATA, '--no-export']
-    assert main([ckpt, *base, '--out', str(tmp_path / 'ema')]) == 0
-    assert main([ckpt, *base, '--out', str(tmp_path / 'plain'), '--no-use-ema']) == 0
+    base = ['--stim-space', '0,1,0,0', *DATA]
+    assert main([ckpt, *base, '--out', str(tmp_path / 'ema')]) == 0  # default: the EMA weights
+    assert main([ckpt, *base, '--out', str(tmp_path / 'plain'), '--no-use-ema', '--no-export']) == 0
     ema_json = json.loads((tmp_path / 'ema' / 'family.json').read_text())['checkpoints'][0]
     plain_json = json.loads((tmp_path / 'plain' / 'family.json').read_text())['checkpoints'][0]
     assert ema_json['use_ema'] is True and plain_json['use_ema'] is False
-    assert not (tmp_path / 'ema' / 'members').exists()  # --no-export
+    folder = next(m['folder'] for m in ema_json['members'] if m['folder'])
+    assert torch.equal(load_file(os.path.join(folder, 'model.safetensors'))['fc.weight'], ema['fc.weight'])
+    assert not (tmp_path / 'plain' / 'members').exists()  # --no-export
 
 
 def test_latency_honours_channels_last_amp_and_torchcompile(tmp_path, monkeypatch):
