@@ -299,6 +299,8 @@ def test_latency_honours_channels_last_amp_and_torchcompile(tmp_path, monkeypatc
     assert calls == [(1, True, torch.bfloat16, 3, 2), (4, True, torch.bfloat16, 3, 2)] * 2
     rows = _read(tmp_path / 'out' / 'family.csv')
     assert [(r['latency_ms'], r['latency_batch_ms'], r['latency_batch_size']) for r in rows] == [('2.0', '5.0', '4')] * 2
+    latency = json.loads((tmp_path / 'out' / 'family.json').read_text())['latency']
+    assert (latency['amp'], latency['channels_last'], latency['torchcompile']) == ('bfloat16', True, 'inductor')
 
 
 def test_measure_latency_warms_up_then_times_the_repeats():

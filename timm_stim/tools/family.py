@@ -39,6 +39,7 @@ from ..errors import InputError, command_main
 from ..extract import EXPORT_FAMILIES, export_subnet, supported_families
 from ..flops import count_flops
 from ..bn import recalibrate_bn
+from ..devices import resolve_amp_dtype
 from ..latency import check_device, measure_latency
 from ..select import family_subnets, pareto_front, row_depths, select_row
 from ..stimulator import attach
@@ -497,7 +498,7 @@ def _write_table(args: argparse.Namespace, rows: Sequence[Dict[str, Any]], famil
         'val_split': args.val_split, 'device': str(device),
         'latency': {'batch_sizes': [1, args.latency_batch_size], 'warmup': args.latency_warmup,
                     'repeats': args.latency_repeats, 'statistic': 'median', 'channels_last': args.channels_last,
-                    'amp': args.amp and args.amp_dtype, 'torchcompile': args.torchcompile},
+                    'amp': str(resolve_amp_dtype(args.amp_dtype, device)).replace('torch.', '') if args.amp else None, 'torchcompile': args.torchcompile},
         'checkpoints': [{'checkpoint': item.source, 'label': label, 'model': item.architecture,
                          'use_ema': item.use_ema, 'stage_depths': list(stage_depths), 'enumeration': how,
                          'members': [m.row for m in members]}
