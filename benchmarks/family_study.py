@@ -140,7 +140,8 @@ def main(argv=None) -> Dict:
         front = sorted((m for m in members if m['front_flops']), key=lambda m: m['flops'])
         near = sum(1 for m in members if m['top1'] >= full['top1'] - 1)
         lines.append(f'| {label} | {full["top1"]:.2f} | ' + '; '.join(
-            f'{m["depths"]}: {m["top1"]:.2f}, {m["flops"] / 1e6:.2f}' for m in front) + f' | {near} of {len(members)} |')
+            f'{m["depths"]}: {m["top1"]:.2f}, {m["flops"] / 1e6:.2f}' for m in front)
+            + f' | {near} of {len(members)} |')
     lines += ['', '## Train once against train each (top-1 %, test2k)', '',
               '| depths | MFLOPs | trained alone | ' + ' | '.join(f'{label} member' for label in by_label) + ' |',
               '|---|---|---|' + '---|' * len(by_label)]

@@ -1,4 +1,4 @@
-"""timm-stim family: enumerating a space, Pareto fronts, selecting, exporting and publishing members (CPU, tiny models)."""
+"""timm-stim family: enumerating a space, Pareto fronts, selecting, exporting and publishing members (CPU, tiny)."""
 import csv
 import json
 import os
@@ -298,7 +298,8 @@ def test_latency_honours_channels_last_amp_and_torchcompile(tmp_path, monkeypatc
     assert compiled == [('inductor', 'max-autotune')] * 2  # each of the 2 members, compiled for timing
     assert calls == [(1, True, torch.bfloat16, 3, 2), (4, True, torch.bfloat16, 3, 2)] * 2
     rows = _read(tmp_path / 'out' / 'family.csv')
-    assert [(r['latency_ms'], r['latency_batch_ms'], r['latency_batch_size']) for r in rows] == [('2.0', '5.0', '4')] * 2
+    figures = [(r['latency_ms'], r['latency_batch_ms'], r['latency_batch_size']) for r in rows]
+    assert figures == [('2.0', '5.0', '4')] * 2
     latency = json.loads((tmp_path / 'out' / 'family.json').read_text())['latency']
     assert (latency['amp'], latency['channels_last'], latency['torchcompile']) == ('bfloat16', True, 'inductor')
 
@@ -341,7 +342,8 @@ def test_benchmarks_section_12_quotes_the_committed_family_study():
     for row in rows:  # every figure, after the row's name (the section names the variants in its own words)
         cells = row.strip('| ').split(' | ')
         assert ' | '.join(cells[-3:]) in section, row
-    document = json.loads(open(os.path.join(root, 'benchmarks', 'results', 'family_cpu', 'family', 'family.json')).read())
+    results_dir = os.path.join(root, 'benchmarks', 'results', 'family_cpu')
+    document = json.loads(open(os.path.join(results_dir, 'family', 'family.json')).read())
     for checkpoint in document['checkpoints']:
         members = checkpoint['members']
         front = [m['depths'] for m in members if m['front_flops']]

@@ -169,7 +169,8 @@ def select_subnet(model: nn.Module, table: Iterable[Mapping[str, Any]], *, max_f
         max_latency_ms: the most batch-1 latency allowed, in milliseconds.
         recal_batches: (input, target) training batches to re-estimate the member's BatchNorm statistics
             on, as ``timm-stim family --stim-bn-recal N`` did before scoring it (the same images give
-            the same statistics; only for rows with ``bn_recal_images`` > 0); None keeps the checkpoint's. The folders ``timm-stim family``
+            the same statistics; only for rows with ``bn_recal_images`` > 0); None keeps the checkpoint's.
+            The folders ``timm-stim family``
             exports already hold the re-estimated statistics.
         device: where ``model`` and the batches go for re-estimation.
 

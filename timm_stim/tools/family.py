@@ -173,11 +173,13 @@ def plot_fronts(rows: Sequence[Dict[str, Any]], path: str, title: Optional[str] 
 def _member_card(repo_id: str, loaded: LoadedModel, member: nn.Module, row: Dict[str, Any], data_config: Dict,
                  model_config: Dict, stage_depths: Sequence[int], val_split: str):
     from .modelcard import base_model_of, build_model_card
+    recal = int(row['bn_recal_images'])
+    with_stats = f' with BatchNorm statistics re-estimated on {recal} training images' if recal else ''
     section = (f'This model is a member of the family of a trained `{loaded.architecture}` '
                f'(`{loaded.source}`, stage depths {", ".join(map(str, stage_depths))}), exported by '
                f'`timm-stim family`: it keeps the first {", ".join(row["depths"].split(","))} blocks of its stages '
                f'(`model_args.layers` in config.json). Its logits equal those of the same subnetwork of the parent '
-               f'model{" with BatchNorm statistics re-estimated on " + str(row["bn_recal_images"]) + " training images" if int(row["bn_recal_images"]) else ""}.\n\n'
+               f'model{with_stats}.\n\n'
                f'| parent | depths | parameters | FLOPs / image | top-1 | top-5 | latency, batch 1 | '
                f'latency, batch {row["latency_batch_size"]} |\n|---|---|---|---|---|---|---|---|\n'
                f'| `{loaded.architecture}` ({os.path.basename(loaded.source)}) | {row["depths"]} | '
@@ -209,7 +211,8 @@ def family_card(repo_id: str, architecture: str, source: str, rows: Sequence[Dic
         branch = member_name(row_depths(r))
         fronts = ' / '.join('yes' if r[k] else 'no' for k in ('front_flops', 'front_latency'))
         lines.append(f'| {r["depths"]} | {int(r["params"]) / 1e6:.2f} M | {int(r["flops"]) / 1e6:.1f} M | '
-                     f'{float(r["top1"]):.2f} % | {float(r["top5"]):.2f} % | {float(r["latency_ms"]):.3f} ms | {fronts} '
+                     f'{float(r["top1"]):.2f} % | {float(r["top5"]):.2f} % | {float(r["latency_ms"]):.3f} ms | '
+                     f'{fronts} '
                      f'| [`hf-hub:{repo_id}@{branch}`](https://huggingface.co/{repo_id}/tree/{branch}) |')
     lines += ['', f'Latency measured on {rows[0]["device"]} (median of repeats, warmed up). Scored and exported with '
                   '`timm-stim family`.', '']
@@ -258,7 +261,8 @@ def create_family_parser() -> argparse.ArgumentParser:
     group.add_argument('--labels', default=None, metavar='A,B,...',
                        help='names of the checkpoints (default: their file names)')
     group.add_argument('--device', default=None,
-                       help='device scoring and latency run on, e.g. cuda, cpu (default: cuda when available, else cpu)')
+                       help='device scoring and latency run on, e.g. cuda, cpu (default: cuda when available, '
+                            'else cpu)')
     copy_train_options(parser, ('--stim-space',), 'Space (as in train_stim.py)')
     copy_train_options(parser, ('--torchcompile', '--torchcompile-mode'),
                        'Compilation of each member for its latency measurement (as in train_stim.py)')
@@ -457,7 +461,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                     print(f'{label}: --select {args.select}: {e}', flush=True)
                 else:
                     chosen['selected'] = True
-                    print(f'{label}: --select {args.select} picks depths {chosen["depths"]} (top-1 {chosen["top1"]:.2f}, '
+                    print(f'{label}: --select {args.select} picks depths {chosen["depths"]} '
+                          f'(top-1 {chosen["top1"]:.2f}, '
                           f'{chosen["flops"] / 1e6:.1f} MFLOPs, {chosen["latency_ms"]:.3f} ms)', flush=True)
             rows += [m.row for m in members]
             families.append((item, stim.stage_depths, label, how, data_config, members_dir, members))
@@ -498,7 +503,8 @@ def _write_table(args: argparse.Namespace, rows: Sequence[Dict[str, Any]], famil
         'val_split': args.val_split, 'device': str(device),
         'latency': {'batch_sizes': [1, args.latency_batch_size], 'warmup': args.latency_warmup,
                     'repeats': args.latency_repeats, 'statistic': 'median', 'channels_last': args.channels_last,
-                    'amp': str(resolve_amp_dtype(args.amp_dtype, device)).replace('torch.', '') if args.amp else None, 'torchcompile': args.torchcompile},
+                    'amp': str(resolve_amp_dtype(args.amp_dtype, device)).replace('torch.', '') if args.amp else None,
+                    'torchcompile': args.torchcompile},
         'checkpoints': [{'checkpoint': item.source, 'label': label, 'model': item.architecture,
                          'use_ema': item.use_ema, 'stage_depths': list(stage_depths), 'enumeration': how,
                          'members': [m.row for m in members]}
