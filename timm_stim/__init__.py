@@ -11,6 +11,7 @@ from .config import StimConfig
 from .errors import UnsupportedModelError
 from .factory import create_model
 from .losses import logit_norm, stim_kl
+from .select import select_subnet
 from .spaces import resolve_space
 from .stimulator import Stimulator, attach, get_stimulator
 from .subnet import Subnet
@@ -21,5 +22,5 @@ __all__ = [
     'attach', 'create_model', 'get_stimulator', 'StimConfig', 'register_adapter', 'get_adapter', 'list_adapters',
     'StageAdapter', 'Stimulator', 'Subnet', 'StimulativeTask', 'StimulativeMixin', 'stimulative_task_class',
     'UnsupportedModelError',
-    'stim_kl', 'logit_norm', 'resolve_space', '__version__',
+    'stim_kl', 'logit_norm', 'resolve_space', 'select_subnet', '__version__',
 ]

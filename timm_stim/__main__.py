@@ -7,6 +7,7 @@ Commands:
     push     publish a checkpoint to the Hugging Face Hub in timm's format (timm_stim.tools.push)
     analyze  measure how well the subnetworks of checkpoints do on their own (timm_stim.tools.analyze)
     export   save a trained subnetwork as a plain, smaller timm model (timm_stim.tools.export)
+    family   score every subnetwork, mark the Pareto front, export it as plain timm models (timm_stim.tools.family)
     data     prepare the offline datasets: embedded digits, Fashion-MNIST (timm_stim.datasets)
 """
 import importlib
@@ -20,6 +21,7 @@ COMMANDS = {
     'push': ('timm_stim.tools.push', 'publish a checkpoint to the Hugging Face Hub in timm\'s format'),
     'analyze': ('timm_stim.tools.analyze', 'evaluate the full network and its subnetworks (network loafing)'),
     'export': ('timm_stim.tools.export', 'save a subnetwork as a plain timm model of smaller depth'),
+    'family': ('timm_stim.tools.family', 'score every subnetwork (accuracy, FLOPs, latency), export the Pareto front'),
     'data': ('timm_stim.datasets', 'prepare offline data: embedded digits, Fashion-MNIST from the Debian package'),
 }
 

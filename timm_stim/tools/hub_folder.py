@@ -8,12 +8,11 @@ the run's ``args.yaml``, ``summary.csv`` and ``training_curves.png``), loadable 
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ..errors import InputError
 from ..flops import model_stats
 from ..guard import describe_non_finite, non_finite_tensors
-from ..labels import dataset_label_names
 from ..loading import follow_umask
 from ..tokens import mask_tokens
 from .checkpoints import (ARGS_FILE, LOCAL_DIR, LoadedModel, check_preprocessing, data_config_from_args, load_model,
