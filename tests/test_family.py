@@ -13,11 +13,11 @@ import timm_stim
 from timm_stim import Subnet
 from timm_stim.bn import recalibrate_bn
 from timm_stim.select import family_subnets, grid_depths, pareto_front, select_row, select_subnet
-from timm_stim.tools.analyze import _data_config, _loaders, preserved_bn_stats
+from timm_stim.tools.analyze import analysis_data_config, analysis_loaders, preserved_bn_stats
 from timm_stim.tools.checkpoints import load_model
 from timm_stim.tools.family import create_family_parser, main, member_name, parse_select
 
-from conftest import make_input
+from helpers import make_input
 from test_hub import hub_env  # noqa: F401  (fixture: huggingface_hub pointed at the local Hub server)
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -140,7 +140,7 @@ def _expected_logits(argv, ckpt, row, x):
     """The subnetwork of the checkpoint run through activate, BN re-estimated on the images family used."""
     args = create_family_parser().parse_args(argv)
     item = load_model(ckpt)
-    _, recal = _loaders(args, _data_config(args, item), torch.device('cpu'))
+    _, recal = analysis_loaders(args, analysis_data_config(args, item), torch.device('cpu'))
     model = item.model
     stim = timm_stim.attach(model, bn='update')
     with torch.no_grad(), stim.activate(Subnet.from_depths(map(int, row['depths'].split(',')))):
@@ -248,7 +248,7 @@ def test_bad_input_exits_2_before_any_work(tmp_path, caplog, monkeypatch, case):
 
     def no_work(*args, **kwargs):
         raise AssertionError('scoring started')
-    monkeypatch.setattr(family, '_loaders', no_work)
+    monkeypatch.setattr(family, 'analysis_loaders', no_work)
     monkeypatch.setattr(family, '_score_member', no_work)
     caplog.clear()
     with pytest.raises(SystemExit) as info:

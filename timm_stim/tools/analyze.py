@@ -49,7 +49,8 @@ from ..config import MAX_SUBNETS, ConfigError, StimConfig, add_config_option
 
 __all__ = ['SubnetResult', 'analysis_subnets', 'count_flops', 'recalibrate_bn', 'preserved_bn_stats', 'evaluate',
            'collect_batches', 'evaluate_subnets', 'result_row', 'write_csv', 'plot_points', 'build_plot',
-           'plot_results', 'summary_table', 'checkpoint_labels', 'CSV_COLUMNS', 'main']
+           'plot_results', 'summary_table', 'checkpoint_labels', 'CSV_COLUMNS', 'DATA_OPTIONS', 'BatchProgress',
+           'amp_autocast_of', 'analysis_data_config', 'analysis_loaders', 'check_analyze_args', 'main']
 
 CSV_FILE = 'analyze.csv'
 PLOT_FILE = 'analyze.png'
@@ -60,7 +61,7 @@ KINDS = ('full', 'drop1', 'sampled')
 # StimConfig's options analyze takes (names, values and checks as training's; --stim-bn-recal's default is its own).
 _STIM_OPTIONS = ('space', 'mode', 'bn_recal')
 # train_stim.py options analyze takes with the same names, defaults and meaning.
-_TRAIN_OPTIONS = ('--dataset', '--data-dir', '--train-split', '--val-split', '--class-map', '--input-img-mode',
+DATA_OPTIONS = ('--dataset', '--data-dir', '--train-split', '--val-split', '--class-map', '--input-img-mode',
                   '--input-key', '--target-key', '--dataset-trust-remote-code', '--val-num-samples',
                   '--num-classes', '--img-size', '--input-size', '--crop-pct', '--mean', '--std', '--interpolation',
                   '-b', '--workers', '--seed', '--amp', '--amp-dtype', '--channels-last')
@@ -420,7 +421,7 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                        help='device, e.g. cuda, cpu (default: cuda when available, else cpu)')
     sampling = parser.add_argument_group('Subnetworks sampled (as in train_stim.py; formerly --space, --mode)')
     space, mode = (add_config_option(sampling, name) for name in _STIM_OPTIONS[:2])
-    copy_train_options(parser, _TRAIN_OPTIONS,
+    copy_train_options(parser, DATA_OPTIONS,
                        'Model and data (as in train_stim.py; classes and preprocessing default to the checkpoint\'s: '
                        'its classifier, args.yaml beside it or its Hub config)')
     # --stim-subnets is training's "subnetworks per step": analyze's count per checkpoint has its own name.
@@ -432,7 +433,7 @@ def create_analyze_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any]:
+def analysis_data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any]:
     from timm.data import resolve_data_config
     overrides = dict(loaded.data_config)
     cli = {k: getattr(args, k) for k in ('img_size', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation')}
@@ -443,7 +444,7 @@ def _data_config(args: argparse.Namespace, loaded: LoadedModel) -> Dict[str, Any
     return resolve_data_config(overrides, model=loaded.model)
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def check_analyze_args(args: argparse.Namespace) -> None:
     if not 0 <= args.samples <= MAX_SUBNETS:
         raise InputError(f'--samples {args.samples}: expected a number of sampled subnetworks >= 0 and '
                          f'<= {MAX_SUBNETS} (each is evaluated on the whole validation split).')
@@ -463,7 +464,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable_out(args.out)
 
 
-def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable:
+def amp_autocast_of(args: argparse.Namespace, device: torch.device) -> Callable:
     """``torch.autocast`` as training uses it for ``--amp`` (bfloat16 on CPU), or ``nullcontext``."""
     if not args.amp:
         return nullcontext
@@ -483,7 +484,7 @@ def _seeded_subset(dataset, num_images: int, seed: int):
     return torch.utils.data.Subset(dataset, order.tolist())
 
 
-def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
+def analysis_loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device):
     """(validation loader, BN re-estimation batches) for one data config."""
     from timm.data import create_dataset, create_loader
     from ..datasets import resolve_dataset, with_image_mode
@@ -512,7 +513,7 @@ def _loaders(args: argparse.Namespace, data_config: Dict[str, Any], device: torc
     return loader(args.val_split, args.val_num_samples), recal
 
 
-class _BatchProgress:
+class BatchProgress:
     """Iterates ``loader`` under a transient progress bar (on a terminal only); other attributes are the loader's."""
 
     def __init__(self, loader: Iterable, desc: str):
@@ -534,7 +535,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, evaluate, write; return the CSV rows."""
     from tqdm import tqdm
     from ..datasets import resolve_dataset
-    _check_args(args)
+    check_analyze_args(args)
     try:
         resolve_dataset(args.dataset, args.data_dir)  # missing data is reported before any model is built
     except (ValueError, OSError) as e:
@@ -550,7 +551,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             stim = attach(item.model, space=args.stim_space, mode=args.stim_mode, bn='update')
         except ValueError as e:
             raise InputError(f'{source} ({item.architecture}): {e}') from None
-        loaded.append((item, stim, _data_config(args, item)))
+        loaded.append((item, stim, analysis_data_config(args, item)))
 
     plans = [analysis_subnets(stim, args.samples, args.seed, args.distinct) for _, stim, _ in loaded]
     total = sum(len(p) for p in plans)
@@ -558,13 +559,13 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                   if args.stim_bn_recal else 'the checkpoints\' BN statistics')
     print(f'Evaluating {total} networks of {len(loaded)} checkpoint(s) on the {args.val_split!r} split ({recal_text})',
           flush=True)
-    amp_autocast = _amp_autocast(args, device)
+    amp_autocast = amp_autocast_of(args, device)
     loaders: Dict[str, Any] = {}  # (validation loader, recal batches) per data config
     for _, _, data_config in loaded:
         key = repr(sorted(data_config.items()))
         if key not in loaders:
             try:
-                loaders[key] = _loaders(args, data_config, device)
+                loaders[key] = analysis_loaders(args, data_config, device)
             except (OSError, ValueError) as e:
                 raise InputError(f'could not read the {args.train_split!r} / {args.val_split!r} splits of '
                                  f'{args.dataset or args.data_dir}: {type(e).__name__}: {e}') from None
@@ -589,7 +590,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             item.model.to(device)
             if args.channels_last:
                 item.model.to(memory_format=torch.channels_last)
-            results = evaluate_subnets(item.model, _BatchProgress(val_loader, f'{label} validation'), plan,
+            results = evaluate_subnets(item.model, BatchProgress(val_loader, f'{label} validation'), plan,
                                        recal_batches=recal_batches, input_size=data_config['input_size'],
                                        device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
                                        progress=progress)

@@ -44,15 +44,15 @@ from ..latency import check_device, measure_latency
 from ..select import family_subnets, pareto_front, row_depths, select_row
 from ..stimulator import attach
 from ..subnet import Subnet
-from .analyze import (_TRAIN_OPTIONS, _amp_autocast, _BatchProgress, _data_config, _loaders, checkpoint_labels,
+from .analyze import (DATA_OPTIONS, BatchProgress, amp_autocast_of, analysis_data_config, analysis_loaders,
+                      checkpoint_labels,
                       evaluate)
-from .analyze import _check_args as _check_analyze_args
-from .checkpoints import (LoadedModel, check_source, copy_train_options, hub_repo_of, load_model,
-                          read_checkpoint_info)
+from .analyze import check_analyze_args as _check_analyze_args
+from .checkpoints import (LoadedModel, add_use_ema_option, copy_train_options, hub_repo_of, load_model)
 from .export import ExportMismatchError, max_logit_diff, save_exported
 from .push import TokenMaskingParser
 
-__all__ = ['CSV_COLUMNS', 'FamilyMember', 'member_name', 'resolve_use_ema', 'parse_select', 'mark_fronts',
+__all__ = ['CSV_COLUMNS', 'FamilyMember', 'member_name', 'parse_select', 'mark_fronts',
            'plot_fronts', 'family_card', 'create_family_parser', 'run', 'main']
 
 CSV_FILE, JSON_FILE, PLOT_FILE = 'family.csv', 'family.json', 'family.png'
@@ -74,22 +74,6 @@ class FamilyMember:
 def member_name(depths: Sequence[int]) -> str:
     """Folder and Hub branch name of a member: ``depths-3-3-4-3``."""
     return 'depths-' + '-'.join(str(int(d)) for d in depths)
-
-
-def resolve_use_ema(source: str, use_ema: Optional[bool]) -> bool:
-    """Whether to take a source's EMA weights: as asked, else timm's default (the EMA weights when it holds them).
-
-    Kept here until the realrun branch's shared rule for push / analyze / export is merged (then use that).
-
-    Raises:
-        InputError: ``use_ema`` is True and the source holds no EMA weights (``load_model`` says which).
-    """
-    if use_ema is not None:
-        return use_ema
-    check_source(source)  # a missing or unsupported source is named as load_model names it
-    if hub_repo_of(source) or source.startswith('local-dir:'):
-        return False  # timm's Hub format holds one set of weights
-    return read_checkpoint_info(source).has_ema
 
 
 def parse_select(text: Optional[str]) -> Dict[str, float]:
@@ -234,9 +218,7 @@ def create_family_parser() -> argparse.ArgumentParser:
                         help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
     parser.add_argument('--model', default=None, metavar='MODEL',
                         help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
-    parser.add_argument('--use-ema', default=None, action=argparse.BooleanOptionalAction,
-                        help='score the EMA weights of the checkpoints (default: the EMA weights when a checkpoint '
-                             'holds them, as timm does)')
+    add_use_ema_option(parser)
     group = parser.add_argument_group('Family')
     group.add_argument('--max-members', type=int, default=64, metavar='N',
                        help='score every member when the space holds at most N, else a grid of depths per stage '
@@ -266,7 +248,7 @@ def create_family_parser() -> argparse.ArgumentParser:
     copy_train_options(parser, ('--stim-space',), 'Space (as in train_stim.py)')
     copy_train_options(parser, ('--torchcompile', '--torchcompile-mode'),
                        'Compilation of each member for its latency measurement (as in train_stim.py)')
-    copy_train_options(parser, _TRAIN_OPTIONS,
+    copy_train_options(parser, DATA_OPTIONS,
                        'Model and data (as in train_stim.py; classes and preprocessing default to the checkpoint\'s)')
     copy_train_options(parser, ('--push-to-hub', '--hub-private'),
                        'Publishing the family: one repository, one branch per member (token from HF_TOKEN or hf auth '
@@ -274,7 +256,7 @@ def create_family_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_args(args: argparse.Namespace) -> Dict[str, float]:
+def _check_family_args(args: argparse.Namespace) -> Dict[str, float]:
     from .hub import check_push_options
     # The options shared with analyze are checked by its rule (it reads no sample count of ours: 0).
     _check_analyze_args(argparse.Namespace(**vars(args), stim_subnets=0, samples=0))
@@ -383,7 +365,7 @@ def _publish_members(args: argparse.Namespace, item: LoadedModel, exported: List
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Everything ``main`` does after parsing: check, load, score, mark, write, export; return the CSV rows."""
     from tqdm import tqdm
-    limits = _check_args(args)
+    limits = _check_family_args(args)
     try:
         device = check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     except ValueError as e:
@@ -393,7 +375,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     # Every checkpoint is loaded and its family enumerated before any data is read.
     plans = []
     for source, label in zip(args.checkpoints, labels):
-        item = load_model(source, args.model, args.num_classes, use_ema=resolve_use_ema(source, args.use_ema))
+        item = load_model(source, args.model, args.num_classes, use_ema=args.use_ema)
         try:
             stim = attach(item.model, space=args.stim_space)
         except ValueError as e:
@@ -408,16 +390,16 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         members_dir = os.path.join(args.out, MEMBERS_DIR, _slug(label))
         if args.export and os.path.isdir(members_dir) and os.listdir(members_dir):
             raise InputError(f'{members_dir} already holds exported members; choose a new --out or remove it.')
-        plans.append((item, stim, label, subnets, how, _data_config(args, item), members_dir))
+        plans.append((item, stim, label, subnets, how, analysis_data_config(args, item), members_dir))
 
     total = sum(len(p[3]) for p in plans)
-    amp_autocast = _amp_autocast(args, device)
+    amp_autocast = amp_autocast_of(args, device)
     loaders: Dict[str, Any] = {}
     for plan in plans:
         key = repr(sorted(plan[5].items()))
         if key not in loaders:
             try:
-                loaders[key] = _loaders(args, plan[5], device)
+                loaders[key] = analysis_loaders(args, plan[5], device)
             except (OSError, ValueError) as e:
                 raise InputError(f'could not read the {args.train_split!r} / {args.val_split!r} splits of '
                                  f'{args.dataset or args.data_dir}: {type(e).__name__}: {e}') from None
@@ -442,7 +424,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             members = []
             for subnet in subnets:
                 row, buffers = _score_member(args, item, subnet, subnet == full, data_config['input_size'],
-                                             _BatchProgress(val_loader, f'{label} validation'), recal_batches, device,
+                                             BatchProgress(val_loader, f'{label} validation'), recal_batches, device,
                                              amp_autocast)
                 row = {'checkpoint': item.source, 'label': label, 'model': item.architecture, **row,
                        'front_flops': False, 'front_latency': False, 'selected': False, 'folder': '', 'hub': ''}
