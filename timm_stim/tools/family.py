@@ -44,13 +44,14 @@ from ..latency import check_device, measure_latency
 from ..select import family_subnets, pareto_front, row_depths, select_row
 from ..stimulator import attach
 from ..subnet import Subnet
+from ..timm_options import copy_train_options
+from ..tokens import TokenMaskingParser
 from .analyze import (DATA_OPTIONS, BatchProgress, amp_autocast_of, analysis_data_config, analysis_loaders,
                       checkpoint_labels,
                       evaluate)
 from .analyze import check_analyze_args as _check_analyze_args
-from .checkpoints import (LoadedModel, add_use_ema_option, copy_train_options, hub_repo_of, load_model)
+from .checkpoints import LoadedModel, add_use_ema_option, hub_repo_of, load_model
 from .export import ExportMismatchError, max_logit_diff, save_exported
-from .push import TokenMaskingParser
 
 __all__ = ['CSV_COLUMNS', 'FamilyMember', 'member_name', 'parse_select', 'mark_fronts',
            'plot_fronts', 'family_card', 'create_family_parser', 'run', 'main']
