@@ -148,7 +148,9 @@ def test_labels_tell_checkpoints_apart():
     (['--model', 'resnet1888'], "'resnet1888' is not a timm model"),
     (['--num-classes', '7'], 'does not fit --model resnet18 with 7 classes'),
     # issue 27: a stated bound, before any work; a token never echoed; an --out that cannot be written
-    (['--stim-subnets', '1000000000000'], '--stim-subnets 1000000000000: expected a number of sampled subnetworks '
+    (['--samples', '1000000000000'], '--samples 1000000000000: expected a number of sampled subnetworks '
+                                     '>= 0 and <= 1000'),
+    (['--stim-subnets', '1000000000000'], '--samples 1000000000000: expected a number of sampled subnetworks '
                                           '>= 0 and <= 1000'),
     (['--out', '/proc/timm-stim-analysis'], "--out '/proc/timm-stim-analysis' cannot be written"),
 ])

@@ -254,7 +254,7 @@ def test_dynamic_vit_subnets_get_patch_multiple_inputs():
     model = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=5, img_size=64,
                               dynamic_img_size=True)
     task = StimulativeTask(model, num_subnets=3, min_scale=0.3, verbose=False)
-    assert task.size_multiple == 16
+    assert task.input_multiple == 16
     task.train()
     result = task(make_input(size=64), torch.tensor([0, 1]))
     result['loss'].backward()
@@ -266,7 +266,7 @@ def test_eva_subnets_get_patch_multiple_inputs_with_rotary_embedding():
     model = timm.create_model('eva02_tiny_patch14_224', pretrained=False, num_classes=5, img_size=56,
                               dynamic_img_size=True)
     task = StimulativeTask(model, num_subnets=3, min_scale=0.3, seed=1, verbose=False)
-    assert task.size_multiple == 14
+    assert task.input_multiple == 14
     task.train()
     task(make_input(size=56), torch.tensor([0, 1]))['loss'].backward()
     sizes = [size for _, size in task.last_subnets]
@@ -343,7 +343,7 @@ def test_train_stim_runs_each_family(tmp_path, name, extra):
 def test_tresnet_subnet_inputs_fit_its_space_to_depth_stem():
     model = timm.create_model('tresnet_m', pretrained=False, num_classes=5)
     task = StimulativeTask(model, num_subnets=4, min_scale=0.5, verbose=False)
-    assert task.size_multiple == 4
+    assert task.input_multiple == 4
     task.train()
     task(make_input(size=44), torch.tensor([0, 1]))['loss'].backward()
     assert all(h % 4 == 0 and w % 4 == 0 for _, (h, w) in task.last_subnets)

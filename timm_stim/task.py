@@ -182,11 +182,12 @@ class StimulativeMixin:
                           else kl_weight_at(config.kl_weight, config.weight_sched, 0.0, config.weight_warmup_epochs))
         self.config = config
         self.stimulator = stimulator
-        self.size_multiple = subnet_size_multiple(stimulator, config.size_multiple)
+        # Every subnetwork input side is a multiple of this: the model's (e.g. a ViT's patch) and the grid's.
+        self.input_multiple = subnet_size_multiple(stimulator, config.size_multiple)
         # --stim-budget-unit time: K is steered from the measured passes (timm_stim.budget.TimeBudget);
         # otherwise it is the config's (a fraction: its floor or ceiling, drawn so the mean is exact).
         self.time_budget = TimeBudget(config.budget, config.num_subnets) if config.budget_unit == 'time' else None
-        self.subnets_per_step = self.time_budget.start if self.time_budget is not None else config.num_subnets
+        self._steered_subnets = self.time_budget.start if self.time_budget is not None else None
         self._step_start = 0.0
         self._pass_times: List[Tuple[Tuple[int, int], float]] = []
         self._compile_sizes: set = set()  # training sizes the dynamo recompile limit accounts for
@@ -245,6 +246,11 @@ class StimulativeMixin:
     def set_epoch(self, epoch: int) -> None:
         """``set_progress(epoch, 0)``."""
         self.set_progress(epoch, 0)
+
+    @property
+    def subnets_per_step(self) -> float:
+        """Subnetworks per step now: ``config.num_subnets``, or what ``--stim-budget-unit time`` steers it to."""
+        return self._steered_subnets if self.time_budget is not None else self.config.num_subnets
 
     @property
     def base_kl_weight(self) -> float:
@@ -337,7 +343,7 @@ class StimulativeMixin:
             self._compiled_step(input)
         timed = self.time_budget is not None and self.active
         if timed:
-            self.subnets_per_step = self.time_budget.num_subnets()
+            self._steered_subnets = self.time_budget.num_subnets()
             self._step_start = synchronized_time(input.device)
         result = super().forward(input, target)
         if not self.active:
@@ -348,7 +354,7 @@ class StimulativeMixin:
         for _ in range(self._subnets_this_step()):
             subnet = self.stimulator.sample(self.generator)
             size = sample_input_size(height, width, self.config.min_scale, self.config.max_scale, self.generator,
-                                     self.size_multiple)
+                                     self.input_multiple)
             plan.append((subnet, size))
         self.last_subnets = list(plan)
         stim_kl = torch.zeros((), device=output.device)
@@ -410,7 +416,8 @@ class StimulativeMixin:
             for h, w in self._compile_sizes:
                 sizes.add((h, w))
                 if (self.config.min_scale, self.config.max_scale) != (1.0, 1.0):
-                    sizes.update(input_size_choices(h, w, self.config.min_scale, self.config.max_scale, self.size_multiple))
+                    sizes.update(input_size_choices(h, w, self.config.min_scale, self.config.max_scale,
+                                                    self.input_multiple))
             needed = self.stimulator.block_kinds() * (len(sizes) + 2) * 2
             config = torch._dynamo.config
             if config.recompile_limit < needed or config.accumulated_recompile_limit < 2 * needed:

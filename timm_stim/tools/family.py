@@ -43,6 +43,7 @@ from ..devices import resolve_amp_dtype
 from ..latency import check_device, measure_latency
 from ..select import family_subnets, pareto_front, row_depths, select_row
 from ..stimulator import attach
+from ..config import StimConfig
 from ..subnet import Subnet
 from ..timm_options import copy_train_options
 from ..tokens import TokenMaskingParser
@@ -260,7 +261,8 @@ def create_family_parser() -> argparse.ArgumentParser:
 def _check_family_args(args: argparse.Namespace) -> Dict[str, float]:
     from .hub import check_push_options
     # The options shared with analyze are checked by its rule (it reads no sample count of ours: 0).
-    _check_analyze_args(argparse.Namespace(**vars(args), stim_subnets=0, samples=0))
+    # analyze's checks, for the options family shares with it (family samples nothing, in depth mode)
+    _check_analyze_args(argparse.Namespace(**{'stim_mode': StimConfig().mode, **vars(args)}, samples=0))
     for option, value, least in (('--max-members', args.max_members, 2),
                                  ('--latency-batch-size', args.latency_batch_size, 1),
                                  ('--latency-repeats', args.latency_repeats, 1),
