@@ -1,4 +1,4 @@
-"""Does ``--stim-budget B --stim-budget-unit time`` cost B plain steps of time? (BENCHMARKS.md, section 12)
+"""Does ``--stim-budget B --stim-budget-unit time`` cost B plain steps of time? (BENCHMARKS.md, section 13)
 
 For each requested budget, in a shuffled order (so that a drift of a shared machine does not
 line up with the budgets): an ST++ task (stpp space, KL-, inputs 0.43-1, optionally on a grid)
