@@ -807,7 +807,8 @@ def _create_task(state: TrainState) -> None:
             load_task_ema_checkpoint(m.task, args.resume)
 
     if args.torchcompile:
-        # Before DDP: DDP stays out of the compiled graph. Subnetwork passes run the eager model.
+        # Before DDP: DDP stays out of the compiled graph. With ST the task compiles block by block,
+        # so that every subnetwork runs the compiled blocks (timm_stim.task.StimulativeMixin.compile).
         if utils.is_primary(args):
             _logger.info(f'Compiling task components with backend={args.torchcompile}, mode={args.torchcompile_mode}')
         m.task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
