@@ -290,3 +290,18 @@ def test_eval_subnets_score_fixed_subnetworks_and_leave_training_unchanged(tmp_p
     assert len(set(top1)) == 2  # the two subnetworks score differently: each value is its own subnetwork's
     assert float(rows[-1]['eval_subnet_top1_mean']) == pytest.approx(sum(top1) / 2, abs=1e-9)
     assert float(rows[-1]['eval_subnet_top1_min']) == pytest.approx(min(top1), abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('precision', [[], ['--amp']], ids=['float32', 'bfloat16-amp'])
+def test_the_same_command_twice_gives_the_same_summary(tmp_path, caplog, precision):
+    # The configuration of a report where one of three runs went NaN (issue 28): AMP, mixup, EMA, ST++'s KL-. On one
+    # machine with the same number of CPU threads, two runs give the same summary.csv byte for byte (the log says
+    # so and what would change it).
+    argv = ['--model-kwargs', 'channels=(8,16,32,64)', 'stem_width=8', '--input-size', '3', '32', '32', '--epochs', '2',
+            '--train-batches-per-epoch', '4', '--mixup', '0.2', '--model-ema', '--stim-subnets', '3',
+            '--stim-norm', 'kl', *precision]
+    runs = [main(_base(tmp_path / name, *argv))['output_dir'] for name in ('first', 'second')]
+    first, second = (open(os.path.join(run, 'summary.csv'), 'rb').read() for run in runs)
+    assert first == second and first.count(b'\n') == 3
+    assert f'Repeatable on this machine with {torch.get_num_threads()} CPU thread' in caplog.text
