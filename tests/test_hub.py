@@ -8,6 +8,7 @@ Hub, the real token or the real cache.
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -623,6 +624,33 @@ def test_ctrl_c_during_a_push_exits_130_and_prints_the_retry_command(hub_env, hu
     assert f'Publishing to tester/stopped was interrupted; no local file was changed. To publish:\n  {expected}' \
         in caplog.text
     assert os.path.exists(tmp_path / 'out' / 'run' / 'model_best.pth.tar')  # what the command publishes
+
+
+def test_ctrl_c_at_the_last_step_publishes_nothing_and_exits_130(hub_env, hub_server, tmp_path, caplog):
+    # Ctrl-C during the last step of the last epoch: the epoch's validation and checkpoint are kept (a resume from
+    # last.pth.tar is an epoch-boundary one), nothing reaches the Hub, exit 130 with the --resume to pass.
+    from timm_stim.callbacks import TrainCallback
+
+    class CtrlCAtTheLastStep(TrainCallback):
+        def on_step_start(self, state, batch_idx):
+            if batch_idx == 2:  # --train-batches-per-epoch 3, --epochs 1
+                os.kill(os.getpid(), signal.SIGINT)
+    out = tmp_path / 'out'
+    argv = _train_argv(out, '--push-to-hub', 'tester/stopped')
+    with pytest.raises(SystemExit) as info:
+        train_main(argv, callbacks=[CtrlCAtTheLastStep()])
+    assert info.value.code == 130
+    assert hub_server.requests == [] and hub_server.files('tester/stopped') == {}
+    last = out / 'run' / 'last.pth.tar'
+    assert f'Training was interrupted. Resume with the same options plus --resume {last}' in caplog.text
+    assert 'Training was interrupted: nothing is published to tester/stopped' in caplog.text
+    rows = read_summary(str(out / 'run' / 'summary.csv'))
+    assert [row['epoch'] for row in rows] == [0]
+    # The resume the hint gives trains nothing more and publishes the run as the uninterrupted command would.
+    result = train_main(argv + ['--resume', str(last)])
+    assert result['epochs'] == [] and result['hub_url'] == f'{hub_server.url}/tester/stopped'
+    assert read_summary(str(out / 'run' / 'summary.csv')) == rows
+    assert 'model.safetensors' in hub_server.files('tester/stopped')
 
 
 def test_a_push_killed_mid_way_leaves_no_copy_after_the_next_push(hub_env, hub_server, tmp_path, monkeypatch):

@@ -66,6 +66,8 @@ def test_stim_off_runs_nothing_of_timm_stim(tmp_path, monkeypatch):
     (['--dataset', '', '--data-dir', '/nonexistent/imagenet'], "'/nonexistent/imagenet' does not exist"),
     (['--dataset', 'embedded/cifar'], "Unknown embedded dataset 'embedded/cifar'"),
     (['--stim-subnets', '1', '--opt', 'adahessian'], '--opt adahessian is a second-order optimizer'),
+    (['--stim-eval-subnets', '2', '--val-split', ''], '--stim-eval-subnets 2 scores subnetworks at each validation'),
+    (['--stim-eval-subnets', '5000'], '--stim-eval-subnets 5000: expected at most 1000'),
 ])
 def test_bad_input_stops_before_writing(tmp_path, caplog, extra, message):
     out = tmp_path / 'out'
@@ -255,3 +257,51 @@ def test_logging_is_set_up_once_per_process():
             sys.stderr = real_stderr
     finally:
         logging.root.handlers[:] = before
+
+
+def test_eval_subnets_score_fixed_subnetworks_and_leave_training_unchanged(tmp_path):
+    # --stim-eval-subnets 2: two subnetworks drawn once, scored at each validation; their mean and min top-1 are
+    # summary.csv columns, recomputed here from the checkpoint, and every other column equals the run without it.
+    from timm_stim import Subnet, attach
+    from timm_stim.tools.analyze import evaluate
+    kept = {}
+
+    class Keep(TrainCallback):
+        def on_train_end(self, state):
+            kept.update(loader=state.data.loader_eval, subnets=list(state.stim.eval_subnets))
+    tiny = ['--model-kwargs', 'channels=(8,16,32,64)', 'stem_width=8', '--opt', 'adamw', '--lr', '0.01',
+            '--stim-subnets', '1', '--train-batches-per-epoch', '6', '--epochs', '2']
+    scored = main(_base(tmp_path / 'a', *tiny, '--stim-eval-subnets', '2'), callbacks=[Keep()])
+    plain = main(_base(tmp_path / 'b', *tiny))
+    rows = list(csv.DictReader(open(os.path.join(scored['output_dir'], 'summary.csv'))))
+    plain_rows = list(csv.DictReader(open(os.path.join(plain['output_dir'], 'summary.csv'))))
+    assert [{k: row[k] for k in plain_rows[0]} for row in rows] == plain_rows
+    assert list(rows[0]) == [*list(plain_rows[0])[:-1], 'eval_subnet_top1_mean', 'eval_subnet_top1_min', 'lr']
+
+    full = Subnet.from_depths([2, 2, 2, 2])
+    assert len(kept['subnets']) == 2 and full not in kept['subnets']
+    model = timm.create_model('resnet18', num_classes=10, channels=(8, 16, 32, 64), stem_width=8,
+                              checkpoint_path=os.path.join(scored['output_dir'], 'last.pth.tar'))
+    stim = attach(model)
+    top1 = []
+    for subnet in kept['subnets']:
+        with stim.activate(subnet):
+            top1.append(evaluate(model, kept['loader'])[0])
+    assert len(set(top1)) == 2  # the two subnetworks score differently: each value is its own subnetwork's
+    assert float(rows[-1]['eval_subnet_top1_mean']) == pytest.approx(sum(top1) / 2, abs=1e-9)
+    assert float(rows[-1]['eval_subnet_top1_min']) == pytest.approx(min(top1), abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('precision', [[], ['--amp']], ids=['float32', 'bfloat16-amp'])
+def test_the_same_command_twice_gives_the_same_summary(tmp_path, caplog, precision):
+    # The configuration of a report where one of three runs went NaN (issue 28): AMP, mixup, EMA, ST++'s KL-. On one
+    # machine with the same number of CPU threads, two runs give the same summary.csv byte for byte (the log says
+    # so and what would change it).
+    argv = ['--model-kwargs', 'channels=(8,16,32,64)', 'stem_width=8', '--input-size', '3', '32', '32', '--epochs', '2',
+            '--train-batches-per-epoch', '4', '--mixup', '0.2', '--model-ema', '--stim-subnets', '3',
+            '--stim-norm', 'kl', *precision]
+    runs = [main(_base(tmp_path / name, *argv))['output_dir'] for name in ('first', 'second')]
+    first, second = (open(os.path.join(run, 'summary.csv'), 'rb').read() for run in runs)
+    assert first == second and first.count(b'\n') == 3
+    assert f'Repeatable on this machine with {torch.get_num_threads()} CPU thread' in caplog.text

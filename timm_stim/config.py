@@ -191,6 +191,12 @@ class StimConfig:
         0, 'training program: re-estimate the full network\'s BatchNorm statistics on N training images before '
            'each validation; 0 => off (official: 2000)', at_least(0, 'a number of images', integer=True), metavar='N',
         type=int)
+    eval_subnets: int = stim_option(
+        0, 'training program: at each validation also score N subnetworks, drawn once from --seed (the same every '
+           'epoch, training draws unchanged), with the BatchNorm statistics the run keeps; their mean and min top-1 '
+           'go into the log and summary.csv (eval_subnet_top1_mean / _min); 0 => off',
+        at_most(MAX_SUBNETS, at_least(0, 'an int', integer=True), ' subnetworks, each a full validation pass'),
+        metavar='N', type=int)
 
     # -----------------------------------------------------------------------------------------
     @classmethod

@@ -20,6 +20,7 @@ fixed places of the flow:
 and the training events it acts on (it is a ``timm_stim.callbacks.TrainCallback``):
 
 ==========================  =================================================================
+``on_train_start``          log when the same command repeats the run (``repeatability_note``)
 ``on_epoch_start``          seed the epoch and skip what a mid-epoch resume already did
 ``on_step_start``           seed the step (mixup, drop-path, dropout)
 ``on_epoch_end``            ``model_best.safetensors``; drop recovery files the epoch supersedes
@@ -50,6 +51,25 @@ from .seeding import (PerSampleSeededDataset, derive_seed, install_per_sample_se
 __all__ = ['RunLifecycle']
 
 _logger = logging.getLogger('train_stim')
+
+
+def repeatability_note(device: torch.device) -> str:
+    """The log line saying when the same command repeats this run bit for bit (docs/trustworthy-runs.md).
+
+    On CPU, float32 and bfloat16 AMP alike, a run repeats exactly with the same number of intra-op
+    threads: torch splits every reduction (convolution, matrix product, sum) into one partial sum
+    per thread, so another count rounds differently, and those last-bit differences grow over the
+    steps. CUDA runs use cuDNN autotuning and atomic adds (timm's train.py settings), which are not
+    bit-repeatable.
+    """
+    if device.type == 'cpu':
+        threads = torch.get_num_threads()
+        return (f'Repeatable on this machine with {threads} CPU thread{"s" if threads != 1 else ""} '
+                f'(torch.get_num_threads()): the same command gives the same summary.csv with as many threads; '
+                f'another count (OMP_NUM_THREADS, a CPU affinity mask such as taskset or a container\'s cpuset) '
+                f'rounds sums differently. Pin it with OMP_NUM_THREADS={threads} to repeat this run.')
+    return (f'Not bit-repeatable on {device.type}: cuDNN autotuning and atomic adds (as in timm\'s train.py) '
+            f'make two runs of the same command differ in the last bits; CPU runs repeat exactly.')
 
 
 class RunLifecycle(TrainCallback):
@@ -220,6 +240,11 @@ class RunLifecycle(TrainCallback):
             _logger.warning(f'--resume {point.path} records only rank 0\'s running averages of epoch {point.epoch} '
                             f'(an earlier version wrote it): every rank continues from those, so this epoch\'s train '
                             f'metrics differ from the uninterrupted run\'s (the weights do not).')
+
+    def on_train_start(self, state) -> None:
+        """Say in the log what a repeat of this command needs to give the same summary.csv (one line)."""
+        if utils.is_primary(self.args):
+            _logger.info(repeatability_note(state.model.device))
 
     def on_epoch_start(self, state) -> None:
         """Seed the epoch (its order, and what runs before the first step); skip what a resume already did."""

@@ -13,6 +13,8 @@ stimulative training:
 ``on_task_created``         say when ``--resume`` had no subnetwork sampler state (it starts
                             as a fresh run's)
 ``on_before_validation``    BatchNorm re-estimation (``--stim-bn-recal``)
+``on_validation_end``       score the fixed subnetworks of ``--stim-eval-subnets`` (their mean
+                            and min top-1 become ``eval_subnet_top1_mean`` / ``_min``)
 ==========================  =================================================================
 
 and the loop's task is built by ``create_task`` (the stimulative version of classification or
@@ -21,7 +23,8 @@ distillation).
 ``summary`` is what ``args.yaml`` saves under ``stim_resolved``.
 """
 import logging
-from typing import Any, Dict, Optional, Sequence, Type
+import time
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -33,8 +36,10 @@ from ..config import StimConfig
 from ..errors import InputError, UnsupportedModelError
 from ..inputs import smallest_input_side
 from ..resolve import ResolvedStim, describe, resolve_config
-from ..stimulator import Stimulator, attach
+from ..stimulator import Stimulator, attach, get_stimulator
+from ..subnet import Subnet
 from ..task import stimulative_task_class
+from .seeding import derive_seed
 
 __all__ = ['StimTraining', 'train_input_sizes']
 
@@ -64,6 +69,7 @@ class StimTraining(TrainCallback):
         self.resolved: Optional[ResolvedStim] = None
         self.stimulator: Optional[Stimulator] = None
         self.model: Optional[nn.Module] = None  # the timm model itself (not DDP / compiled wrappers)
+        self.eval_subnets: List[Subnet] = []  # --stim-eval-subnets: drawn once, scored at every validation
 
     @property
     def enabled(self) -> bool:
@@ -88,6 +94,9 @@ class StimTraining(TrainCallback):
         if problems:
             raise InputError(problems[0])
         args = self.args
+        if self.config.eval_subnets and not args.val_split:
+            raise InputError(f'--stim-eval-subnets {self.config.eval_subnets} scores subnetworks at each validation, '
+                             f'but --val-split is empty (no validation): pass --val-split or drop the option.')
         if not self.enabled:
             return
         if args.kd_model_name and args.kd_distill_type == 'token':
@@ -120,6 +129,10 @@ class StimTraining(TrainCallback):
         if state.data.loader_eval is not None:
             self.recalibrate_batchnorm(state.data.loader_train, state.model.device, state.optim.amp_autocast)
 
+    def on_validation_end(self, state, train_metrics, eval_metrics) -> None:
+        if self.eval_subnets and eval_metrics is not None:
+            eval_metrics.update(self.score_eval_subnets(state))
+
     def prepare_model(self, model: nn.Module, train_sizes: Sequence[Sequence[int]]) -> None:
         """Attach subnetwork sampling, check what subnetworks will be fed, resolve the config and log it.
 
@@ -129,6 +142,8 @@ class StimTraining(TrainCallback):
         """
         self.model = model
         if not self.enabled:
+            if self.config.eval_subnets:  # subnetworks to score only: the model trains as plain timm's
+                self._draw_eval_subnets(self._attach(model))
             return
         stimulator = self._attach(model)
         try:
@@ -141,6 +156,7 @@ class StimTraining(TrainCallback):
             stimulator.detach()  # the model is left as it was given
             raise
         self.stimulator = stimulator
+        self._draw_eval_subnets(stimulator)
         if utils.is_primary(self.args):
             for line in describe(self.resolved):
                 _logger.info(line)
@@ -212,3 +228,63 @@ class StimTraining(TrainCallback):
             utils.distribute_bn(self.model, args.world_size, True)
         if utils.is_primary(args):
             _logger.info(f'Re-estimated BatchNorm statistics on {n} training images per process.')
+
+    def _draw_eval_subnets(self, stimulator: Stimulator) -> None:
+        """Draw the ``--stim-eval-subnets`` subnetworks once, from a generator of their own seeded from ``--seed``.
+
+        The training task's generator is not touched, so the run trains exactly as without the option.
+        """
+        n = self.config.eval_subnets
+        if not n:
+            return
+        generator = torch.Generator().manual_seed(derive_seed('eval-subnets', self.args.seed))
+        self.eval_subnets = [stimulator.sample(generator) for _ in range(n)]
+        if utils.is_primary(self.args):
+            _logger.info(f'--stim-eval-subnets {n}: scored at each validation: '
+                         + ', '.join(repr(s) for s in self.eval_subnets))
+
+    def score_eval_subnets(self, state) -> Dict[str, float]:
+        """Top-1 of the ``--stim-eval-subnets`` subnetworks on the validation set; logs it with the time it took.
+
+        The model scored is the one validation scored (the EMA's when there is one), in eval mode,
+        with the BatchNorm statistics the run keeps (``--stim-bn``, ``--stim-bn-recal``: no
+        re-estimation per subnetwork). The global random state is restored afterwards (iterating
+        a loader draws from it), so training is unchanged.
+
+        Returns:
+            ``{'subnet_top1_mean': ..., 'subnet_top1_min': ...}`` (columns ``eval_subnet_top1_*``).
+        """
+        args, m = self.args, state.model
+        use_ema = m.task.get_trainable_module(ema=True) is not None and not args.model_ema_force_cpu
+        stimulator = get_stimulator(m.task.get_eval_model(ema=True) if use_ema else m.eval_model)
+        start = time.time()
+        with torch.random.fork_rng(devices=[]):
+            top1 = [self._top1(stimulator, subnet, state) for subnet in self.eval_subnets]
+        seconds = time.time() - start
+        mean, low = sum(top1) / len(top1), min(top1)
+        if utils.is_primary(args):
+            _logger.info(f'Subnetworks ({len(top1)} fixed, {"EMA, " if use_ema else ""}--stim-bn {self.config.bn}): '
+                         f'top-1 mean {mean:.3f}, min {low:.3f}  ({seconds:.1f}s more validation)')
+        return {'subnet_top1_mean': mean, 'subnet_top1_min': low}
+
+    def _top1(self, stimulator: Stimulator, subnet: Subnet, state) -> float:
+        """Top-1 (percent) of ``subnet`` of the plain timm model under ``stimulator`` over the validation loader."""
+        from timm.task import ClassificationEvaluator, evaluation_sample_limit
+        args, m, loader = self.args, state.model, state.data.loader_eval
+        model = stimulator.model  # the timm model itself: a compiled wrapper would not see dropped blocks
+        evaluator = ClassificationEvaluator(m.device, max_samples=evaluation_sample_limit(loader))
+        model.eval()
+        with torch.inference_mode(), stimulator.activate(subnet):
+            for input, target in loader:
+                if not args.prefetcher:
+                    input, target = input.to(device=m.device, dtype=m.dtype), target.to(device=m.device)
+                if args.channels_last:
+                    input = input.contiguous(memory_format=torch.channels_last)
+                with state.optim.amp_autocast():
+                    output = model(input)
+                output = output[0] if isinstance(output, (tuple, list)) else output
+                if args.tta > 1:  # as validation reduces test-time augmentation
+                    output = output.unfold(0, args.tta, args.tta).mean(dim=2)
+                    target = target[0:target.size(0):args.tta]
+                evaluator.update(output, target)
+        return float(evaluator.compute(distributed=args.distributed)['top1'])

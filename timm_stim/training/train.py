@@ -283,6 +283,7 @@ def train_one_epoch(
                 torchvision.utils.save_image(input, os.path.join(output_dir, 'train-batch-%d.jpg' % batch_idx),
                                              padding=0, normalize=True)
 
+        # At the last step the epoch goes on to its validation and checkpoint, and the run stops there (_train_epochs)
         stop = interrupt is not None and interrupt.poll(args.distributed, device) and not last_batch
         recover = stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0
         if recover and (saver is not None or args.distributed):  # every rank's running averages go in
@@ -932,6 +933,11 @@ def _train_epochs(state: TrainState) -> None:
                     latest_results['validation'] = eval_metrics
                 p.results.append(latest_results)
                 state.emit('on_epoch_end')
+                if interrupt.poll(args.distributed, m.device):  # Ctrl-C at the epoch's last step or in its validation
+                    p.interrupted = True  # stop at this epoch's checkpoint: a resume from it is an epoch-boundary one
+                    if utils.is_primary(args):
+                        _logger.warning(f'Ctrl-C: stopped after the checkpoint of epoch {p.epoch}.')
+                    break
     except KeyboardInterrupt:
         p.interrupted = True
 
