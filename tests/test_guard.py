@@ -150,3 +150,56 @@ def test_saver_never_writes_non_finite_weights_as_last_or_best(tmp_path):
     with pytest.raises(NonFiniteModelError):
         saver.save_recovery(1, batch_idx=3)
     assert sorted(os.listdir(tmp_path)) == written
+
+
+# ---------------------------------------------------------------------------------------------
+# In training: a NaN injected at a chosen step of train_stim.py
+# ---------------------------------------------------------------------------------------------
+
+def _train_argv(out, *extra):
+    return ['--dataset', 'embedded/digits', '--model', 'resnet18', '--model-kwargs', 'channels=(8,16,32,64)',
+            'stem_width=8', '--num-classes', '10', '--device', 'cpu', '--input-size', '3', '16', '16', '-b', '32',
+            '--workers', '0', '--lr', '0.05', '--warmup-epochs', '0', '--epochs', '2', '--train-batches-per-epoch',
+            '3', '--output', str(out), '--experiment', 'run', '--seed', '3', '--stim-subnets', '1', *extra]
+
+
+def _nan_loss_at(epoch: int, step: int):
+    """A callback making the task loss NaN at one step (as bfloat16 AMP can at a high learning rate)."""
+    from timm_stim.callbacks import TrainCallback
+
+    class NaNLossAt(TrainCallback):
+        now = False
+
+        def on_task_created(self, state):
+            state.model.task.criterion.register_forward_hook(
+                lambda module, args, loss: loss * float('nan') if self.now else loss)
+
+        def on_step_start(self, state, batch_idx):
+            self.now = (state.progress.epoch, batch_idx) == (epoch, step)
+    return NaNLossAt()
+
+
+def test_training_stops_at_a_nan_step_naming_it_and_the_checkpoint_to_resume(tmp_path, caplog):
+    from timm_stim.training.train import main
+    with pytest.raises(SystemExit) as info:
+        main(_train_argv(tmp_path), callbacks=[_nan_loss_at(1, 1)])
+    assert info.value.code == 1
+    message = caplog.text
+    assert 'Training stopped at a non-finite step (--nonfinite skip skips such steps instead): epoch 1, step 1: ' \
+           'loss = nan (AMP off (float32), LR 0.025)' in message
+    last = os.path.join(tmp_path, 'run', 'last.pth.tar')
+    assert f'Resume from the last good checkpoint with --resume {last}' in message
+    saved = torch.load(last, map_location='cpu', weights_only=False)
+    assert saved['epoch'] == 0 and state_dict_is_finite(saved['state_dict'])  # epoch 1 saved nothing
+    assert not os.path.exists(os.path.join(tmp_path, 'run', 'checkpoint-1.pth.tar'))
+
+
+def test_training_skips_nan_steps_counted_in_summary_csv(tmp_path):
+    import csv
+    from timm_stim.training.train import main
+    result = main(_train_argv(tmp_path, '--nonfinite', 'skip'), callbacks=[_nan_loss_at(0, 1)])
+    rows = list(csv.DictReader(open(os.path.join(result['output_dir'], 'summary.csv'))))
+    assert [float(r['train_nonfinite_skipped']) for r in rows] == [1.0, 0.0]
+    assert all(math.isfinite(float(r['train_loss'])) for r in rows)  # the skipped step is in no average
+    saved = torch.load(os.path.join(result['output_dir'], 'last.pth.tar'), map_location='cpu', weights_only=False)
+    assert saved['epoch'] == 1 and state_dict_is_finite(saved['state_dict'])

@@ -10,13 +10,16 @@ without a word. These helpers find such values where they appear:
   saved or published;
 * ``NonFiniteGuard``: what a training loop does at such a step: stop (the default), naming the
   epoch, step, term, AMP dtype and learning rate and the checkpoint to resume from, or skip the
-  step (``--nonfinite skip``), counted, up to ``--nonfinite-max`` steps in a row.
+  step (``--nonfinite skip``), counted, up to ``--nonfinite-max`` steps in a row;
+* ``StepGuard``: the same at a training loop's step: it knows the epoch, step, learning rate and
+  last complete checkpoint, and raises ``SkippedStep`` for a step to skip.
 
 ``StimulativeTask`` raises ``timm_stim.errors.NonFiniteLossError`` itself when a subnetwork's KL
 term (computed inside the loss's backward) is not finite, before the optimizer steps.
 """
 import logging
 import math
+import shlex
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
@@ -25,7 +28,7 @@ import torch.nn as nn
 from .errors import NonFiniteLossError
 
 __all__ = ['NONFINITE_MODES', 'find_non_finite', 'non_finite_tensors', 'state_dict_is_finite', 'model_is_finite',
-           'describe_non_finite', 'total_grad_norm', 'NonFiniteGuard']
+           'describe_non_finite', 'total_grad_norm', 'NonFiniteGuard', 'SkippedStep', 'StepGuard']
 
 _logger = logging.getLogger(__name__)
 
@@ -143,18 +146,79 @@ class NonFiniteGuard:
             _logger.warning(f'Non-finite step skipped at {where}; {self.skipped} skipped so far '
                             f'({self.in_a_row} in a row, the run stops at {self.max_in_row + 1}).')
             return 'skip'
-        resume = (f' Resume from the last good checkpoint with --resume {resume_from}' if resume_from
+        resume = (f' Resume from the last good checkpoint with --resume {shlex.quote(resume_from)}' if resume_from
                   else ' No checkpoint was saved yet to resume from.')
         if self.mode == 'skip':
             why = f'{self.in_a_row} non-finite steps in a row (--nonfinite-max {self.max_in_row})'
         else:
             why = 'a non-finite step (--nonfinite skip skips such steps instead)'
-        raise NonFiniteLossError(term, value if value is not None else float('nan'),
-                                 f'Training stopped at {why}: {where}. The weights were not updated by it and '
-                                 f'no checkpoint of it was saved.{resume} (a lower --lr, --clip-grad or AMP off '
-                                 f'may avoid it).')
+        error = NonFiniteLossError(term, value if value is not None else float('nan'),
+                                   f'Training stopped at {why}: {where}. The weights were not updated by it and '
+                                   f'no checkpoint of it was saved.{resume} (a lower --lr, --clip-grad or AMP off '
+                                   f'may avoid it).')
+        error.decided = True  # the guard's verdict, not a term to decide on again
+        raise error
 
     def epoch_metrics(self) -> Dict[str, int]:
         """``{'nonfinite_skipped': N}``: steps skipped since the last call (for the epoch's log and summary.csv)."""
         skipped, self._epoch_start = self.skipped - self._epoch_start, self.skipped
         return {'nonfinite_skipped': skipped}
+
+
+class SkippedStep(Exception):
+    """A non-finite step that ``--nonfinite skip`` drops: the loop zeroes its gradients and does not step."""
+
+
+class StepGuard:
+    """A ``NonFiniteGuard`` at a training loop's steps: it knows where the loop is and what to resume from.
+
+    The loop calls ``at(epoch, step)`` before each step, ``check_loss(result)`` before the
+    backward, ``check_grads(parameters)`` between the backward and the optimizer step (where no
+    loss scaler skips non-finite gradients itself), and ``task_error(error)`` with a
+    ``NonFiniteLossError`` the task raised inside the backward. Each returns when the step is fine,
+    raises ``SkippedStep`` to skip it, or raises ``NonFiniteLossError`` to stop the run.
+
+    Args:
+        guard: the decisions (``--nonfinite``, ``--nonfinite-max``).
+        optimizer: its learning rate is named in the message.
+        saver: the run's checkpoint saver (``last_complete`` is the checkpoint to resume from), or None.
+        distributed: under DDP the loss is not checked before the backward: a process that skipped its
+            backward alone would leave the others waiting in DDP's all-reduce. The gradients, reduced
+            over the processes, are checked instead, the same on every process.
+    """
+
+    def __init__(self, guard: NonFiniteGuard, optimizer: Any, saver: Any = None, distributed: bool = False):
+        self.guard, self.optimizer, self.saver, self.distributed = guard, optimizer, saver, distributed
+        self.epoch = self.step = 0
+
+    def at(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = int(epoch), int(step)
+
+    def _where(self) -> Dict[str, Any]:
+        lrs = [group['lr'] for group in self.optimizer.param_groups]
+        return dict(epoch=self.epoch, step=self.step, lr=sum(lrs) / len(lrs),
+                    resume_from=getattr(self.saver, 'last_complete', None))
+
+    @staticmethod
+    def _decide(decision: str) -> None:
+        if decision == 'skip':
+            raise SkippedStep()
+
+    def check_loss(self, result: Mapping[str, Any]) -> None:
+        """Before the backward: the task's scalars (its loss, ...)."""
+        if not self.distributed:
+            self._decide(self.guard.check_step(result, None, **self._where()))
+
+    def check_grads(self, parameters: Iterable[torch.Tensor]) -> None:
+        """Before the optimizer step: the gradient norm."""
+        self._decide(self.guard.check_step({}, total_grad_norm(parameters), **self._where()))
+
+    def task_error(self, error: NonFiniteLossError) -> None:
+        """A ``NonFiniteLossError`` the task raised at this step (a verdict of this guard is raised again)."""
+        if getattr(error, 'decided', False):
+            raise error
+        self._decide(self.guard.on_error(error, **self._where()))
+
+    def epoch_metrics(self) -> Dict[str, int]:
+        """``{'nonfinite_skipped': N}`` with ``--nonfinite skip`` (a column of summary.csv), else nothing."""
+        return self.guard.epoch_metrics() if self.guard.mode == 'skip' else {}

@@ -56,6 +56,7 @@ class OptimState:
     lr: float  # --lr, or computed from --lr-base and the global batch size
     amp_autocast: Callable
     loss_scaler: Any  # timm's NativeScaler for float16 AMP, else None
+    amp_dtype: Optional[torch.dtype] = None  # the autocast dtype with --amp, else None
     train_loss_fn: Optional[nn.Module] = None
     validate_loss_fn: Optional[nn.Module] = None
     optimizer: Optional[torch.optim.Optimizer] = None

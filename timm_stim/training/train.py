@@ -36,7 +36,8 @@ from timm.utils import NativeScaler
 from ..callbacks import TrainCallback
 from ..config import StimConfig
 from ..devices import resolve_amp_dtype
-from ..errors import EXIT_INTERRUPTED, InputError, run_command
+from ..errors import EXIT_INTERRUPTED, InputError, NonFiniteLossError, run_command
+from ..guard import NonFiniteGuard, SkippedStep, StepGuard
 from ..loading import create_model_from_options
 from .args import check_args, parse_args
 from .data import resolve_dataset, with_image_mode
@@ -166,8 +167,8 @@ def train_one_epoch(
         epoch, model, loader, optimizer, args, task, device=torch.device('cuda'), lr_scheduler=None, saver=None,
         output_dir=None, amp_autocast=nullcontext, loss_scaler=None, model_dtype=None, mixup_fn=None,
         naflex_mode=False, scheduled_batch_mode=False, batch_size_reference=None, on_step_start=None, start_batch=0,
-        updates_done=0, meters=None, interrupt=None):
-    """One epoch, as timm's ``train_one_epoch``, with ``on_step_start(batch_idx)``. Returns metrics, interrupted."""
+        updates_done=0, meters=None, interrupt=None, guard=None):
+    """One epoch, as timm's ``train_one_epoch``, with ``on_step_start`` and ``guard``. Returns metrics, interrupted."""
     _mixup_off(args, epoch, loader, mixup_fn)
     second_order = hasattr(optimizer, 'is_second_order') and optimizer.is_second_order
     has_no_sync = args.distributed and hasattr(task.get_trainable_module(), 'no_sync')
@@ -201,6 +202,8 @@ def train_one_epoch(
             on_step_start(batch_idx)
         if hasattr(task, 'set_progress'):
             task.set_progress(epoch, batch_idx)
+        if guard is not None:
+            guard.at(epoch, batch_idx)
 
         if not args.prefetcher:
             input, target = input.to(device=device, dtype=model_dtype), target.to(device=device)
@@ -233,6 +236,8 @@ def train_one_epoch(
                 if need_update:
                     if args.clip_grad is not None:
                         utils.dispatch_clip_grad(clip_parameters, value=args.clip_grad, mode=args.clip_mode)
+                    if guard is not None:  # (timm's NativeScaler path skips non-finite gradients itself)
+                        guard.check_grads(task.get_trainable_module().parameters())
                     optimizer.step()
 
         batch_size = input['patches'].shape[0] if naflex_mode else input.shape[0]
@@ -241,6 +246,8 @@ def train_one_epoch(
 
         def _step():
             loss, result = _forward()
+            if guard is not None:
+                guard.check_loss(result)
             scaled_loss = loss
             if local_scale != 1.0 or dist_scale is not None:
                 scaled_loss = local_scale * loss
@@ -249,11 +256,14 @@ def train_one_epoch(
             _backward(scaled_loss)
             return loss, result
 
-        if has_no_sync and not need_update:
-            with task.no_sync():
-                loss, result = _step()
-        else:
-            loss, result = _step()
+        try:
+            with task.no_sync() if has_no_sync and not need_update else nullcontext():
+                loss, result = _guarded(_step, guard)
+        except SkippedStep:  # --nonfinite skip: no optimizer step, nothing of it in the running averages
+            optimizer.zero_grad()
+            update_sample_count = 0
+            data_start_time = time.time()
+            continue
 
         scalar_m['loss'].update(loss.item() * accum_steps, batch_size)
         for name, value in result.items():  # task-specific terms (task_loss, kd_loss, stim_kl, ...)
@@ -279,17 +289,12 @@ def train_one_epoch(
             _log_train_progress(args, epoch, update_idx, updates_per_epoch, optimizer, scalar_m, loss,
                                 update_time_m, data_time_m, update_sample_count)
             if utils.is_primary(args) and args.save_images and output_dir and isinstance(input, torch.Tensor):
-                import torchvision
-                torchvision.utils.save_image(input, os.path.join(output_dir, 'train-batch-%d.jpg' % batch_idx),
-                                             padding=0, normalize=True)
+                _save_images(input, output_dir, batch_idx)
 
         # At the last step the epoch goes on to its validation and checkpoint, and the run stops there (_train_epochs)
         stop = interrupt is not None and interrupt.poll(args.distributed, device) and not last_batch
-        recover = stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0
-        if recover and (saver is not None or args.distributed):  # every rank's running averages go in
-            progress = progress_record(epoch, batch_idx + 1, update_idx + 1, scalar_m, args.distributed)
-            if saver is not None:
-                saver.save_recovery(epoch, batch_idx=update_idx, progress=progress)
+        if stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+            _save_recovery(args, saver, epoch, batch_idx, update_idx, scalar_m)
 
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates, metric=scalar_m['loss'].avg)
@@ -302,14 +307,47 @@ def train_one_epoch(
 
     if hasattr(optimizer, 'sync_lookahead'):
         optimizer.sync_lookahead()
+    metrics = _epoch_averages(scalar_m, args, device)
+    if guard is not None:
+        metrics.update(guard.epoch_metrics())
+    return metrics, interrupted
 
+
+def _guarded(step, guard):
+    """``step()``, with a non-finite term the task found inside the backward decided by ``guard`` (skip or stop)."""
+    try:
+        return step()
+    except NonFiniteLossError as e:
+        if guard is None:
+            raise
+        guard.task_error(e)  # raises SkippedStep, or the error that stops the run
+        raise
+
+
+def _save_images(input: torch.Tensor, output_dir: str, batch_idx: int) -> None:
+    """``--save-images``: the batch as a JPEG grid, as timm's train.py writes it."""
+    import torchvision
+    torchvision.utils.save_image(input, os.path.join(output_dir, 'train-batch-%d.jpg' % batch_idx), padding=0,
+                                 normalize=True)
+
+
+def _save_recovery(args, saver, epoch: int, batch_idx: int, update_idx: int, scalar_m) -> None:
+    """A recovery checkpoint inside the epoch, with every rank's running averages."""
+    if saver is not None or args.distributed:  # every rank takes part in gathering the averages
+        progress = progress_record(epoch, batch_idx + 1, update_idx + 1, scalar_m, args.distributed)
+        if saver is not None:
+            saver.save_recovery(epoch, batch_idx=update_idx, progress=progress)
+
+
+def _epoch_averages(scalar_m, args, device: torch.device) -> 'OrderedDict[str, float]':
+    """The epoch's running averages, averaged over processes."""
     metrics = OrderedDict()
     for name, meter in scalar_m.items():
         avg = meter.avg
         if args.distributed:
             avg = utils.reduce_tensor(torch.tensor([avg], device=device, dtype=torch.float32), args.world_size).item()
         metrics[name] = avg
-    return metrics, interrupted
+    return metrics
 
 
 def _mixup_off(args, epoch: int, loader, mixup_fn) -> None:
@@ -624,7 +662,8 @@ def _prepare_model(state: TrainState) -> None:
             _logger.info('Using native Torch AMP. Training in mixed precision.')
     elif utils.is_primary(args):
         _logger.info(f'AMP not enabled. Training in {m.dtype or torch.float32}.')
-    state.optim = OptimState(lr=args.lr, amp_autocast=amp_autocast, loss_scaler=loss_scaler)
+    state.optim = OptimState(lr=args.lr, amp_autocast=amp_autocast, loss_scaler=loss_scaler,
+                             amp_dtype=amp_dtype if args.amp else None)
 
 
 def _create_loaders(state: TrainState) -> None:
@@ -877,6 +916,8 @@ def _prepare_run(state: TrainState) -> None:
 def _train_epochs(state: TrainState) -> None:
     """The epochs: train, validate, summarize, checkpoint; stops cleanly on Ctrl-C (``state.progress``)."""
     args, m, d, o, p = state.args, state.model, state.data, state.optim, state.progress
+    guard = StepGuard(NonFiniteGuard(args.nonfinite, args.nonfinite_max, o.amp_dtype),
+                      o.optimizer, p.saver, args.distributed)
     try:
         with InterruptRequest() as interrupt:
             for p.epoch in range(p.start_epoch, o.num_epochs):
@@ -891,7 +932,7 @@ def _train_epochs(state: TrainState) -> None:
                     loss_scaler=o.loss_scaler, model_dtype=m.dtype, mixup_fn=d.mixup_fn, naflex_mode=d.naflex_mode,
                     scheduled_batch_mode=d.scheduled_batch_mode, batch_size_reference=d.batch_size_reference,
                     on_step_start=partial(state.emit, 'on_step_start'), start_batch=p.start_batch,
-                    updates_done=p.updates_done, meters=p.meters, interrupt=interrupt)
+                    updates_done=p.updates_done, meters=p.meters, interrupt=interrupt, guard=guard)
                 p.start_batch = p.updates_done = 0
                 p.meters = None
                 if p.interrupted:
