@@ -739,7 +739,11 @@ class InterruptRequest:
             signal.signal(signal.SIGINT, self._previous)
 
     def poll(self, distributed: bool = False, device: Optional[torch.device] = None) -> bool:
-        """Whether to stop now; with ``distributed``, whether any rank was asked to (all ranks agree)."""
+        """At a training step: whether to stop now; with ``distributed``, whether any rank was asked to."""
+        return self.requested_on_any_rank(distributed, device)
+
+    def requested_on_any_rank(self, distributed: bool = False, device: Optional[torch.device] = None) -> bool:
+        """Whether a stop was asked for; with ``distributed``, on any rank (a collective: all ranks agree)."""
         if not distributed:
             return self.requested
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)

@@ -974,7 +974,7 @@ def _train_epochs(state: TrainState) -> None:
                     latest_results['validation'] = eval_metrics
                 p.results.append(latest_results)
                 state.emit('on_epoch_end')
-                if interrupt.poll(args.distributed, m.device):  # Ctrl-C at the epoch's last step or in its validation
+                if interrupt.requested_on_any_rank(args.distributed, m.device):  # Ctrl-C at the last step or in validation
                     p.interrupted = True  # stop at this epoch's checkpoint: a resume from it is an epoch-boundary one
                     if utils.is_primary(args):
                         _logger.warning(f'Ctrl-C: stopped after the checkpoint of epoch {p.epoch}.')
