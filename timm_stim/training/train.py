@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -1006,7 +1007,7 @@ def _finish(state: TrainState) -> Dict[str, Any]:
         _logger.info(f'*** Best metric: {p.best_metric} (epoch {p.best_epoch})')
     if p.interrupted and utils.is_primary(args):  # the primary process writes the checkpoints, and says where
         resume_from = p.last_saved or (os.path.join(p.output_dir, 'last.pth.tar') if p.output_dir else None)
-        hint = (f' Resume with the same options plus --resume {resume_from}' if resume_from and os.path.exists(resume_from)
+        hint = (f' Resume with the same options plus --resume {shlex.quote(resume_from)}' if resume_from and os.path.exists(resume_from)
                 else ' No checkpoint was written yet.')
         _logger.error(f'Training was interrupted.{hint}')
 
