@@ -975,7 +975,10 @@ def _train_epochs(state: TrainState) -> None:
                     latest_results['validation'] = eval_metrics
                 p.results.append(latest_results)
                 state.emit('on_epoch_end')
-                if interrupt.requested_on_any_rank(args.distributed, m.device):  # Ctrl-C at the last step or in validation
+                # Ctrl-C at the last step (or in validation) of the last epoch: the run is interrupted, not
+                # finished (nothing is published). Earlier epochs stop at the next step, as before.
+                last_epoch = p.epoch + 1 == o.num_epochs
+                if last_epoch and interrupt.requested_on_any_rank(args.distributed, m.device):
                     p.interrupted = True  # stop at this epoch's checkpoint: a resume from it is an epoch-boundary one
                     if utils.is_primary(args):
                         _logger.warning(f'Ctrl-C: stopped after the checkpoint of epoch {p.epoch}.')
