@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoints import (LOCAL_DIR, LoadedModel, add_deprecated_alias, add_use_ema_option, check_writable_out,
+from .checkpoints import (LOCAL_DIR, LoadedModel, add_deprecated_alias, add_checkpoint_sources, check_writable_out,
                           hub_repo_of, load_model)
 from ..devices import resolve_amp_dtype
 from ..errors import InputError, command_main, command_prog
@@ -395,11 +395,7 @@ def create_analyze_parser() -> argparse.ArgumentParser:
                     'timm checkpoints on the validation split (network loafing); write analyze.csv and analyze.png '
                     'and print a summary. Model and data options are train_stim.py\'s; --val-num-samples also '
                     'takes a seeded subset of map-style datasets (image folders, torch/, hfds/).')
-    parser.add_argument('checkpoints', nargs='+', metavar='CHECKPOINT',
-                        help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
-    parser.add_argument('--model', default=None, metavar='MODEL',
-                        help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
-    add_use_ema_option(parser)
+    add_checkpoint_sources(parser)
     group = parser.add_argument_group('Analysis')
     samples = group.add_argument('--samples', type=int, default=64, metavar='N',
                                  help='subnetworks sampled per checkpoint (default: 64; formerly --stim-subnets and '

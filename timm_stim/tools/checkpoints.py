@@ -35,7 +35,8 @@ from ..loading import checkpoint_error, choose_weights, create_model_from_option
 __all__ = [
     'CHECKPOINT_EXTS', 'ARGS_FILE', 'LOCAL_DIR', 'CheckpointInfo', 'LoadedModel', 'hub_repo_of', 'read_train_args',
     'read_checkpoint_info', 'read_state_dict', 'load_weights', 'data_config_from_args', 'check_source',
-    'load_model', 'add_deprecated_alias', 'add_use_ema_option', 'check_writable_out', 'check_preprocessing',
+    'load_model', 'add_checkpoint_sources', 'add_deprecated_alias', 'add_use_ema_option', 'check_writable_out',
+    'check_preprocessing',
 ]
 
 CHECKPOINT_EXTS = ('.pth.tar', '.pth', '.pt', '.bin', '.safetensors', '.ckpt')
@@ -301,6 +302,24 @@ USE_EMA_HELP = ('the EMA weights of a checkpoint (--use-ema) or its trained, non
 def add_use_ema_option(parser: Any) -> argparse.Action:
     """Add ``--use-ema`` / ``--no-use-ema`` to ``parser`` (default None: ``choose_weights``' rule)."""
     return parser.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None, help=USE_EMA_HELP)
+
+
+def add_checkpoint_sources(parser: Any, many: bool = True) -> None:
+    """Add the checkpoint source(s), ``--model`` and ``--use-ema``: what analyze, family and export read.
+
+    Args:
+        parser: the command's parser.
+        many: ``checkpoints``, one or more (analyze, family); else ``checkpoint``, exactly one (export).
+    """
+    if many:
+        parser.add_argument('checkpoints', nargs='+', metavar='CHECKPOINT',
+                            help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
+    else:
+        parser.add_argument('checkpoint', metavar='CHECKPOINT',
+                            help='a timm checkpoint (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
+    parser.add_argument('--model', default=None, metavar='MODEL',
+                        help='timm architecture of the checkpoint file(s) (default: from args.yaml beside each)')
+    add_use_ema_option(parser)
 
 
 class _DeprecatedAlias(argparse.Action):

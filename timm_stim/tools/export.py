@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoints import LoadedModel, add_use_ema_option, check_writable_out, hub_repo_of, load_model
+from .checkpoints import LoadedModel, add_checkpoint_sources, check_writable_out, hub_repo_of, load_model
 from ..errors import CommandFailed, InputError, command_main, command_prog
 from ..extract import EXPORT_FAMILIES, export_subnet  # noqa: F401  (moved to the core; kept importable here)
 from ..extract import stimulator_for_export as _stimulator, supported_families as _supported
@@ -158,11 +158,7 @@ def create_export_parser() -> argparse.ArgumentParser:
         description='Save a subnetwork of a trained residual network as a plain, smaller timm model in timm\'s '
                     'Hugging Face format (loads with timm.create_model("local-dir:DIR", pretrained=True)). '
                     'Supported: ' + '; '.join(EXPORT_FAMILIES.values()))
-    parser.add_argument('checkpoint', metavar='CHECKPOINT',
-                        help='a timm checkpoint (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
-    parser.add_argument('--model', default=None, metavar='MODEL',
-                        help='timm architecture of a checkpoint file (default: from args.yaml beside it)')
-    add_use_ema_option(parser)
+    add_checkpoint_sources(parser, many=False)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument('--depths', default=None, metavar='D1,D2,...',
                        help='blocks kept per stage, the first d of each (official rule), e.g. 3,3,4,3')

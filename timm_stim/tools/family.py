@@ -51,7 +51,7 @@ from .analyze import (DATA_OPTIONS, BatchProgress, amp_autocast_of, analysis_dat
                       checkpoint_labels,
                       evaluate)
 from .analyze import check_analyze_args as _check_analyze_args
-from .checkpoints import LoadedModel, add_use_ema_option, hub_repo_of, load_model
+from .checkpoints import LoadedModel, add_checkpoint_sources, hub_repo_of, load_model
 from .export import ExportMismatchError, max_logit_diff, save_exported
 
 __all__ = ['CSV_COLUMNS', 'FamilyMember', 'member_name', 'parse_select', 'mark_fronts',
@@ -216,11 +216,7 @@ def create_family_parser() -> argparse.ArgumentParser:
                     'latency), mark the Pareto fronts, write family.csv, family.json and family.png and export the '
                     'front members as plain timm models. Model and data options are train_stim.py\'s. Supported: '
                     + '; '.join(EXPORT_FAMILIES.values()))
-    parser.add_argument('checkpoints', nargs='+', metavar='CHECKPOINT',
-                        help='timm checkpoints (.pth.tar, .safetensors, ...), hf-hub:USER/REPO or local-dir:DIR')
-    parser.add_argument('--model', default=None, metavar='MODEL',
-                        help='timm architecture of the checkpoint files (default: from args.yaml beside each)')
-    add_use_ema_option(parser)
+    add_checkpoint_sources(parser)
     group = parser.add_argument_group('Family')
     group.add_argument('--max-members', type=int, default=64, metavar='N',
                        help='score every member when the space holds at most N, else a grid of depths per stage '
