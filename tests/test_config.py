@@ -8,6 +8,7 @@ import yaml
 
 from timm_stim import StimConfig, StimulativeTask
 from timm_stim.config import ConfigError, at_least, options_table, stim_option
+from timm_stim.inputs import cpu_bfloat16_conv_hazard, strided_convs_on_single_pixel_maps
 from timm_stim.resolve import resolve_config
 from timm_stim.stimulator import attach
 from timm_stim.tools.modelcard import build_model_card
@@ -125,6 +126,32 @@ def test_a_huge_budget_is_warned_about(caplog):
     stim.prepare_model(timm.create_model('resnet18', num_classes=10), [(3, 16, 16)])
     assert stim.resolved.config.num_subnets > 1000
     assert 'subnetworks per step: each step costs about' in caplog.text
+
+
+def test_bfloat16_on_the_cpu_warns_where_a_convolution_strides_across_a_one_pixel_map(caplog):
+    # torch's CPU bfloat16 convolution sometimes returns NaN weight gradients when it strides across a map 1 px high
+    # or wide (a 3x3 stride-2 convolution on a 1x1 map: 17 of 30 backward passes on this project's machine). A
+    # ResNet-18's last stage meets one at inputs of 16 px or less; ST's subnetwork inputs reach there from 32 px.
+    model = timm.create_model('resnet18', num_classes=10)
+    assert strided_convs_on_single_pixel_maps(model, 3, 16, 16) == ['layer4.0.conv1']
+    assert strided_convs_on_single_pixel_maps(model, 3, 17, 17) == []
+    assert model.training  # the probe leaves the mode as it was
+    assert cpu_bfloat16_conv_hazard(model, (3, 32, 32), 0.5) == {
+        'side': 16, 'layers': ['layer4.0.conv1'], 'needed': 17, 'min_scale': 0.532}
+    assert cpu_bfloat16_conv_hazard(model, (3, 16, 16), 0.5)['needed'] is None  # the full network meets one too
+    assert cpu_bfloat16_conv_hazard(model, (3, 64, 64), 0.5) is None
+
+    args, _ = parse_args(['--model', 'resnet18', '--stim-subnets', '2', '--stim-min-scale', '0.5', '--amp',
+                          '--device', 'cpu', '--input-size', '3', '32', '32'])
+    args.rank = 0
+    StimTraining(args).prepare_model(model, [(3, 32, 32)], cpu_bfloat16=False)
+    assert 'bfloat16' not in caplog.text
+    StimTraining(args).prepare_model(timm.create_model('resnet18', num_classes=10), [(3, 32, 32)], cpu_bfloat16=True)
+    assert ('subnetwork inputs down to 16 px make layer4.0.conv1 stride across a map 1 px high or wide' in caplog.text
+            and 'Use --stim-min-scale 0.532 or more (inputs of at least 17 px)' in caplog.text)
+    caplog.clear()
+    StimTraining(args).prepare_model(timm.create_model('resnet18', num_classes=10), [(3, 64, 64)], cpu_bfloat16=True)
+    assert 'bfloat16' not in caplog.text
 
 
 def test_readme_library_example_runs():

@@ -8,14 +8,15 @@ patch). ``short_side_range`` and ``size_for_short_side`` are that rule; ``sample
 before training) and the saved configuration all use them.
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['short_side_range', 'size_for_short_side', 'sample_input_size', 'input_size_choices', 'round_to_multiple',
-           'subnet_size_multiple', 'smallest_input_side', 'resize_batch', 'renormalize_batch']
+           'subnet_size_multiple', 'smallest_input_side', 'strided_convs_on_single_pixel_maps',
+           'cpu_bfloat16_conv_hazard', 'resize_batch', 'renormalize_batch']
 
 
 def short_side_range(short: int, min_scale: float, max_scale: float) -> Tuple[int, int]:
@@ -75,6 +76,87 @@ def subnet_size_multiple(stimulator, grid: int = 1) -> int:
 def round_to_multiple(size: Sequence[int], multiple: int) -> Tuple[int, ...]:
     """Each side rounded down to a multiple of ``multiple``, at least ``multiple`` (e.g. one ViT patch)."""
     return tuple(max(multiple, s - s % multiple) for s in size)
+
+
+@torch.no_grad()
+def strided_convs_on_single_pixel_maps(model: nn.Module, in_chans: int, height: int, width: int) -> List[str]:
+    """Names of the convolutions that stride, with a kernel over 1, across a map 1 px high or wide at this input.
+
+    One forward of the model (eval mode, batch 1, on its device) records each ``nn.Conv2d``'s input.
+
+    Args:
+        model: the network (restored to its train / eval mode afterwards).
+        in_chans, height, width: the input.
+
+    Returns:
+        Module names, in the order the forward reaches them.
+    """
+    found: List[str] = []
+
+    def check(name):
+        def hook(module, inputs):
+            size = inputs[0].shape[-2:]
+            if any(size[d] == 1 and module.stride[d] > 1 and module.kernel_size[d] > 1 for d in (0, 1)):
+                found.append(name)
+        return hook
+
+    handles = [m.register_forward_pre_hook(check(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next((p.device for p in model.parameters()), torch.device('cpu'))
+        model(torch.zeros(1, in_chans, height, width, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(found))
+
+
+def cpu_bfloat16_conv_hazard(model: nn.Module, input_size: Sequence[int], min_scale: float,
+                             multiple: int = 1) -> Optional[Dict[str, Any]]:
+    """Whether bfloat16 training on the CPU reaches convolutions whose weight gradient torch may get wrong.
+
+    On the CPU (torch 2.14, oneDNN, seen on a CPU with native bfloat16), the bfloat16 weight
+    gradient of a convolution that strides across a map 1 px high or wide (e.g. a ResNet's last
+    stage at inputs of 16 px or less) is sometimes NaN: in a test of a 3x3 stride-2 convolution
+    on a 1x1 map, 17 of 30 backward passes. float32 is exact. A training step then stops (or is
+    skipped) as non-finite, so this is checked once before training, at the smallest input the
+    sampler draws.
+
+    Returns:
+        None when the smallest input reaches no such convolution, else ``{'side', 'layers',
+        'needed', 'min_scale'}``: the smallest drawn side, the convolutions it reaches, the
+        smallest side that reaches none (binary search up to the training side) and the
+        ``--stim-min-scale`` that keeps inputs there (None when the training side itself does).
+    """
+    _, height, width = input_size
+    short = min(height, width)
+    side = round_to_multiple([short_side_range(short, min_scale, 1.0)[0]], multiple)[0]
+
+    def layers_at(s: int) -> List[str]:
+        return strided_convs_on_single_pixel_maps(model, input_size[0], *size_for_short_side(height, width, s))
+
+    layers = layers_at(side)
+    if not layers:
+        return None
+    if layers_at(short):
+        return {'side': side, 'layers': layers, 'needed': None, 'min_scale': None}
+    needed = _smallest_side_that_passes(lambda s: not layers_at(s), side, short, multiple)
+    return {'side': side, 'layers': layers, 'needed': needed, 'min_scale': math.ceil(needed / short * 1000) / 1000}
+
+
+def _smallest_side_that_passes(passes: Callable[[int], bool], low: int, high: int, multiple: int) -> int:
+    """Binary search on the grid of ``multiple``: the smallest side in (low, high] that passes (low fails, high passes)."""
+    while high - low > multiple:
+        mid = round_to_multiple([(low + high) // 2], multiple)[0]
+        if mid <= low:
+            break
+        if passes(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def resize_batch(x: torch.Tensor, size: Tuple[int, int], antialias: bool = True) -> torch.Tensor:
@@ -157,16 +239,9 @@ def smallest_input_side(model: nn.Module, input_size: Sequence[int], min_scale: 
         error = _runs_at(model, input_size[0], *dims(side))
         if error is None:
             return None
-        low, high = side, short  # fails at low; assume the training size works
-        while high - low > multiple:
-            mid = round_to_multiple([(low + high) // 2], multiple)[0]
-            if mid <= low:
-                break
-            if _runs_at(model, input_size[0], *dims(mid)) is None:
-                high = mid
-            else:
-                low = mid
+        # fails at side; assume the training size works
+        needed = _smallest_side_that_passes(lambda s: _runs_at(model, input_size[0], *dims(s)) is None, side, short,
+                                            multiple)
     finally:
         model.train(was_training)
-    needed = high
     return {'side': side, 'needed': needed, 'min_scale': math.ceil(needed / short * 1000) / 1000, 'error': error}

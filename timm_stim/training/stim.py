@@ -34,7 +34,7 @@ from ..bn import recalibrate_bn
 from ..callbacks import TrainCallback
 from ..config import StimConfig
 from ..errors import InputError, UnsupportedModelError
-from ..inputs import smallest_input_side
+from ..inputs import cpu_bfloat16_conv_hazard, smallest_input_side
 from ..resolve import ResolvedStim, describe, resolve_config
 from ..stimulator import Stimulator, attach, get_stimulator
 from ..subnet import Subnet
@@ -119,7 +119,8 @@ class StimTraining(TrainCallback):
         self.check()
 
     def on_model_created(self, state) -> None:
-        self.prepare_model(state.model.model, train_input_sizes(self.args, state.model.data_config['input_size']))
+        self.prepare_model(state.model.model, train_input_sizes(self.args, state.model.data_config['input_size']),
+                           cpu_bfloat16=bool(self.args.amp) and state.model.device.type == 'cpu')
 
     def on_task_created(self, state) -> None:
         if self.args.resume:
@@ -133,12 +134,14 @@ class StimTraining(TrainCallback):
         if self.eval_subnets and eval_metrics is not None:
             eval_metrics.update(self.score_eval_subnets(state))
 
-    def prepare_model(self, model: nn.Module, train_sizes: Sequence[Sequence[int]]) -> None:
+    def prepare_model(self, model: nn.Module, train_sizes: Sequence[Sequence[int]], cpu_bfloat16: bool = False) -> None:
         """Attach subnetwork sampling, check what subnetworks will be fed, resolve the config and log it.
 
         Args:
             model: the timm model.
             train_sizes: every input size (C, H, W) training feeds it (``train_input_sizes``).
+            cpu_bfloat16: training runs bfloat16 autocast on the CPU (``--amp`` there): warn when the
+                smallest inputs reach convolutions whose bfloat16 weight gradient torch may get wrong.
         """
         self.model = model
         if not self.enabled:
@@ -162,10 +165,28 @@ class StimTraining(TrainCallback):
                 _logger.info(line)
             for line in self.resolved.warnings:
                 _logger.warning(line)
+            if cpu_bfloat16:
+                self._warn_cpu_bfloat16(model, stimulator, train_sizes)
             k = self.resolved.config.num_subnets
             if k > MANY_SUBNETS:
                 _logger.warning(f'{k:.0f} subnetworks per step: each step costs about {k:.0f} extra passes and may take '
                                 f'minutes (ST++ runs 6). A smaller --stim-budget / --stim-subnets is likely meant.')
+
+    def _warn_cpu_bfloat16(self, model: nn.Module, stimulator: Stimulator, train_sizes: Sequence[Sequence[int]]) -> None:
+        smallest = min(train_sizes, key=lambda s: min(s[-2:]))
+        hazard = cpu_bfloat16_conv_hazard(model, smallest, self.config.min_scale,
+                                          stimulator.adapter.input_size_multiple(model))
+        if hazard is None:
+            return
+        layers = hazard['layers']
+        named = ', '.join(layers[:3]) + (f' and {len(layers) - 3} more' if len(layers) > 3 else '')
+        fix = (f'--stim-min-scale {hazard["min_scale"]} or more (inputs of at least {hazard["needed"]} px)'
+               if hazard['needed'] is not None else 'a larger --input-size')
+        _logger.warning(
+            f'--amp on the CPU trains in bfloat16, and subnetwork inputs down to {hazard["side"]} px make {named} '
+            f'stride across a map 1 px high or wide, where torch\'s CPU bfloat16 convolution sometimes returns NaN '
+            f'weight gradients (the run then stops at a non-finite step). Use {fix}, or train the CPU run in float32 '
+            f'(no --amp).')
 
     def _attach(self, model: nn.Module) -> Stimulator:
         cfg, name = self.config, self.args.model
