@@ -131,8 +131,7 @@ def cpu_bfloat16_conv_hazard(model: nn.Module, input_size: Sequence[int], min_sc
         ``--stim-min-scale`` that keeps inputs there (None when the training side itself does).
     """
     _, height, width = input_size
-    short = min(height, width)
-    side = round_to_multiple([short_side_range(short, min_scale, 1.0)[0]], multiple)[0]
+    short, side = _smallest_drawn_side(input_size, min_scale, multiple)
 
     def layers_at(s: int) -> List[str]:
         return strided_convs_on_single_pixel_maps(model, input_size[0], *size_for_short_side(height, width, s))
@@ -144,6 +143,12 @@ def cpu_bfloat16_conv_hazard(model: nn.Module, input_size: Sequence[int], min_sc
         return {'side': side, 'layers': layers, 'needed': None, 'min_scale': None}
     needed = _smallest_side_that_passes(lambda s: not layers_at(s), side, short, multiple)
     return {'side': side, 'layers': layers, 'needed': needed, 'min_scale': math.ceil(needed / short * 1000) / 1000}
+
+
+def _smallest_drawn_side(input_size: Sequence[int], min_scale: float, multiple: int) -> Tuple[int, int]:
+    """The training input's shorter side and the smallest shorter side the sampler draws from it."""
+    short = min(input_size[-2:])
+    return short, round_to_multiple([short_side_range(short, min_scale, 1.0)[0]], multiple)[0]
 
 
 def _smallest_side_that_passes(passes: Callable[[int], bool], low: int, high: int, multiple: int) -> int:
@@ -225,8 +230,7 @@ def smallest_input_side(model: nn.Module, input_size: Sequence[int], min_scale: 
         that reaches it.
     """
     _, height, width = input_size
-    short = min(height, width)
-    side = round_to_multiple([short_side_range(short, min_scale, 1.0)[0]], multiple)[0]
+    short, side = _smallest_drawn_side(input_size, min_scale, multiple)
     if side >= short:
         return None
 

@@ -55,6 +55,11 @@ def train_input_sizes(args, input_size: Sequence[int]) -> list:
     return [tuple(int(v) for v in input_size)]
 
 
+def smallest_train_size(train_sizes: Sequence[Sequence[int]]) -> Sequence[int]:
+    """The training size with the shortest side: the smallest subnetwork inputs are drawn from it."""
+    return min(train_sizes, key=lambda s: min(s[-2:]))
+
+
 class StimTraining(TrainCallback):
     """Stimulative training in timm's loop.
 
@@ -173,7 +178,7 @@ class StimTraining(TrainCallback):
                                 f'minutes (ST++ runs 6). A smaller --stim-budget / --stim-subnets is likely meant.')
 
     def _warn_cpu_bfloat16(self, model: nn.Module, stimulator: Stimulator, train_sizes: Sequence[Sequence[int]]) -> None:
-        smallest = min(train_sizes, key=lambda s: min(s[-2:]))
+        smallest = smallest_train_size(train_sizes)
         hazard = cpu_bfloat16_conv_hazard(model, smallest, self.config.min_scale,
                                           stimulator.adapter.input_size_multiple(model))
         if hazard is None:
@@ -209,7 +214,7 @@ class StimTraining(TrainCallback):
                 f'subnetwork inputs are full size: every subnetwork would be the full network, costing a full step '
                 f'and teaching nothing. Use a space that drops blocks (e.g. uniform, stpp) or --stim-min-scale < 1.')
         multiple = stimulator.adapter.input_size_multiple(model)
-        smallest = min(train_sizes, key=lambda s: min(s[-2:]))  # the smallest inputs come from the smallest size
+        smallest = smallest_train_size(train_sizes)
         problem = smallest_input_side(model, smallest, cfg.min_scale, multiple)
         if problem is not None:
             raise InputError(
