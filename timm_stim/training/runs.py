@@ -738,6 +738,10 @@ class InterruptRequest:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
+    def poll(self, distributed: bool = False, device: Optional[torch.device] = None) -> bool:
+        """At a training step: whether to stop now; with ``distributed``, whether any rank was asked to."""
+        return self.requested_on_any_rank(distributed, device)
+
     def requested_on_any_rank(self, distributed: bool = False, device: Optional[torch.device] = None) -> bool:
         """Whether a stop was asked for; with ``distributed``, on any rank (a collective: all ranks agree)."""
         if not distributed:

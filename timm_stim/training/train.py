@@ -293,7 +293,7 @@ def train_one_epoch(
                 _save_images(input, output_dir, batch_idx)
 
         # At the last step the epoch goes on to its validation and checkpoint, and the run stops there (_train_epochs)
-        stop = interrupt is not None and interrupt.requested_on_any_rank(args.distributed, device) and not last_batch
+        stop = interrupt is not None and interrupt.poll(args.distributed, device) and not last_batch
         if stop or args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
             _save_recovery(args, saver, epoch, batch_idx, update_idx, scalar_m)
 
